@@ -211,7 +211,7 @@ class STAALIF(nn.Module):
             self.T = T
         hidden = hidden_features(self.channels, self.r)
         for block in (self.gc_x, self.gc_h, self.sa):
-            if block is not None and block.has_uninitialized_params():
+            if block is not None and any(is_lazy(p) for p in block.parameters()):
                 block.materialize(self.channels, hidden)
         if self.pos is not None and is_lazy(self.pos):
             if self.T is None:
