@@ -1,0 +1,190 @@
+"""Forward Triton kernels of the STAA-LIF recurrence.
+
+Two kernels run once per time step t (see ``launch.staa_lif_forward``):
+
+* ``staa_fwd_mlp_kernel`` (grid ``[B]``): sums the per-tile partial reductions of
+  H_{t-1} (GC2 context and spatial sum), runs GC2's query/LayerNorm/value MLP and SA's
+  fc1/fc2 and writes GC2's channel delta ``d2[b, :]`` and the SA gate ``gate[t, b, :]``.
+* ``staa_fwd_elem_kernel`` (grid ``[B, NP]``, one ``[C, BLOCK_P]`` tile of the plane per
+  program): recomputes H_{t-1} from the saved ``u[t-1]`` and ``gate[t-1]``, aggregates
+  ``u_t``, gates, fires, resets, writes ``u``, spikes (and H), then reduces H_t over its
+  tile for the next step's MLP kernel.
+
+All arithmetic is in ``CD`` (float32, or float64 for float64 input); scalars are cast.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _reset(v, v_th, v_reset, HARD: tl.constexpr):
+    """H = reset(V): spike where V >= v_th; hard reset to v_reset or soft reset by v_th."""
+    s = v >= v_th
+    if HARD:
+        h = tl.where(s, v_reset, v)
+    else:
+        h = tl.where(s, v - v_th, v)
+    return s, h
+
+
+@triton.jit
+def staa_fwd_mlp_kernel(
+    part_ctx_ptr, part_hsum_ptr,  # [B, NP, C]: partial GC2 contexts / spatial sums of H_{t-1}
+    d1_ptr, xmean_ptr,  # [T, B, C]: GC1 delta and spatial mean of X (H-independent, precomputed)
+    d2_ptr,  # [B, C] out: GC2 delta of this step
+    gate_ptr,  # [T, B, C] out: SA gate (1 at dropped steps)
+    drop_ptr,  # [T] int8
+    qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr,  # GC2 weights
+    f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
+    t, B, C, P, NP, CHG, CHS, alpha,
+    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr,
+    CD: tl.constexpr,
+):
+    b = tl.program_id(0)
+    alpha = tl.cast(tl.cast(alpha, tl.float32), CD)
+    dropped = tl.load(drop_ptr + t) != 0
+    vec = (t * B + b).to(tl.int64) * C  # offset of the [t, b, :] channel vector
+    part = b.to(tl.int64) * NP * C
+
+    offs_hg = tl.arange(0, BLOCK_HG)
+    mhg = offs_hg < CHG
+    offs_hs = tl.arange(0, BLOCK_HS)
+    mhs = offs_hs < CHS
+
+    if HAS_GCH:
+        # q = Wq @ ctx + bq, chunked over C; ctx = sum of the tiles' partial contexts.
+        q = tl.zeros([BLOCK_HG], dtype=CD)
+        for c0 in range(0, C, BLOCK_CC):
+            offs_c = c0 + tl.arange(0, BLOCK_CC)
+            mc = offs_c < C
+            ctx = tl.zeros([BLOCK_CC], dtype=CD)
+            for j in range(0, NP):
+                ctx += tl.load(part_ctx_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+            w = tl.load(qw_ptr + offs_hg[:, None] * C + offs_c[None, :], mask=mhg[:, None] & mc[None, :], other=0.0)
+            q += tl.sum(w.to(CD) * ctx[None, :], axis=1)
+        q += tl.load(qb_ptr + offs_hg, mask=mhg, other=0.0).to(CD)
+        mean = tl.sum(q, axis=0) / CHG
+        diff = tl.where(mhg, q - mean, 0.0)
+        var = tl.sum(diff * diff, axis=0) / CHG
+        rstd = 1.0 / tl.sqrt(var + 1e-5)
+        nw = tl.load(nw_ptr + offs_hg, mask=mhg, other=0.0).to(CD)
+        nb = tl.load(nb_ptr + offs_hg, mask=mhg, other=0.0).to(CD)
+        r = tl.maximum(diff * rstd * nw + nb, 0.0)  # [BLOCK_HG], 0 in padded lanes
+
+    if HAS_SA:
+        hid = tl.zeros([BLOCK_HS], dtype=CD)
+    for c0 in range(0, C, BLOCK_CC):
+        offs_c = c0 + tl.arange(0, BLOCK_CC)
+        mc = offs_c < C
+        if HAS_GCH:
+            wv = tl.load(vw_ptr + offs_c[None, :] * CHG + offs_hg[:, None], mask=mhg[:, None] & mc[None, :], other=0.0)
+            d2 = tl.sum(wv.to(CD) * r[:, None], axis=0) + tl.load(vb_ptr + offs_c, mask=mc, other=0.0).to(CD)
+            tl.store(d2_ptr + b.to(tl.int64) * C + offs_c, d2, mask=mc)
+        if HAS_SA:
+            hsum = tl.zeros([BLOCK_CC], dtype=CD)
+            for j in range(0, NP):
+                hsum += tl.load(part_hsum_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+            gx = tl.load(xmean_ptr + vec + offs_c, mask=mc, other=0.0)
+            if HAS_GCX:
+                gx = gx + tl.load(d1_ptr + vec + offs_c, mask=mc, other=0.0)
+            gh = hsum / P
+            if HAS_GCH:
+                gh = gh + d2
+            pooled = alpha * (gx + gh)  # alpha * mean_p(U_t)
+            w1 = tl.load(f1w_ptr + offs_hs[:, None] * C + offs_c[None, :], mask=mhs[:, None] & mc[None, :], other=0.0)
+            hid += tl.sum(w1.to(CD) * pooled[None, :], axis=1)
+
+    if HAS_SA:
+        hid = tl.maximum(hid + tl.load(f1b_ptr + offs_hs, mask=mhs, other=0.0).to(CD), 0.0)
+        for c0 in range(0, C, BLOCK_CC):
+            offs_c = c0 + tl.arange(0, BLOCK_CC)
+            mc = offs_c < C
+            w2 = tl.load(f2w_ptr + offs_c[None, :] * CHS + offs_hs[:, None], mask=mhs[:, None] & mc[None, :], other=0.0)
+            z = tl.sum(w2.to(CD) * hid[:, None], axis=0) + tl.load(f2b_ptr + offs_c, mask=mc, other=0.0).to(CD)
+            g = tl.where(dropped, 1.0, _sigmoid(z))
+            tl.store(gate_ptr + vec + offs_c, g, mask=mc)
+
+
+@triton.jit
+def staa_fwd_elem_kernel(
+    x_ptr,  # [T, B, C, P] input currents I, input dtype
+    pos_ptr,  # [T, C] CD position encoding
+    d1_ptr,  # [T, B, C] GC1 delta
+    d2_ptr,  # [B, C] GC2 delta of this step
+    gate_ptr,  # [T, B, C]
+    u_ptr,  # [T, B, C, P] CD out (saved for backward)
+    s_ptr,  # [T, B, C, P] spikes out, input dtype
+    vseq_ptr,  # [T, B, C, P] CD out (only with STORE_V)
+    hlast_ptr,  # [B, C, P] CD out (written at the last step)
+    part_ctx_ptr, part_hsum_ptr,  # [B, NP, C] out: reductions of H_t over this tile
+    kw_ptr, kb_ptr,  # GC2 key weight [C] and bias [1]
+    drop_ptr,  # [T] int8
+    t, B, C, P, NP, v_th, v_reset, h0,
+    FIRST: tl.constexpr, LAST: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HARD: tl.constexpr, STORE_V: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
+):
+    b = tl.program_id(0)
+    j = tl.program_id(1)
+    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
+    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
+    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
+    mc = offs_c < C
+    mp = offs_p < P
+    m = mc[:, None] & mp[None, :]
+    tile = offs_c[:, None] * P + offs_p[None, :]
+    cur = (t * B + b).to(tl.int64) * C  # [t, b, :] channel vector offset
+    cur_plane = cur * P + tile
+    dropped = tl.load(drop_ptr + t) != 0
+
+    i = tl.load(x_ptr + cur_plane, mask=m, other=0.0).to(CD)
+    if FIRST:
+        h = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0
+    else:
+        # H_{t-1} is recomputed exactly as step t-1 produced it: V = u * gate, then reset.
+        prev = ((t - 1) * B + b).to(tl.int64) * C
+        up = tl.load(u_ptr + prev * P + tile, mask=m, other=0.0)
+        gp = tl.load(gate_ptr + prev + offs_c, mask=mc, other=0.0)
+        _, h = _reset(up * gp[:, None], v_th, v_reset, HARD)
+
+    xx = i
+    if HAS_POS:
+        xx = xx + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)[:, None]
+    if HAS_GCX:
+        xx = xx + tl.load(d1_ptr + cur + offs_c, mask=mc, other=0.0)[:, None]
+    hh = h
+    if HAS_GCH:
+        hh = hh + tl.load(d2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)[:, None]
+    u = tl.where(dropped, i + h, xx + hh)
+    g = tl.load(gate_ptr + cur + offs_c, mask=mc, other=0.0)
+    s, hn = _reset(u * g[:, None], v_th, v_reset, HARD)
+
+    tl.store(u_ptr + cur_plane, u, mask=m)
+    tl.store(s_ptr + cur_plane, s.to(s_ptr.dtype.element_ty), mask=m)
+    if STORE_V:
+        tl.store(vseq_ptr + cur_plane, hn, mask=m)
+    if LAST:
+        tl.store(hlast_ptr + b.to(tl.int64) * C * P + tile, hn, mask=m)
+    else:
+        part = (b * NP + j).to(tl.int64) * C
+        hz = tl.where(m, hn, 0.0)
+        if HAS_GCH:
+            kw = tl.load(kw_ptr + offs_c, mask=mc, other=0.0).to(CD)
+            kb = tl.load(kb_ptr).to(CD)
+            w = _sigmoid(tl.sum(hz * kw[:, None], axis=0) + kb)
+            w = tl.where(mp, w, 0.0)
+            tl.store(part_ctx_ptr + part + offs_c, tl.sum(hz * w[None, :], axis=1), mask=mc)
+        if HAS_SA:
+            tl.store(part_hsum_ptr + part + offs_c, tl.sum(hz, axis=1), mask=mc)
