@@ -2,4 +2,4 @@
 
 Importing this package does not import triton; the launchers do, on first use.
 """
-HAS_KERNELS = False
+HAS_KERNELS = True

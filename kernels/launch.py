@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-# from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel
+from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel
 from .staa_fwd import staa_fwd_elem_kernel, staa_fwd_mlp_kernel
 
 Tensor = torch.Tensor
@@ -106,7 +106,7 @@ def gc_mlp(ctx: Tensor, gc: Sequence[Tensor], eps: float = 1e-5):
     ``[N, Ch]``, the LayerNorm output before the relu ``[N, Ch]`` and ``1/std`` ``[N]``.
     """
     cd = ctx.dtype
-    _, _, qw, qb, nw, nb, vw, vb = (p.to(cd) for p in gc)
+    qw, qb, nw, nb, vw, vb = (p.to(cd) for p in gc[2:])
     q = torch.nn.functional.linear(ctx, qw, qb)
     mu = q.mean(-1, keepdim=True)
     var = (q - mu).square().mean(-1, keepdim=True)
@@ -227,5 +227,183 @@ def staa_lif_forward(
     return spikes, h_last, v_seq, u, gate
 
 
-def staa_lif_backward(*args, **kwargs):  # replaced below once the backward kernels exist
-    raise NotImplementedError
+def _leaf(ps, cd):
+    return [p.detach().to(cd).requires_grad_(True) for p in ps]
+
+
+def staa_lif_backward(
+    grad_spikes: Tensor,
+    x: Tensor,
+    drop: Optional[Tensor],
+    pos: Optional[Tensor],
+    gcx: Optional[Sequence[Tensor]],
+    gch: Optional[Sequence[Tensor]],
+    sa: Optional[Sequence[Tensor]],
+    u: Tensor,
+    gate: Tensor,
+    *,
+    alpha: float,
+    v_threshold: float,
+    v_reset: Optional[float],
+    detach_reset: bool,
+    surrogate_width: float,
+):
+    """Backward of ``staa_lif_forward`` through the rectangular surrogate, in reverse time.
+
+    Args:
+        grad_spikes: dL/dspikes ``[T, B, C, P]``.
+        x, drop, pos, gcx, gch, sa: the forward's inputs.
+        u, gate: the tensors saved by the forward (``[T, B, C, P]``, ``[T, B, C]``).
+
+    Returns:
+        ``(grad_x [T, B, C, P] x.dtype, grad_pos [T_pos, C] or None, grad_gcx 8-tuple or None,
+        grad_gch 8-tuple or None, grad_sa 4-tuple or None)``; parameter gradients are in the
+        parameters' dtypes, rows ``>= T`` of grad_pos are zero.
+    """
+    _check(x, drop, pos, gcx, gch, sa)
+    T, B, C, P = x.shape
+    cd, CD = _compute_dtype(x.dtype)
+    dev = x.device
+    x = x.contiguous()
+    u = u.detach().to(cd).contiguous()
+    gate = gate.detach().to(cd).contiguous()
+    grad_spikes = grad_spikes.contiguous()
+    drop8 = _drop_i8(drop, T, dev)
+    h0 = 0.0 if v_reset is None else float(v_reset)
+    posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
+    has_mlp = gcx is not None or gch is not None or sa is not None
+    tc = tile_config(C, P)
+
+    # Recompute every forward activation of the channel MLPs, batched over all steps.
+    # H_{t-1} = reset(u_{t-1} * gate_{t-1}) needs no recurrence.
+    acts = {}
+    leaves = {}
+    with torch.no_grad():
+        if gcx is not None or sa is not None:
+            X = x.to(cd)
+            if posc is not None:
+                X = X + posc[:, None, :, None]
+        if gch is not None or sa is not None:
+            v = u[:-1] * gate[:-1, :, :, None]
+            s = v >= v_threshold
+            hs = torch.where(s, torch.full_like(v, h0), v) if v_reset is not None else torch.where(s, v - v_threshold, v)
+            hprev = torch.cat([torch.full_like(u[:1], h0), hs])
+            del v, s, hs
+        if gcx is not None:
+            ctx1 = gc_context(X.reshape(T * B, C, P), gcx[0], gcx[1])
+        if gch is not None:
+            ctx2 = gc_context(hprev.reshape(T * B, C, P), gch[0], gch[1])
+        if sa is not None:
+            xmean = X.reshape(T * B, C, P).mean(-1)
+            hmean = hprev.reshape(T * B, C, P).mean(-1)
+    with torch.enable_grad():
+        pooled_x = xmean if sa is not None else None
+        pooled_h = hmean if sa is not None else None
+        if gcx is not None:
+            leaves["gcx"] = _leaf(gcx[2:], cd)
+            d1, qh1, n1, rstd1 = gc_mlp(ctx1, [None, None] + leaves["gcx"])
+            acts["gcx"] = (d1, qh1.detach().contiguous(), n1.detach().contiguous(), rstd1.detach().contiguous())
+            if sa is not None:
+                pooled_x = pooled_x + d1.detach()
+        if gch is not None:
+            leaves["gch"] = _leaf(gch[2:], cd)
+            d2, qh2, n2, rstd2 = gc_mlp(ctx2, [None, None] + leaves["gch"])
+            acts["gch"] = (d2, qh2.detach().contiguous(), n2.detach().contiguous(), rstd2.detach().contiguous())
+            if sa is not None:
+                pooled_h = pooled_h + d2.detach()
+        if sa is not None:
+            leaves["sa"] = _leaf(sa, cd)
+            w1, b1, w2, b2 = leaves["sa"]
+            pooled = float(alpha) * (pooled_x + pooled_h)
+            hid = torch.relu(torch.nn.functional.linear(pooled, w1, b1))
+            z = torch.nn.functional.linear(hid, w2, b2)
+            acts["sa"] = (z, hid.detach().contiguous())
+
+    grad_x = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
+    gv_bufs = [torch.empty((B, C, P), dtype=cd, device=dev) for _ in range(2)]
+    part_a = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
+    part_b = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
+    vecs = [torch.empty((B, C), dtype=cd, device=dev) for _ in range(3)]  # gm, gctx1, gctx2
+    gz = torch.empty((T, B, C), dtype=cd, device=dev) if has_mlp else None
+    gsum = torch.empty((T, B, C), dtype=cd, device=dev) if has_mlp else None
+    gpos_part = torch.empty((T, B, tc.NP, C), dtype=cd, device=dev) if posc is not None else None
+    acc = [torch.zeros((B, tc.NP, C), dtype=cd, device=dev), torch.zeros((B, tc.NP), dtype=cd, device=dev),
+           torch.zeros((B, tc.NP, C), dtype=cd, device=dev), torch.zeros((B, tc.NP), dtype=cd, device=dev)]
+
+    dummy = u
+    chs = sa[0].shape[0] if sa is not None else 1
+    chg1 = gcx[2].shape[0] if gcx is not None else 1
+    chg2 = gch[2].shape[0] if gch is not None else 1
+    block_cc, (block_hs, block_h1, block_h2), mlp_warps = mlp_config(C, chs, chg1, chg2)
+    g1 = [_vec(p) for p in gcx] if gcx is not None else [dummy] * 8
+    g2 = [_vec(p) for p in gch] if gch is not None else [dummy] * 8
+    s4 = [_vec(p) for p in sa] if sa is not None else [dummy] * 4
+    a1 = acts["gcx"][1:] if gcx is not None else (dummy,) * 3
+    a2 = acts["gch"][1:] if gch is not None else (dummy,) * 3
+    hid_t = acts["sa"][1] if sa is not None else dummy
+    flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
+    scal = (float(v_threshold), 0.0 if v_reset is None else float(v_reset), h0, float(surrogate_width))
+
+    def elem(t, finish, start, gv_in, gv_out):
+        staa_bwd_elem_kernel[(B, tc.NP)](
+            grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8,
+            gv_in, gv_out, vecs[0], vecs[1], vecs[2], grad_x,
+            g1[0], g1[1], g2[0], g2[1], acc[0], acc[1], acc[2], acc[3],
+            gpos_part if gpos_part is not None else dummy, part_a, part_b,
+            t, B, C, P, tc.NP, *scal,
+            FINISH=finish, START=start, HAS_POS=posc is not None, **flags,
+            HARD=v_reset is not None, DETACH=bool(detach_reset),
+            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
+        )
+
+    elem(T, False, True, gv_bufs[1], gv_bufs[0])  # dL/dV_{T-1} (nothing flows into H_{T-1})
+    for t in range(T - 1, -1, -1):
+        k = (T - 1 - t) % 2
+        if has_mlp:
+            staa_bwd_mlp_kernel[(B,)](
+                part_a, part_b, gate, drop8,
+                hid_t, s4[0], s4[2],
+                a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],
+                a2[1], a2[0], a2[2], g2[4], g2[2], g2[6],
+                vecs[0], vecs[1], vecs[2], gz, gsum,
+                t, B, C, tc.NP, chs, chg1, chg2, float(alpha),
+                **flags, BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
+                CD=CD, num_warps=mlp_warps,
+            )
+        elem(t, True, t > 0, gv_bufs[k], gv_bufs[1 - k])
+
+    # Weight gradients: one fixed-order reduction over all (t, b) per parameter.
+    grad_pos = None
+    if pos is not None:
+        grad_pos = torch.zeros_like(pos)
+        grad_pos[:T] = gpos_part.sum((1, 2)).to(pos.dtype)
+    outs, gouts, ins = [], [], []
+    if gcx is not None:
+        outs.append(acts["gcx"][0])
+        gouts.append(gsum.reshape(T * B, C))
+        ins += leaves["gcx"]
+    if gch is not None:
+        outs.append(acts["gch"][0])
+        gouts.append(gsum.reshape(T * B, C))
+        ins += leaves["gch"]
+    if sa is not None:
+        outs.append(acts["sa"][0])
+        gouts.append(gz.reshape(T * B, C))
+        ins += leaves["sa"]
+    grads = list(torch.autograd.grad(outs, ins, gouts)) if outs else []
+    grad_gcx = grad_gch = grad_sa = None
+    if gcx is not None:
+        kw = acc[0].sum((0, 1))[None, :]
+        kb = acc[1].sum().reshape(1)
+        rest = grads[:6]
+        grads = grads[6:]
+        grad_gcx = tuple(gr.to(p.dtype) for gr, p in zip([kw, kb] + rest, gcx))
+    if gch is not None:
+        kw = acc[2].sum((0, 1))[None, :]
+        kb = acc[3].sum().reshape(1)
+        rest = grads[:6]
+        grads = grads[6:]
+        grad_gch = tuple(gr.to(p.dtype) for gr, p in zip([kw, kb] + rest, gch))
+    if sa is not None:
+        grad_sa = tuple(gr.to(p.dtype) for gr, p in zip(grads[:4], sa))
+    return grad_x, grad_pos, grad_gcx, grad_gch, grad_sa

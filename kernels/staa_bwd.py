@@ -1,0 +1,249 @@
+"""Backward Triton kernels of the STAA-LIF recurrence (rectangular surrogate, reverse time).
+
+Every forward activation is a pure function of the saved ``u``/``gate`` and the input, so
+the launcher recomputes the channel-MLP activations for all steps at once with torch. What
+stays sequential is the gradient flowing into the membrane state, dL/dH_{t-1}; per step t
+(from T-1 down to 0) two kernels run:
+
+* ``staa_bwd_mlp_kernel`` (grid ``[B]``): from the per-tile sums ``sum_p gV_t u_t`` and
+  ``sum_p gV_t`` it back-propagates through SA (gate -> fc2 -> relu -> fc1 -> mean) and
+  through the GC1/GC2 value/LayerNorm/query MLPs, giving the channel vectors ``gm_t``
+  (gradient of U_t's spatial mean), ``gctx1_t``/``gctx2_t`` (gradients of the GC contexts)
+  and, for the launcher's weight gradients, ``gz_t`` (SA pre-sigmoid) and ``gsum_t`` (of the
+  GC deltas, ``sum_p dL/dU_t``).
+* ``staa_bwd_elem_kernel`` (grid ``[B, NP]``, a ``[C, BLOCK_P]`` tile per program): FINISHes
+  step t (dL/dU_t, dL/dI_t through GC1 and the position encoding, dL/dH_{t-1} through GC2's
+  key attention and the residual) and STARTs step t-1 (dL/dV_{t-1} through the surrogate
+  and the reset, and its per-tile sums for the next MLP kernel). Key-weight and
+  position-encoding gradients are per-tile partials reduced by the launcher, so every
+  reduction has a fixed order (no atomics).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .staa_fwd import _reset, _sigmoid
+
+
+@triton.jit
+def _ln_relu_bwd(gr, n_ptr, qh_ptr, rstd_ptr, nw_ptr, vec_h, row, offs_h, mh, CH, CD: tl.constexpr):
+    """dL/dq of relu(LayerNorm(q)) given dL/d(relu output) ``gr`` (one sample, [BLOCK_H])."""
+    n = tl.load(n_ptr + vec_h + offs_h, mask=mh, other=0.0)
+    qh = tl.load(qh_ptr + vec_h + offs_h, mask=mh, other=0.0)
+    rstd = tl.load(rstd_ptr + row)
+    nw = tl.load(nw_ptr + offs_h, mask=mh, other=0.0).to(CD)
+    gqh = tl.where(n > 0, gr, 0.0) * nw
+    m1 = tl.sum(gqh, axis=0) / CH
+    m2 = tl.sum(gqh * qh, axis=0) / CH
+    return tl.where(mh, rstd * (gqh - m1 - qh * m2), 0.0)
+
+
+@triton.jit
+def staa_bwd_mlp_kernel(
+    part_a_ptr, part_b_ptr,  # [B, NP, C]: per-tile sum_p gV*u and sum_p gV of step t
+    gate_ptr, drop_ptr,  # [T, B, C], [T] int8
+    hid_ptr, f1w_ptr, f2w_ptr,  # SA: hidden activation [T, B, CHS], fc1 [CHS, C], fc2 [C, CHS]
+    n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr,  # GC1 recomputed LN state + weights
+    n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,  # GC2
+    gm_ptr, gctx1_ptr, gctx2_ptr,  # [B, C] out
+    gz_ptr, gsum_ptr,  # [T, B, C] out (zero at dropped steps)
+    t, B, C, NP, CHS, CHG1, CHG2, alpha,
+    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    CD: tl.constexpr,
+):
+    b = tl.program_id(0)
+    alpha = tl.cast(tl.cast(alpha, tl.float32), CD)
+    dropped = tl.load(drop_ptr + t) != 0
+    row = t * B + b
+    vec = row.to(tl.int64) * C
+    part = b.to(tl.int64) * NP * C
+    out = b.to(tl.int64) * C
+
+    offs_hs = tl.arange(0, BLOCK_HS)
+    mhs = offs_hs < CHS
+    offs_h1 = tl.arange(0, BLOCK_HG1)
+    mh1 = offs_h1 < CHG1
+    offs_h2 = tl.arange(0, BLOCK_HG2)
+    mh2 = offs_h2 < CHG2
+
+    if HAS_SA:
+        # gate = sigmoid(z): dL/dz = (sum_p gV u) g (1 - g); dL/dhid = fc2^T dL/dz, masked by relu.
+        ghid = tl.zeros([BLOCK_HS], dtype=CD)
+        for c0 in range(0, C, BLOCK_CC):
+            offs_c = c0 + tl.arange(0, BLOCK_CC)
+            mc = offs_c < C
+            ga = tl.zeros([BLOCK_CC], dtype=CD)
+            for j in range(0, NP):
+                ga += tl.load(part_a_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+            g = tl.load(gate_ptr + vec + offs_c, mask=mc, other=0.0)
+            gz = tl.where(dropped, 0.0, ga * g * (1.0 - g))
+            tl.store(gz_ptr + vec + offs_c, gz, mask=mc)
+            w2 = tl.load(f2w_ptr + offs_c[None, :] * CHS + offs_hs[:, None], mask=mhs[:, None] & mc[None, :], other=0.0)
+            ghid += tl.sum(w2.to(CD) * gz[None, :], axis=1)
+        hid = tl.load(hid_ptr + row.to(tl.int64) * CHS + offs_hs, mask=mhs, other=0.0)
+        ghid = tl.where(hid > 0, ghid, 0.0)
+
+    if HAS_GCX:
+        gr1 = tl.zeros([BLOCK_HG1], dtype=CD)
+    if HAS_GCH:
+        gr2 = tl.zeros([BLOCK_HG2], dtype=CD)
+    for c0 in range(0, C, BLOCK_CC):
+        offs_c = c0 + tl.arange(0, BLOCK_CC)
+        mc = offs_c < C
+        gb = tl.zeros([BLOCK_CC], dtype=CD)
+        for j in range(0, NP):
+            gb += tl.load(part_b_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+        if HAS_SA:
+            g = tl.load(gate_ptr + vec + offs_c, mask=mc, other=0.0)
+            w1 = tl.load(f1w_ptr + offs_hs[:, None] * C + offs_c[None, :], mask=mhs[:, None] & mc[None, :], other=0.0)
+            gm = tl.where(dropped, 0.0, alpha * tl.sum(w1.to(CD) * ghid[:, None], axis=0))
+            tl.store(gm_ptr + out + offs_c, gm, mask=mc)
+            gsum = g * gb + gm  # sum_p dL/dU_t = sum_p (gV g + gm / P)
+        else:
+            gsum = gb
+        gsum = tl.where(dropped, 0.0, gsum)
+        tl.store(gsum_ptr + vec + offs_c, gsum, mask=mc)
+        if HAS_GCX:
+            wv1 = tl.load(vw1_ptr + offs_c[None, :] * CHG1 + offs_h1[:, None], mask=mh1[:, None] & mc[None, :], other=0.0)
+            gr1 += tl.sum(wv1.to(CD) * gsum[None, :], axis=1)
+        if HAS_GCH:
+            wv2 = tl.load(vw2_ptr + offs_c[None, :] * CHG2 + offs_h2[:, None], mask=mh2[:, None] & mc[None, :], other=0.0)
+            gr2 += tl.sum(wv2.to(CD) * gsum[None, :], axis=1)
+
+    if HAS_GCX:
+        gq1 = _ln_relu_bwd(gr1, n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, row.to(tl.int64) * CHG1, row, offs_h1, mh1, CHG1, CD)
+    if HAS_GCH:
+        gq2 = _ln_relu_bwd(gr2, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, row.to(tl.int64) * CHG2, row, offs_h2, mh2, CHG2, CD)
+    if HAS_GCX or HAS_GCH:
+        for c0 in range(0, C, BLOCK_CC):
+            offs_c = c0 + tl.arange(0, BLOCK_CC)
+            mc = offs_c < C
+            if HAS_GCX:
+                wq1 = tl.load(qw1_ptr + offs_h1[:, None] * C + offs_c[None, :], mask=mh1[:, None] & mc[None, :], other=0.0)
+                tl.store(gctx1_ptr + out + offs_c, tl.sum(wq1.to(CD) * gq1[:, None], axis=0), mask=mc)
+            if HAS_GCH:
+                wq2 = tl.load(qw2_ptr + offs_h2[:, None] * C + offs_c[None, :], mask=mh2[:, None] & mc[None, :], other=0.0)
+                tl.store(gctx2_ptr + out + offs_c, tl.sum(wq2.to(CD) * gq2[:, None], axis=0), mask=mc)
+
+
+@triton.jit
+def _gc_key_bwd(z, gctx, kw, kb, mp):
+    """Gradient into GC's input ``z`` [BLOCK_C, BLOCK_P] from dL/dcontext ``gctx`` [BLOCK_C]
+    (context = sum_p sigmoid(kw . z_p + kb) z_p), not counting the residual.
+
+    Returns ``(dz, dlogit)``; dlogit [BLOCK_P] is 0 in padded positions.
+    """
+    w = _sigmoid(tl.sum(z * kw[:, None], axis=0) + kb)
+    gl = tl.sum(z * gctx[:, None], axis=0) * w * (1.0 - w)
+    gl = tl.where(mp, gl, 0.0)
+    return w[None, :] * gctx[:, None] + gl[None, :] * kw[:, None], gl
+
+
+@triton.jit
+def staa_bwd_elem_kernel(
+    gs_ptr,  # [T, B, C, P] dL/dspikes
+    x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
+    gv_in_ptr, gv_out_ptr,  # [B, C, P] CD: dL/dV_t in, dL/dV_{t-1} out
+    gm_ptr, gctx1_ptr, gctx2_ptr,  # [B, C] from the MLP kernel of step t
+    gx_ptr,  # [T, B, C, P] out dL/dI, input dtype
+    kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr,  # [B, NP, C], [B, NP]: key-grad partials
+    gpos_ptr,  # [T, B, NP, C] out: per-tile sum_p dL/dX_t
+    part_a_ptr, part_b_ptr,  # [B, NP, C] out: per-tile sum_p gV_{t-1} u_{t-1}, sum_p gV_{t-1}
+    t, B, C, P, NP, v_th, v_reset, h0, width,
+    FINISH: tl.constexpr, START: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HARD: tl.constexpr, DETACH: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
+):
+    b = tl.program_id(0)
+    j = tl.program_id(1)
+    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
+    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
+    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+    width = tl.cast(tl.cast(width, tl.float32), CD)
+
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
+    mc = offs_c < C
+    mp = offs_p < P
+    m = mc[:, None] & mp[None, :]
+    tile = offs_c[:, None] * P + offs_p[None, :]
+    state = b.to(tl.int64) * C * P + tile
+    part = (b * NP + j).to(tl.int64) * C
+    part_s = (b * NP + j).to(tl.int64)
+
+    if START:
+        prev = ((t - 1) * B + b).to(tl.int64) * C
+        up = tl.load(u_ptr + prev * P + tile, mask=m, other=0.0)
+        gp = tl.load(gate_ptr + prev + offs_c, mask=mc, other=0.0)
+        vp = up * gp[:, None]
+        sp, hp = _reset(vp, v_th, v_reset, HARD)
+    else:
+        hp = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0
+    hp = tl.where(m, hp, 0.0)
+
+    if FINISH:
+        cur = (t * B + b).to(tl.int64) * C
+        dropped = tl.load(drop_ptr + t) != 0
+        gv = tl.load(gv_in_ptr + state, mask=m, other=0.0)
+        gu = gv
+        if HAS_SA:
+            g = tl.load(gate_ptr + cur + offs_c, mask=mc, other=0.0)
+            gm = tl.load(gm_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)
+            gu = gv * g[:, None] + (gm / P)[:, None]
+        gu = tl.where(dropped, gv, gu)
+        gxx = gu
+        if HAS_GCX:
+            xx = tl.load(x_ptr + cur * P + tile, mask=m, other=0.0).to(CD)
+            if HAS_POS:
+                xx = xx + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)[:, None]
+            xx = tl.where(m, xx, 0.0)
+            gctx1 = tl.load(gctx1_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)
+            kw1 = tl.load(kw1_ptr + offs_c, mask=mc, other=0.0).to(CD)
+            kb1 = tl.load(kb1_ptr).to(CD)
+            dz, gl = _gc_key_bwd(xx, gctx1, kw1, kb1, mp)
+            gl = tl.where(dropped, 0.0, gl)
+            gxx = tl.where(dropped, gv, gu + dz)
+            akw = tl.load(acc_kw1_ptr + part + offs_c, mask=mc, other=0.0)
+            tl.store(acc_kw1_ptr + part + offs_c, akw + tl.sum(xx * gl[None, :], axis=1), mask=mc)
+            tl.store(acc_kb1_ptr + part_s, tl.load(acc_kb1_ptr + part_s) + tl.sum(gl, axis=0))
+        tl.store(gx_ptr + cur * P + tile, gxx.to(gx_ptr.dtype.element_ty), mask=m)
+        if HAS_POS:
+            gp_sum = tl.sum(tl.where(m, gxx, 0.0), axis=1)
+            tl.store(gpos_ptr + (t * B * NP).to(tl.int64) * C + part + offs_c, tl.where(dropped, 0.0, gp_sum), mask=mc)
+        gh = gu
+        if HAS_GCH:
+            gctx2 = tl.load(gctx2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)
+            kw2 = tl.load(kw2_ptr + offs_c, mask=mc, other=0.0).to(CD)
+            kb2 = tl.load(kb2_ptr).to(CD)
+            dz2, gl2 = _gc_key_bwd(hp, gctx2, kw2, kb2, mp)
+            gl2 = tl.where(dropped, 0.0, gl2)
+            gh = tl.where(dropped, gv, gu + dz2)
+            akw2 = tl.load(acc_kw2_ptr + part + offs_c, mask=mc, other=0.0)
+            tl.store(acc_kw2_ptr + part + offs_c, akw2 + tl.sum(hp * gl2[None, :], axis=1), mask=mc)
+            tl.store(acc_kb2_ptr + part_s, tl.load(acc_kb2_ptr + part_s) + tl.sum(gl2, axis=0))
+    else:
+        gh = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD)
+
+    if START:
+        # dL/dV_{t-1}: spikes and reset through the rectangular surrogate, the rest of H_{t-1}.
+        gs = tl.load(gs_ptr + prev * P + tile, mask=m, other=0.0).to(CD)
+        if not DETACH:
+            if HARD:
+                gs = gs + gh * (v_reset - vp)
+            else:
+                gs = gs - gh * v_th
+        win = tl.abs(vp - v_th) < width * 0.5
+        gvp = tl.where(win, gs / width, 0.0)
+        if HARD:
+            gvp = gvp + tl.where(sp, 0.0, gh)
+        else:
+            gvp = gvp + gh
+        gvp = tl.where(m, gvp, 0.0)
+        tl.store(gv_out_ptr + state, gvp, mask=m)
+        if HAS_SA:
+            tl.store(part_a_ptr + part + offs_c, tl.sum(gvp * up, axis=1), mask=mc)
+        tl.store(part_b_ptr + part + offs_c, tl.sum(gvp, axis=1), mask=mc)
