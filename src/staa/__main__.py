@@ -1,0 +1,232 @@
+"""``python -m staa``: what STAALIF costs in a small spiking ResNet, next to a plain LIF.
+
+Builds the embedded network of :mod:`staa._demo` (3x32x32 input) twice, with a plain
+multi-step LIF and with STAALIF (same conv, BN and head weights), and prints: the
+parameters STAA adds, forward and forward+backward time on this machine, the bytes saved
+for backward per neuron-step, ``staa.profile`` of both networks and the STAALIF backend
+that ran. ``--json`` prints the same as one JSON object. Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import staa
+from staa import _demo
+from staa._profile import profile
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m staa",
+        description="Compare STAALIF with a plain LIF in a small spiking ResNet (3x32x32 input): parameters, "
+        "time, memory saved for backward, firing rates, ACs/MACs and energy.",
+    )
+    p.add_argument("--T", type=int, default=4, help="time steps (default 4)")
+    p.add_argument("--batch", type=int, default=8, help="batch size for timing and profiling (default 8)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage; then 2x, 4x (default 16)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--backend", default="auto", choices=staa._backend.BACKENDS, help="STAALIF backend (default auto)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up; the median is shown (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and the random input images (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    return p
+
+
+class _Progress:
+    def __init__(self, steps: int):
+        self.steps, self.i, self.t0 = steps, 0, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        self.i += 1
+        print(f"[{self.i}/{self.steps} {time.perf_counter() - self.t0:5.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, repeat: int, device: torch.device) -> float:
+    fn()  # warm-up
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _timings(model, img, labels, repeat, device):
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(img)
+
+    def train_step():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(img), labels).backward()
+
+    return {"forward_ms": _median_ms(forward, repeat, device), "forward_backward_ms": _median_ms(train_step, repeat, device)}
+
+
+def _saved_bytes(model, img) -> dict:
+    """Bytes autograd saves for backward in one training forward, each storage once:
+    those saved inside the neuron layers (per neuron-step) and in the whole network."""
+    neurons = _demo.neuron_layers(model)
+    inside = [0]
+    neuron_steps = [0]
+    seen_all, seen_neuron = {}, {}
+
+    def pre(module, args):
+        inside[0] += 1
+
+    def post(module, args, out):
+        inside[0] -= 1
+        neuron_steps[0] += out.numel()
+
+    def pack(t):
+        st = t.untyped_storage()
+        key = (t.device, st.data_ptr(), st.nbytes())
+        seen_all[key] = st.nbytes()
+        if inside[0]:
+            seen_neuron[key] = st.nbytes()
+        return t
+
+    handles = [h for m in neurons for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(img)
+    finally:
+        for h in handles:
+            h.remove()
+    del out
+    neuron_bytes = sum(seen_neuron.values())
+    return {
+        "neuron_bytes": neuron_bytes,
+        "neuron_steps": neuron_steps[0],
+        "bytes_per_neuron_step": neuron_bytes / neuron_steps[0],
+        "network_bytes": sum(seen_all.values()),
+    }
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def run(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for name in ("T", "batch", "width", "repeat"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    backend = staa.backend_for(torch.empty(0, device=device), args.backend)
+    progress = _Progress(6)
+
+    progress(f"building the networks (width {args.width}, T={args.T}) on {device}")
+    lif, snn = _demo.build_pair(args.width, args.T, backend=args.backend, seed=args.seed, device=device)
+    img = _demo.example_images(args.batch, device, seed=args.seed)
+    labels = torch.arange(args.batch, device=device) % 10
+    progress("calibrating batch-norm statistics on the example batch")
+    _demo.calibrate_batchnorm(lif, img)
+    _demo.calibrate_batchnorm(snn, img)
+    n_lif = sum(p.numel() for p in lif.parameters())
+    n_staa = sum(p.numel() for p in snn.parameters())
+
+    result = {
+        "config": {"T": args.T, "batch": args.batch, "width": args.width, "input": [3, 32, 32], "device": str(device),
+                   "repeat": args.repeat, "seed": args.seed},
+        "machine": _machine(device),
+        "torch": torch.__version__,
+        "staa": staa.__version__,
+        "backend": backend,
+        "parameters": {"lif": n_lif, "staa": n_staa, "added": n_staa - n_lif},
+    }
+    progress("timing the LIF network (forward, forward+backward)")
+    t_lif = _timings(lif, img, labels, args.repeat, device)
+    progress("timing the STAALIF network (forward, forward+backward)")
+    t_staa = _timings(snn, img, labels, args.repeat, device)
+    result["time_ms"] = {"lif": t_lif, "staa": t_staa}
+    progress("measuring memory saved for backward")
+    result["saved_for_backward"] = {"lif": _saved_bytes(lif, img), "staa": _saved_bytes(snn, img)}
+    progress("profiling both networks (eval)")
+    reports = {"lif": profile(lif, img), "staa": profile(snn, img)}
+    result["profile"] = {k: r.to_dict() for k, r in reports.items()}
+    result["_reports"] = reports
+    return result
+
+
+def _fmt_bytes(b: float) -> str:
+    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if b >= div:
+            return f"{b / div:.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def render(result: dict) -> str:
+    cfg, p, t, s = result["config"], result["parameters"], result["time_ms"], result["saved_for_backward"]
+    reports = result["_reports"]
+    lines = [
+        f"staa {result['staa']}: STAALIF vs plain LIF in a spiking ResNet "
+        f"(input 3x32x32, T={cfg['T']}, batch {cfg['batch']}, width {cfg['width']})",
+        f"machine: {result['machine']}",
+        f"STAALIF backend: {result['backend']}",
+        "",
+    ]
+    rows = [
+        ("", "LIF", "STAALIF", ""),
+        ("parameters", f"{p['lif']:,}", f"{p['staa']:,}", f"+{p['added']:,} ({100 * p['added'] / p['lif']:.1f}%)"),
+    ]
+    for key, label in (("forward_ms", "forward, eval (ms)"), ("forward_backward_ms", "forward+backward, train (ms)")):
+        a, b = t["lif"][key], t["staa"][key]
+        rows.append((label, f"{a:.1f}", f"{b:.1f}", f"x{b / a:.2f}"))
+    a, b = s["lif"]["bytes_per_neuron_step"], s["staa"]["bytes_per_neuron_step"]
+    rows.append(("saved for backward per neuron-step (B)", f"{a:.1f}", f"{b:.1f}", f"x{b / a:.2f}"))
+    a, b = s["lif"]["network_bytes"], s["staa"]["network_bytes"]
+    rows.append(("saved for backward, whole network", _fmt_bytes(a), _fmt_bytes(b), f"x{b / a:.2f}"))
+    ra, rb = reports["lif"], reports["staa"]
+    rows.append(("firing rate", f"{ra.firing_rate:.3f}", f"{rb.firing_rate:.3f}", ""))
+    rows.append(("energy per inference (uJ)", f"{ra.energy_j * 1e6:.2f}", f"{rb.energy_j * 1e6:.2f}",
+                 f"x{rb.energy_j / ra.energy_j:.2f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip())
+    lines.append(f"(time: median of {cfg['repeat']} runs after a warm-up; forward+backward is one training step "
+                 "with cross-entropy)")
+    for key, title in (("lif", "LIF network"), ("staa", "STAALIF network")):
+        lines += ["", f"staa.profile, {title}:", str(reports[key])]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = run(args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"python -m staa: error: {exc}", file=sys.stderr)
+        return 2
+    reports = result.pop("_reports")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        result["_reports"] = reports
+        print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
