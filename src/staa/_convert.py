@@ -1,0 +1,586 @@
+"""``staa.convert``: swap spikingjelly LIF / PLIF / IF nodes for :class:`staa.STAALIF`.
+
+Detection compares ``type(node)`` with the classes spikingjelly exports, looked up in
+``sys.modules`` only: a model that holds spikingjelly nodes has imported spikingjelly,
+and a model that does not needs nothing from it, so this module never imports it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import sys
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .neuron import STAALIF
+
+__all__ = ["convert", "ConvertReport", "ReplacedNode", "SkippedNode"]
+
+# (module exporting the classes, class name, kind, fixed step mode or None = read node.step_mode)
+_NODE_CLASSES = (
+    ("spikingjelly.activation_based.neuron", "LIFNode", "lif", None),
+    ("spikingjelly.activation_based.neuron", "ParametricLIFNode", "plif", None),
+    ("spikingjelly.activation_based.neuron", "IFNode", "if", None),
+    ("spikingjelly.clock_driven.neuron", "LIFNode", "lif", "s"),
+    ("spikingjelly.clock_driven.neuron", "MultiStepLIFNode", "lif", "m"),
+    ("spikingjelly.clock_driven.neuron", "ParametricLIFNode", "plif", "s"),
+    ("spikingjelly.clock_driven.neuron", "MultiStepParametricLIFNode", "plif", "m"),
+    ("spikingjelly.clock_driven.neuron", "IFNode", "if", "s"),
+    ("spikingjelly.clock_driven.neuron", "MultiStepIFNode", "if", "m"),
+)
+# Base classes of other spikingjelly neurons, so those nodes are listed as skipped.
+_BASE_CLASSES = (
+    ("spikingjelly.activation_based.neuron", "BaseNode"),
+    ("spikingjelly.clock_driven.neuron", "BaseNode"),
+)
+_RECT = (
+    ("spikingjelly.activation_based.surrogate", "Rect"),
+    ("spikingjelly.clock_driven.surrogate", "Rect"),
+)
+# Settings carried from the node; staalif_options may override them.
+_CARRIED = ("v_threshold", "v_reset", "detach_reset", "surrogate_width", "step_mode", "store_v_seq")
+_NOT_OPTIONS = ("channels", "device", "dtype")
+# Hook dictionaries that move to the new module (the same objects, so old handles still remove them).
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
+
+Pattern = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    exported_as: str  # e.g. "spikingjelly.clock_driven.neuron.MultiStepLIFNode"
+    kind: str  # "lif", "plif" or "if"
+    step_mode: Optional[str]
+
+
+def _exported(pairs) -> List[Tuple[str, type]]:
+    found = []
+    for module_name, class_name in pairs:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type):
+            found.append((f"{module_name}.{class_name}", cls))
+    return found
+
+
+def _known_classes() -> Dict[type, _Kind]:
+    known: Dict[type, _Kind] = {}
+    for module_name, class_name, kind, step_mode in _NODE_CLASSES:
+        for exported_as, cls in _exported([(module_name, class_name)]):
+            known.setdefault(cls, _Kind(exported_as, kind, step_mode))
+    return known
+
+
+# ---------------------------------------------------------------------------------- report
+@dataclasses.dataclass(frozen=True)
+class ReplacedNode:
+    """One node swapped for STAALIF. ``channels``/``T`` are ``None`` where sizing is lazy."""
+
+    name: str
+    old_class: str
+    channels: Optional[int]
+    T: Optional[int]
+    step_mode: str
+    dropped: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedNode:
+    """A spikingjelly neuron left in place, with the reason."""
+
+    name: str
+    cls: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ConvertReport:
+    """What :func:`staa.convert` replaced (or would replace, with ``dry_run``) and skipped.
+
+    ``print(report)`` shows it as a table.
+    """
+
+    replaced: List[ReplacedNode]
+    skipped: List[SkippedNode]
+    dry_run: bool = False
+
+    def __len__(self) -> int:
+        return len(self.replaced)
+
+    def __str__(self) -> str:
+        verb = "would replace" if self.dry_run else "replaced"
+        if not self.replaced and not self.skipped:
+            return "staa.convert: no spikingjelly LIFNode/ParametricLIFNode/IFNode found; the model is unchanged"
+        lines = [f"staa.convert: {verb} {len(self.replaced)} node(s) with STAALIF, skipped {len(self.skipped)}"]
+        if not self.replaced:
+            lines[0] += "; the model is unchanged"
+        if self.replaced:
+            rows = [("module", "old class", "C", "T", "step", "dropped settings")]
+            for r in self.replaced:
+                rows.append((
+                    r.name, _short(r.old_class), _lazy(r.channels), _lazy(r.T), r.step_mode, ", ".join(r.dropped) or "-",
+                ))
+            lines += _table(rows, right=(2, 3))
+        if self.skipped:
+            lines.append("skipped:")
+            lines += _table([("module", "class", "reason")] + [(s.name, _short(s.cls), s.reason) for s in self.skipped])
+        return "\n".join(lines)
+
+
+def _short(qualname: str) -> str:
+    # "spikingjelly.activation_based.neuron.LIFNode" -> "LIFNode"; legacy classes keep "clock_driven."
+    name = qualname.rsplit(".", 1)[-1]
+    return f"clock_driven.{name}" if ".clock_driven." in qualname else name
+
+
+def _lazy(value: Optional[int]) -> str:
+    return "lazy" if value is None else str(value)
+
+
+def _table(rows, right=()) -> List[str]:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        out.append("  " + "  ".join(cells).rstrip())
+    return out
+
+
+# ---------------------------------------------------------------------------------- selection
+def _matcher(spec: Pattern, what: str) -> Optional[Callable[[str, nn.Module], bool]]:
+    if spec is None:
+        return None
+    if callable(spec):
+        return spec
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"{what} must be a module-name pattern, a list of patterns or a predicate (name, module) -> bool, "
+            f"got {spec!r}"
+        )
+
+    def match(name: str, module: nn.Module) -> bool:
+        # A pattern matches a name by glob, or any module below the module it names.
+        return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
+
+    return match
+
+
+def _display(name: str) -> str:
+    return name or "<model>"
+
+
+# ---------------------------------------------------------------------------------- settings
+def _scalar(node: nn.Module, attr: str, name: str):
+    value = getattr(node, attr)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"node '{_display(name)}' has a per-neuron {attr} of shape {list(value.shape)}; STAALIF takes "
+                f"one scalar {attr}: set it to a float before converting or exclude this node"
+            )
+        value = value.item()
+    return value
+
+
+def _surrogate(node: nn.Module) -> Tuple[float, Optional[str]]:
+    """(surrogate_width, dropped-setting text or None)."""
+    sg = getattr(node, "surrogate_function", None)
+    rect = tuple(cls for _, cls in _exported(_RECT))
+    if rect and type(sg) in rect:
+        alpha = float(sg.alpha)
+        if alpha > 0 and math.isfinite(alpha):
+            return 1.0 / alpha, None
+    text = " ".join(repr(sg).split())
+    return 1.0, f"surrogate_function={text} (now rectangular, width 1)"
+
+
+def _node_settings(node: nn.Module, kind: _Kind, name: str) -> Tuple[dict, List[str]]:
+    width, dropped_sg = _surrogate(node)
+    step_mode = kind.step_mode or getattr(node, "step_mode", "s")
+    settings = {
+        "v_threshold": float(_scalar(node, "v_threshold", name)),
+        "v_reset": None if node.v_reset is None else float(_scalar(node, "v_reset", name)),
+        "detach_reset": bool(node.detach_reset),
+        "surrogate_width": width,
+        "step_mode": step_mode,
+        "store_v_seq": bool(getattr(node, "store_v_seq", False)),
+    }
+    dropped = []
+    if kind.kind == "lif":
+        dropped.append(f"tau={_fmt(_scalar(node, 'tau', name))}")
+    elif kind.kind == "plif":
+        with torch.no_grad():
+            tau = 1.0 / torch.sigmoid(node.w.detach().float()).item()
+        dropped.append(f"learnable tau (was {_fmt(tau)})")
+    if kind.kind in ("lif", "plif"):
+        dropped.append(f"decay_input={bool(getattr(node, 'decay_input', True))}")
+    if dropped_sg is not None:
+        dropped.append(dropped_sg)
+    backend = getattr(node, "backend", "torch")
+    if isinstance(backend, str) and backend != "torch":
+        dropped.append(f"backend={backend!r}")
+    return settings, dropped
+
+
+def _fmt(x) -> str:
+    return f"{float(x):g}"
+
+
+# ---------------------------------------------------------------------------------- probe
+@dataclasses.dataclass
+class _Seen:
+    shape: Tuple[int, ...]
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _call(model: nn.Module, example_input):
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
+def _first_device(example_input) -> Optional[torch.device]:
+    items = example_input.values() if isinstance(example_input, dict) else (
+        example_input if isinstance(example_input, (tuple, list)) else [example_input]
+    )
+    for x in items:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return None
+
+
+def _probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int, List[_Seen]]:
+    """One eval-mode, no-grad forward recording the input of every watched node.
+
+    Training flags, buffers (BatchNorm statistics), spikingjelly/STAALIF neuron state and
+    the RNG state are restored afterwards, also when the forward fails.
+    """
+    seen: Dict[int, List[_Seen]] = {k: [] for k in watched}
+    stack: List[str] = []
+    handles = []
+    modules = list(model.named_modules(remove_duplicate=False))
+    names_by_id: Dict[int, str] = {}
+    for name, m in modules:
+        names_by_id.setdefault(id(m), name)
+
+    def enter(m, args):
+        stack.append(names_by_id[id(m)])
+        if id(m) in seen and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            seen[id(m)].append(_Seen(tuple(x.shape), x.device, x.dtype))
+
+    def leave(m, args, out):
+        if stack:
+            stack.pop()
+
+    training = [(m, m.training) for _, m in modules]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    states = _save_neuron_states(m for _, m in modules)
+    device = _first_device(example_input)
+    rng_devices = [device] if device is not None and device.type == "cuda" else []
+    try:
+        for m in {id(m): m for _, m in modules}.values():
+            handles.append(m.register_forward_pre_hook(enter))
+            handles.append(m.register_forward_hook(leave))
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices):
+            try:
+                _call(model, example_input)
+            except Exception as err:
+                failed = stack[-1] if stack else ""
+                failed_module = dict(modules).get(failed, model)
+                raise ValueError(
+                    f"staa.convert: the sizing forward with example_input ({_describe(example_input)}) failed in "
+                    f"module '{_display(failed)}' ({type(failed_module).__name__}): {type(err).__name__}: {err}. "
+                    f"Pass an input the model accepts as it is (e.g. [T, B, C, H, W] for a multi-step model)"
+                ) from err
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training:
+            m.training = flag
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        _restore_neuron_states(states)
+    return seen
+
+
+def _describe(example_input) -> str:
+    if isinstance(example_input, torch.Tensor):
+        return f"shape {list(example_input.shape)}"
+    if isinstance(example_input, (tuple, list)):
+        return ", ".join(_describe(x) for x in example_input)
+    if isinstance(example_input, dict):
+        return ", ".join(f"{k}: {_describe(v)}" for k, v in example_input.items())
+    return type(example_input).__name__
+
+
+def _save_neuron_states(modules: Iterable[nn.Module]):
+    saved = []
+    for m in modules:
+        if isinstance(m, STAALIF):
+            saved.append((m, "staa", (m._h, m._t, m._v_seq)))
+        elif isinstance(getattr(m, "_memories", None), dict):
+            saved.append((m, "sj", (dict(m._memories), dict(m.__dict__))))
+    return saved
+
+
+def _restore_neuron_states(saved) -> None:
+    for m, what, state in saved:
+        if what == "staa":
+            m._h, m._t, m._v_seq = state
+        else:
+            memories, attrs = state
+            m._memories.clear()
+            m._memories.update(memories)
+            # spikingjelly keeps some state (v_seq) as plain attributes.
+            for key in [k for k in m.__dict__ if k not in attrs]:
+                del m.__dict__[key]
+            m.__dict__.update({k: v for k, v in attrs.items() if k != "_memories"})
+
+
+# ---------------------------------------------------------------------------------- sizing
+def _size_from_probe(name: str, step_mode: str, seen: List[_Seen], T: Optional[int]):
+    """(channels, T, reason-to-skip or None) for one node from the shapes the probe saw."""
+    if not seen:
+        return None, T, None
+    dims = (3, 5) if step_mode == "m" else (2, 4)
+    sizes = set()
+    for s in seen:
+        if len(s.shape) not in dims:
+            expected = "[T, B, C, H, W] or [T, B, C]" if step_mode == "m" else "[B, C, H, W] or [B, C]"
+            return None, None, (
+                f"input of shape {list(s.shape)} in step_mode={step_mode!r}; STAALIF takes {expected}"
+            )
+        sizes.add((len(s.shape), s.shape[2], s.shape[0]) if step_mode == "m" else (len(s.shape), s.shape[1], None))
+    if len(sizes) > 1:
+        shapes = ", ".join(str(list(s.shape)) for s in seen)
+        raise ValueError(
+            f"staa.convert: node '{_display(name)}' is called {len(seen)} times in one forward with inputs of "
+            f"different channel count, T or rank ({shapes}); one STAALIF has one C and T. Give each call site "
+            f"its own neuron, or exclude this node (exclude=[{name!r}])"
+        )
+    _, channels, probe_T = sizes.pop()
+    if probe_T is not None:
+        if T is not None and T < probe_T:
+            raise ValueError(
+                f"staa.convert: T={T} but node '{_display(name)}' receives T={probe_T} steps "
+                f"(input shape {list(seen[0].shape)}); pass T >= {probe_T} or leave T unset"
+            )
+        if T is None:
+            T = probe_T
+    return channels, T, None
+
+
+def _factory(model: nn.Module, parents: Dict[int, nn.Module], node: nn.Module, seen: List[_Seen]):
+    """device and dtype for a new STAALIF: the node's own parameters (PLIF), else its
+    parent's, else the model's; the probe's input device wins over parameters."""
+    device = dtype = None
+    for scope in (node, parents.get(id(node)), model):
+        if scope is None:
+            continue
+        p = next((p for p in scope.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
+        if p is not None:
+            device, dtype = p.device, p.dtype
+            break
+    if seen:
+        device = seen[0].device
+        if dtype is None and seen[0].dtype in (torch.float32, torch.float64):
+            dtype = seen[0].dtype
+    return device, dtype
+
+
+def _is_lazy(p) -> bool:
+    return isinstance(p, nn.parameter.UninitializedParameter)
+
+
+# ---------------------------------------------------------------------------------- convert
+def convert(
+    model: nn.Module,
+    example_input=None,
+    *,
+    T: Optional[int] = None,
+    include: Pattern = None,
+    exclude: Pattern = None,
+    dry_run: bool = False,
+    **staalif_options,
+):
+    r"""Replace spikingjelly LIF / PLIF / IF nodes in ``model`` with :class:`staa.STAALIF`, in place.
+
+    Recognised (by class identity, only if spikingjelly is already imported):
+    ``spikingjelly.activation_based.neuron.{LIFNode, ParametricLIFNode, IFNode}`` (2.x and
+    0.0.0.0.14) and the legacy ``spikingjelly.clock_driven.neuron.{LIFNode, MultiStepLIFNode,
+    ParametricLIFNode, MultiStepParametricLIFNode, IFNode, MultiStepIFNode}``. Subclasses
+    (ILIF, LIAF, OTTT, SLTT, ...) and other spikingjelly neurons are left alone and reported.
+
+    Carried over: ``v_threshold``, ``v_reset`` (``None`` = soft reset), ``detach_reset``, the
+    step mode, ``store_v_seq``, device, dtype, the training flag and the node's forward and
+    backward hooks; a ``Rect(alpha)`` surrogate becomes ``surrogate_width=1/alpha``, any other
+    surrogate width 1. Dropped (and listed in the report): ``tau``, ``decay_input``, PLIF's
+    learnable tau, other surrogates, a non-torch ``backend``. STAA's update has no leak, so a
+    converted LIF model starts from different dynamics and needs training.
+
+    Args:
+        model: the network; module names are kept, so the rest of its state dict is unchanged.
+        example_input: optional input for one sizing forward (a tensor such as
+            ``[T, B, C, H, W]``, a tuple of positional inputs or a dict of keyword inputs).
+            It runs in eval mode under ``no_grad`` and ``torch.random.fork_rng``, and training
+            flags, buffers (BatchNorm statistics), neuron state and RNG state are restored;
+            forward hooks on the model do run. Each STAALIF is then built with its exact C and
+            T. Without it, lazy STAALIF modules are inserted that size themselves at the first
+            multi-step forward (which must use the training T).
+        T: number of time steps. Needed for single-step nodes (with ``pe=True``); for
+            multi-step nodes it defaults to the probe's T.
+        include, exclude: which nodes to convert: a module-name glob (``"layer1.*"``; a plain
+            name also covers everything below it), a list of them, or a predicate
+            ``(name, module) -> bool``. Excluded nodes are listed as skipped.
+        dry_run: return the report without changing the model.
+        **staalif_options: passed to every :class:`staa.STAALIF` (``r``, ``tsrd``, ``gc``,
+            ``pe``, ``sa``, ``backend``, ...); they override carried settings.
+
+    Returns:
+        ``model`` (the same object) with the report as ``model.staa_report``; with
+        ``dry_run=True`` the :class:`ConvertReport` itself.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"staa.convert expects a torch.nn.Module, got {type(model).__name__}")
+    bad = [k for k in ("T",) + _NOT_OPTIONS if k in staalif_options]
+    if bad:
+        raise TypeError(
+            f"staa.convert sets {', '.join(bad)} of each STAALIF itself (from the probe, the node and the model); "
+            f"remove {', '.join(repr(b) for b in bad)} from the options"
+        )
+    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
+        raise ValueError(f"T must be a positive int or None, got {T!r}")
+    want = _matcher(include, "include")
+    drop = _matcher(exclude, "exclude")
+
+    known = _known_classes()
+    other_bases = tuple(cls for _, cls in _exported(_BASE_CLASSES))
+    # Every place a module is registered: (parent, attribute name, full name).
+    places: Dict[int, List[Tuple[nn.Module, str, str]]] = OrderedDict()
+    parents: Dict[int, nn.Module] = {}
+    nodes: Dict[int, nn.Module] = {}
+    for parent_name, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in parent._modules.items():
+            if child is None:
+                continue
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            places.setdefault(id(child), []).append((parent, child_name, full))
+            parents.setdefault(id(child), parent)
+            nodes[id(child)] = child
+
+    replaced: List[ReplacedNode] = []
+    skipped: List[SkippedNode] = []
+    todo: List[Tuple[int, _Kind, str]] = []
+    for key, child in nodes.items():
+        names = [full for _, _, full in places[key]]
+        name = names[0]
+        cls = type(child)
+        if cls not in known:
+            if known and isinstance(child, tuple(known)):
+                base = next(k for k in known if isinstance(child, k))
+                skipped.append(SkippedNode(
+                    name, _qualname(cls), f"subclass of {_short(known[base].exported_as)}: a different neuron model"
+                ))
+            elif other_bases and isinstance(child, other_bases) and not isinstance(child, STAALIF):
+                skipped.append(SkippedNode(name, _qualname(cls), "not a LIF, PLIF or IF node"))
+            continue
+        selected = (want is None or any(want(n, child) for n in names)) and not (
+            drop is not None and any(drop(n, child) for n in names)
+        )
+        if not selected:
+            skipped.append(SkippedNode(name, known[cls].exported_as, "excluded by include/exclude"))
+            continue
+        todo.append((key, known[cls], name))
+
+    if not todo:
+        report = ConvertReport([], skipped, dry_run)
+        if not dry_run:
+            model.staa_report = report
+        return report if dry_run else model
+
+    settings = {}
+    for key, kind, name in todo:
+        s, dropped = _node_settings(nodes[key], kind, name)
+        overridden = [k for k in _CARRIED if k in staalif_options and staalif_options[k] != s[k]]
+        dropped += [f"{k}={s[k]!r} (overridden by the option {k}={staalif_options[k]!r})" for k in overridden]
+        s.update(staalif_options)
+        settings[key] = (s, dropped)
+        if s["step_mode"] == "s" and T is None and s.get("pe", True):
+            raise ValueError(
+                f"staa.convert: node '{_display(name)}' runs in single-step mode, so STAALIF cannot learn T from "
+                f"the input; pass T=<number of time steps> (or pe=False)"
+            )
+
+    seen: Dict[int, List[_Seen]] = {key: [] for key, _, _ in todo}
+    if example_input is not None:
+        seen = _probe(model, example_input, {key: name for key, _, name in todo})
+
+    builds = []
+    for key, kind, name in todo:
+        node = nodes[key]
+        s, dropped = settings[key]
+        channels, node_T, reason = _size_from_probe(name, s["step_mode"], seen[key], T)
+        if reason is not None:
+            skipped.append(SkippedNode(name, kind.exported_as, reason))
+            continue
+        if example_input is not None and not seen[key]:
+            dropped = dropped + ["(not reached by the probe: sized lazily at the first multi-step forward)"]
+        device, dtype = _factory(model, parents, node, seen[key])
+        builds.append((key, kind, name, channels, node_T, s, dropped, device, dtype))
+
+    new_modules = {}
+    for key, kind, name, channels, node_T, s, dropped, device, dtype in builds:
+        if not dry_run:
+            try:
+                new = STAALIF(channels, node_T, device=device, dtype=dtype, **s)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"staa.convert: cannot build STAALIF for node '{_display(name)}': {err}") from err
+            new.train(nodes[key].training)
+            new_modules[key] = new
+        replaced.append(ReplacedNode(name, kind.exported_as, channels, node_T, s["step_mode"], tuple(dropped)))
+
+    report = ConvertReport(replaced, skipped, dry_run)
+    if dry_run:
+        return report
+    for key, new in new_modules.items():
+        old = nodes[key]
+        for attr in _HOOK_DICTS:
+            if attr in old.__dict__:
+                new.__dict__[attr] = old.__dict__[attr]
+        for parent, child_name, _ in places[key]:
+            parent._modules[child_name] = new
+    _invalidate_reset_cache(model)
+    model.staa_report = report
+    return model
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _invalidate_reset_cache(model: nn.Module) -> None:
+    functional = sys.modules.get("spikingjelly.activation_based.functional")
+    invalidate = getattr(functional, "invalidate_reset_cache", None)
+    if invalidate is not None:
+        # reset_net caches per network object; sub-networks may have been reset on their own.
+        for m in model.modules():
+            invalidate(m)
