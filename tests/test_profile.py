@@ -225,7 +225,7 @@ def test_report_outputs(tmp_path):
     net, x = _tiny(), torch.randn(2, 3, 2, 4, 4) * 3
     rep = staa.profile(net, x)
     text = str(rep)
-    for name in ("conv", "sn", "fc", "total", "STAALIF", "binary in"):
+    for name in ("conv", "sn", "fc", "total", "STAALIF", "spikes 0.", "real"):
         assert name in text
     rows = rep.to_list()
     assert [r["name"] for r in rows] == ["conv", "sn", "fc"] and rows[1]["macs"] == rep.rows[1].macs

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         "time, memory saved for backward, firing rates, ACs/MACs and energy.",
     )
     p.add_argument("--T", type=int, default=4, help="time steps (default 4)")
-    p.add_argument("--batch", type=int, default=8, help="batch size for timing and profiling (default 8)")
+    p.add_argument("--batch", type=int, default=4, help="images per batch for timing and profiling (default 4)")
     p.add_argument("--width", type=int, default=16, help="channels of the first stage; then 2x, 4x (default 16)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=staa._backend.BACKENDS, help="STAALIF backend (default auto)")
@@ -200,6 +200,8 @@ def render(result: dict) -> str:
     rows.append(("saved for backward, whole network", _fmt_bytes(a), _fmt_bytes(b), f"x{b / a:.2f}"))
     ra, rb = reports["lif"], reports["staa"]
     rows.append(("firing rate", f"{ra.firing_rate:.3f}", f"{rb.firing_rate:.3f}", ""))
+    rows.append(("ACs per inference", f"{ra.total_acs / 1e6:.2f}M", f"{rb.total_acs / 1e6:.2f}M", ""))
+    rows.append(("MACs per inference", f"{ra.total_macs / 1e6:.2f}M", f"{rb.total_macs / 1e6:.2f}M", ""))
     rows.append(("energy per inference (uJ)", f"{ra.energy_j * 1e6:.2f}", f"{rb.energy_j * 1e6:.2f}",
                  f"x{rb.energy_j / ra.energy_j:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

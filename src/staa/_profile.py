@@ -273,26 +273,29 @@ def _rates(r: LayerStats, limit: int = 8) -> str:
 
 
 def format_report(report: ProfileReport) -> str:
-    header = ["layer", "type", "output", "rate", "rate per step", "dense MACs", "ACs", "MACs", "energy"]
+    header = ["layer", "type", "output", "input", "rate", "rate per step", "dense MACs", "ACs", "MACs", "energy"]
     lines = []
     for r in report.rows:
         shape = "x".join(str(s) for s in r.output_shape)
         if r.calls > 1:
             shape += f" ({r.calls} calls)"
         if r.kind == "spiking":
+            inp = "-"
             rate = "-" if r.firing_rate is None else f"{r.firing_rate:.3f}"
         else:
-            rate = "binary in" if r.input_binary else "-"
+            inp = f"spikes {r.input_nonzero:.3f}" if r.input_binary else "real"
+            rate = "-"
         lines.append(
-            [r.name or "(model)", r.type, shape, rate, _rates(r), _si(r.dense_macs), _si(r.acs), _si(r.macs), _energy(r.energy_j)]
+            [r.name or "(model)", r.type, shape, inp, rate, _rates(r), _si(r.dense_macs), _si(r.acs), _si(r.macs),
+             _energy(r.energy_j)]
         )
     rate = report.firing_rate
     lines.append(
-        ["total", "", "", "-" if rate is None else f"{rate:.3f}", "", "", _si(report.total_acs), _si(report.total_macs),
-         _energy(report.energy_j)]
+        ["total", "", "", "", "-" if rate is None else f"{rate:.3f}", "", "", _si(report.total_acs),
+         _si(report.total_macs), _energy(report.energy_j)]
     )
     widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
-    right = {3, 5, 6, 7, 8}
+    right = {4, 6, 7, 8, 9}
 
     def fmt(row):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
@@ -301,8 +304,9 @@ def format_report(report: ProfileReport) -> str:
     out = [fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])]
     T = "-" if report.T is None else report.T
     out.append(
-        f"per single-sample inference over T={T} (batch of {report.batch_size} observed); "
-        f"energy = ACs x {report.e_ac * 1e12:g} pJ + MACs x {report.e_mac * 1e12:g} pJ"
+        f"per single-sample inference over T={T} (batch of {report.batch_size} observed); input: 'spikes f' = "
+        f"binary with non-zero fraction f (ACs), 'real' (MACs); energy = ACs x {report.e_ac * 1e12:g} pJ "
+        f"+ MACs x {report.e_mac * 1e12:g} pJ"
     )
     return "\n".join(out)
 
@@ -316,7 +320,6 @@ class _SavedState:
         self.training = [m.training for m in self.modules]
         self.attrs = []
         self.buffers = []
-        memory_cls = _spikingjelly_memory_class()
         for m in self.modules:
             own = {k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS}
             if isinstance(own.get("_memories"), dict):
@@ -324,7 +327,6 @@ class _SavedState:
                 own["_memories"] = {k: _clone(v) for k, v in own["_memories"].items()}
             self.attrs.append(own)
             self.buffers.append({k: (b, None if b is None else b.detach().clone()) for k, b in m._buffers.items()})
-        self.memory_cls = memory_cls
 
     def restore(self) -> None:
         for m, training, own, buffers in zip(self.modules, self.training, self.attrs, self.buffers):
