@@ -63,6 +63,16 @@ def mlp_config(C: int, *hidden: int) -> tuple:
     return block_cc, block_h, num_warps
 
 
+# Set by benchmarks/compile_kernels.py to record launches instead of running them.
+launch_hook = None
+
+
+def _run(kernel, grid, *args, **kwargs):
+    if launch_hook is not None:
+        return launch_hook(kernel, grid, args, kwargs)
+    kernel[grid](*args, **kwargs)
+
+
 def _compute_dtype(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
@@ -204,7 +214,7 @@ def staa_lif_forward(
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
     for t in range(T):
         if gch is not None or sa is not None:
-            staa_fwd_mlp_kernel[(B,)](
+            _run(staa_fwd_mlp_kernel, (B,),
                 part_ctx, part_hsum,
                 d1 if d1 is not None else dummy, xmean if xmean is not None else dummy,
                 d2 if d2 is not None else dummy, gate, drop8,
@@ -214,7 +224,7 @@ def staa_lif_forward(
                 **flags, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs, CD=CD,
                 num_warps=mlp_warps,
             )
-        staa_fwd_elem_kernel[(B, tc.NP)](
+        _run(staa_fwd_elem_kernel, (B, tc.NP),
             x, posc if posc is not None else dummy, d1 if d1 is not None else dummy,
             d2 if d2 is not None else dummy, gate, u, spikes,
             v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum,
@@ -345,7 +355,7 @@ def staa_lif_backward(
     scal = (float(v_threshold), 0.0 if v_reset is None else float(v_reset), h0, float(surrogate_width))
 
     def elem(t, finish, start, gv_in, gv_out):
-        staa_bwd_elem_kernel[(B, tc.NP)](
+        _run(staa_bwd_elem_kernel, (B, tc.NP),
             grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8,
             gv_in, gv_out, vecs[0], vecs[1], vecs[2], grad_x,
             g1[0], g1[1], g2[0], g2[1], acc[0], acc[1], acc[2], acc[3],
@@ -360,7 +370,7 @@ def staa_lif_backward(
     for t in range(T - 1, -1, -1):
         k = (T - 1 - t) % 2
         if has_mlp:
-            staa_bwd_mlp_kernel[(B,)](
+            _run(staa_bwd_mlp_kernel, (B,),
                 part_a, part_b, gate, drop8,
                 hid_t, s4[0], s4[2],
                 a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],

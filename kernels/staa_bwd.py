@@ -39,7 +39,7 @@ def _ln_relu_bwd(gr, n_ptr, qh_ptr, rstd_ptr, nw_ptr, vec_h, row, offs_h, mh, CH
     return tl.where(mh, rstd * (gqh - m1 - qh * m2), 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def staa_bwd_mlp_kernel(
     part_a_ptr, part_b_ptr,  # [B, NP, C]: per-tile sum_p gV*u and sum_p gV of step t
     gate_ptr, drop_ptr,  # [T, B, C], [T] int8
@@ -141,7 +141,7 @@ def _gc_key_bwd(z, gctx, kw, kb, mp):
     return w[None, :] * gctx[:, None] + gl[None, :] * kw[:, None], gl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def staa_bwd_elem_kernel(
     gs_ptr,  # [T, B, C, P] dL/dspikes
     x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,

@@ -34,7 +34,7 @@ def _reset(v, v_th, v_reset, HARD: tl.constexpr):
     return s, h
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def staa_fwd_mlp_kernel(
     part_ctx_ptr, part_hsum_ptr,  # [B, NP, C]: partial GC2 contexts / spatial sums of H_{t-1}
     d1_ptr, xmean_ptr,  # [T, B, C]: GC1 delta and spatial mean of X (H-independent, precomputed)
@@ -113,7 +113,7 @@ def staa_fwd_mlp_kernel(
             tl.store(gate_ptr + vec + offs_c, g, mask=mc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def staa_fwd_elem_kernel(
     x_ptr,  # [T, B, C, P] input currents I, input dtype
     pos_ptr,  # [T, C] CD position encoding
