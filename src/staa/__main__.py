@@ -126,7 +126,8 @@ def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{load} (torch {torch.__version__})"
 
 
 def run(args) -> dict:
@@ -188,7 +189,7 @@ def render(result: dict) -> str:
         "",
     ]
     rows = [
-        ("", "LIF", "STAALIF", ""),
+        ("", "LIF", "STAALIF", "STAALIF vs LIF"),
         ("parameters", f"{p['lif']:,}", f"{p['staa']:,}", f"+{p['added']:,} ({100 * p['added'] / p['lif']:.1f}%)"),
     ]
     for key, label in (("forward_ms", "forward, eval (ms)"), ("forward_backward_ms", "forward+backward, train (ms)")):
@@ -207,8 +208,8 @@ def render(result: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip())
-    lines.append(f"(time: median of {cfg['repeat']} runs after a warm-up; forward+backward is one training step "
-                 "with cross-entropy)")
+    runs = f"median of {cfg['repeat']} runs" if cfg["repeat"] > 1 else "1 run"
+    lines.append(f"(time: {runs} after a warm-up; forward+backward is one training step with cross-entropy)")
     for key, title in (("lif", "LIF network"), ("staa", "STAALIF network")):
         lines += ["", f"staa.profile, {title}:", str(reports[key])]
     return "\n".join(lines)
