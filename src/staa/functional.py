@@ -6,7 +6,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from ._backend import resolve_backend
-from .reference import STAAParams, staa_lif_reference
+from .ops import staa_lif_op
+from .reference import STAAParams
 
 Tensor = torch.Tensor
 
@@ -33,11 +34,9 @@ def staa_lif_multistep(
 
     ``drop`` is the bool TSRD mask ``[T]``. Returns ``(spikes, v_last, v_seq)``: spikes
     ``[T, B, C, P]`` in x's dtype, the final membrane state H_{T-1} ``[B, C, P]`` and,
-    with ``store_v_seq``, every H ``[T, B, C, P]`` (both detached, float32).
+    with ``store_v_seq``, every H ``[T, B, C, P]`` (both detached, float32; float64 for
+    float64 input). Both backends run through one custom op (:mod:`staa.ops`): ``torch``
+    uses :mod:`staa.ops.torch_impl`, ``triton`` the kernels in ``staa.kernels.launch``.
     """
     which = resolve_backend(backend, x.device)
-    if which == "triton":  # pragma: no cover - wired up with the kernels
-        raise RuntimeError("backend='triton' is not implemented yet")
-    spikes, h = staa_lif_reference(x, params, drop, **cfg._asdict(), return_states=True)
-    h = h.detach()
-    return spikes, h[-1], (h if store_v_seq else None)
+    return staa_lif_op(x, params, drop, cfg, store_v_seq=store_v_seq, use_triton=which == "triton")

@@ -1,0 +1,152 @@
+"""The ``staa::lif_forward`` / ``staa::lif_backward`` custom ops and their autograd.
+
+One ``torch.library`` op runs the whole multi-step recurrence; its backward is a second
+op, so ``torch.compile`` sees two opaque nodes (with fake implementations for shape
+propagation) and never traces into the time loops.
+
+Parameters travel as one flat list of optional tensors in the order
+``[pos, gc_x (8), gc_h (8), sa (4)]``; ``None`` marks a disabled block.
+
+Autocast: the ops are autocast-neutral. They run on their inputs as given (spikes come
+back in ``x``'s dtype) and switch autocast off inside, so the attention MLPs and the
+state are always float32 (float64 for float64 input), with or without autocast.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import torch_impl
+
+Tensor = torch.Tensor
+
+N_PARAMS = 21  # pos + 8 + 8 + 4
+_GCX = slice(1, 9)
+_GCH = slice(9, 17)
+_SA = slice(17, 21)
+
+
+def _cd(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _split(params: Sequence[Optional[Tensor]]):
+    def block(sl):
+        ws = params[sl]
+        return None if ws[0] is None else tuple(ws)
+
+    return params[0], block(_GCX), block(_GCH), block(_SA)
+
+
+def _backend(use_triton: bool):
+    if use_triton:
+        from staa.kernels import launch  # imports triton; only on this path
+
+        return launch
+    return torch_impl
+
+
+@torch.library.custom_op("staa::lif_forward", mutates_args=())
+def lif_forward(
+    x: Tensor,
+    drop: Tensor,
+    params: List[Optional[Tensor]],
+    alpha: float,
+    v_threshold: float,
+    v_reset: Optional[float],
+    detach_reset: bool,
+    surrogate_width: float,
+    store_v_seq: bool,
+    use_triton: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(spikes, h_last, v_seq, u, gate)``; ``v_seq`` is empty unless ``store_v_seq``."""
+    pos, gcx, gch, sa = _split(params)
+    with torch.autocast(x.device.type, enabled=False):
+        spikes, h_last, v_seq, u, gate = _backend(use_triton).staa_lif_forward(
+            x, drop, pos, gcx, gch, sa,
+            alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
+            surrogate_width=surrogate_width, store_v_seq=store_v_seq,
+        )
+    if v_seq is None:
+        v_seq = x.new_empty((0,), dtype=_cd(x.dtype))
+    return spikes, h_last, v_seq, u, gate
+
+
+@lif_forward.register_fake
+def _(x, drop, params, alpha, v_threshold, v_reset, detach_reset, surrogate_width, store_v_seq, use_triton):
+    T, B, C, P = x.shape
+    cd = _cd(x.dtype)
+    return (
+        torch.empty_like(x),
+        x.new_empty((B, C, P), dtype=cd),
+        x.new_empty((T, B, C, P) if store_v_seq else (0,), dtype=cd),
+        x.new_empty((T, B, C, P), dtype=cd),
+        x.new_empty((T, B, C), dtype=cd),
+    )
+
+
+@torch.library.custom_op("staa::lif_backward", mutates_args=())
+def lif_backward(
+    grad_spikes: Tensor,
+    x: Tensor,
+    drop: Tensor,
+    params: List[Optional[Tensor]],
+    u: Tensor,
+    gate: Tensor,
+    alpha: float,
+    v_threshold: float,
+    v_reset: Optional[float],
+    detach_reset: bool,
+    surrogate_width: float,
+    use_triton: bool,
+) -> List[Tensor]:
+    """Returns ``[grad_x, *grads of the present params in list order]``."""
+    pos, gcx, gch, sa = _split(params)
+    with torch.autocast(x.device.type, enabled=False):
+        gx, gpos, ggcx, ggch, gsa = _backend(use_triton).staa_lif_backward(
+            grad_spikes.contiguous() if use_triton else grad_spikes, x, drop, pos, gcx, gch, sa, u, gate,
+            alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
+            surrogate_width=surrogate_width,
+        )
+    out = [gx]
+    if gpos is not None:
+        out.append(gpos)
+    for g in (ggcx, ggch, gsa):
+        if g is not None:
+            out.extend(g)
+    return out
+
+
+@lif_backward.register_fake
+def _(grad_spikes, x, drop, params, u, gate, alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton):
+    return [torch.empty_like(x)] + [torch.empty_like(p) for p in params if p is not None]
+
+
+def _setup_context(ctx, inputs, output):
+    x, drop, params, alpha, v_threshold, v_reset, detach_reset, surrogate_width, _, use_triton = inputs
+    _, h_last, v_seq, u, gate = output
+    present = [p is not None for p in params]
+    ctx.present = present
+    ctx.scalars = (alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton)
+    ctx.mark_non_differentiable(h_last, v_seq, u, gate)
+    ctx.save_for_backward(x, drop, u, gate, *[p for p in params if p is not None])
+
+
+def _backward(ctx, grad_spikes, *_unused):
+    x, drop, u, gate, *kept = ctx.saved_tensors
+    it = iter(kept)
+    params = [next(it) if here else None for here in ctx.present]
+    alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton = ctx.scalars
+    grads = lif_backward(
+        grad_spikes, x, drop, params, u, gate,
+        alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton,
+    )
+    it = iter(grads[1:])
+    grad_params = [next(it) if here else None for here in ctx.present]
+    if not any(ctx.present):
+        grad_params = None  # autograd treats an all-None list input as a single leaf
+    return grads[0], None, grad_params, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("staa::lif_forward", _backward, setup_context=_setup_context)

@@ -1,0 +1,408 @@
+"""Torch implementation of the STAA-LIF recurrence: forward and hand-written backward.
+
+Both functions follow the backend contract shared with the Triton kernels
+(``staa.kernels.launch``): the forward keeps only ``u`` (the aggregated input
+U_t, ``[T, B, C, P]``) and the SA ``gate`` (``[T, B, C]``); the backward recomputes
+V_t = u_t * gate_t (the forward's exact op, so the surrogate mask agrees with the
+spikes already emitted), S_t and H_t from them, and every attention intermediate
+from ``x``, H and the weights.
+
+Work that does not depend on the membrane state is done for all steps at once:
+the position encoding, GC1 on every step and GC1's share of SA's spatial mean in
+the forward; the recomputation of V, S, H, GC1, GC2 and every weight gradient in
+the backward. Only the H-dependent part stays inside the time loop.
+
+Layout: ``x`` is ``[T, B, C, P]`` with ``P = H * W``. All arithmetic runs in the
+compute dtype ``cd`` (float64 for float64 input, else float32).
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = ["staa_lif_forward", "staa_lif_backward"]
+
+_LN_EPS = 1e-5
+
+
+def _cd(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _cast(ws: Optional[Sequence[Tensor]], cd: torch.dtype):
+    return None if ws is None else [w.to(cd) for w in ws]
+
+
+# --------------------------------------------------------------------- GC block
+class _GCCache(NamedTuple):
+    """Intermediates of GC's channel path for ``N`` samples (N = T*B or B)."""
+
+    w: Tensor  # [N, P]   sigmoid(key(z_p))
+    ctx: Tensor  # [N, C]  sum_p w_p z_p
+    q: Tensor  # [N, Ch]   query(ctx)
+    mean: Tensor  # [N, 1] LayerNorm statistics of q
+    rstd: Tensor  # [N, 1]
+    n: Tensor  # [N, Ch]   LayerNorm(q)
+    delta: Tensor  # [N, C] value(relu(n)), added to every position
+
+
+def _weighted_sum(z: Tensor, w: Tensor) -> Tensor:
+    """sum_p w[n, p] z[n, :, p] for ``z`` ``[N, C, P]`` and ``w`` ``[N, P]`` -> ``[N, C]``.
+
+    Written as ``w @ z^T`` on a transposed view: a row-vector times matrix batched matmul,
+    which CPU BLAS runs several times faster than ``z @ w`` or a multiply-and-sum.
+    """
+    return torch.bmm(w.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
+
+
+def _gc_forward(z: Tensor, p) -> _GCCache:
+    """GC's context path on ``z`` ``[N, C, P]`` (eqs. 7-10 without the final add)."""
+    N, C, _ = z.shape
+    logits = torch.bmm(p[0].expand(N, 1, C), z).squeeze(1) + p[1]  # [N, P]
+    w = torch.sigmoid(logits)
+    ctx = _weighted_sum(z, w)
+    q = F.linear(ctx, p[2], p[3])
+    n, mean, rstd = torch.native_layer_norm(q, q.shape[-1:], p[4], p[5], _LN_EPS)
+    delta = F.linear(torch.relu(n), p[6], p[7])
+    return _GCCache(w, ctx, q, mean, rstd, n, delta)
+
+
+def _gc_mlp_backward(g_delta: Tensor, c: _GCCache, p):
+    """Backward of value(relu(LN(query(ctx)))) for ``g_delta`` ``[N, C]``.
+
+    Returns (g_ctx ``[N, C]``, g_n ``[N, Ch]`` (relu mask applied), g_q ``[N, Ch]``).
+    """
+    g_n = torch.matmul(g_delta, p[6]) * (c.n > 0)
+    xhat = (c.q - c.mean) * c.rstd
+    g_xhat = g_n * p[4]
+    g_q = c.rstd * (
+        g_xhat - g_xhat.mean(-1, keepdim=True) - xhat * (g_xhat * xhat).mean(-1, keepdim=True)
+    )
+    return torch.matmul(g_q, p[2]), g_n, g_q
+
+
+def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out: Tensor):
+    """dL/dz for GC(z) = z + delta(ctx(z)): ``g_out`` (the identity path) plus the
+    context path, written to ``out``. Returns the key-logit gradient ``[N, P]``."""
+    N, C, _ = z.shape
+    g_w = torch.bmm(g_ctx.unsqueeze(1), z).squeeze(1)  # d ctx / d w_p = z_p
+    g_logit = g_w.mul_(c.w * (1.0 - c.w))
+    left = torch.cat((g_ctx.unsqueeze(2), p[0].reshape(1, C, 1).expand(N, C, 1)), dim=2)  # [N, C, 2]
+    right = torch.stack((c.w, g_logit), dim=1)  # [N, 2, P]
+    torch.baddbmm(g_out, left, right, out=out)
+    return g_logit
+
+
+def _gc_weight_grads(c: _GCCache, g_delta, g_n, g_q, g_key_w, g_logit) -> List[Tensor]:
+    """Gradients of the 8 GC weights from per-sample gradients stacked over all steps."""
+    xhat = (c.q - c.mean) * c.rstd
+    return [
+        g_key_w.reshape(1, -1),  # key_w [1, C]
+        g_logit.sum().reshape(1),  # key_b [1]
+        g_q.t() @ c.ctx,  # query_w [Ch, C]
+        g_q.sum(0),  # query_b
+        (g_n * xhat).sum(0),  # norm_w
+        g_n.sum(0),  # norm_b
+        g_delta.t() @ torch.relu(c.n),  # value_w [C, Ch]
+        g_delta.sum(0),  # value_b
+    ]
+
+
+def _cat_caches(caches: List[_GCCache]) -> _GCCache:
+    return _GCCache(*(torch.cat(fields) for fields in zip(*caches)))
+
+
+# --------------------------------------------------------------------- SA block
+def _sa_hidden(m: Tensor, p, alpha: float) -> Tuple[Tensor, Tensor]:
+    """fc1's output and the gate sigmoid(fc2(relu(fc1(alpha * m)))) for ``m`` ``[N, C]``."""
+    y1 = F.linear(alpha * m, p[0], p[1])
+    return y1, torch.sigmoid(F.linear(torch.relu(y1), p[2], p[3]))
+
+
+# --------------------------------------------------------------------- shared
+def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spike_out: Tensor,
+                    mask_buf: Tensor, h_out: Tensor) -> Tensor:
+    """S = [v >= v_th] into ``spike_out`` and H = reset(v, S) into ``h_out``.
+
+    Masks are kept as 0/1 floats: on CPU comparisons and products with float operands
+    are several times faster than with bool tensors, and the values are the same as
+    the reference's v_reset * S + v * (1 - S) and v - v_th * S.
+    """
+    torch.ge(v, v_threshold, out=spike_out)
+    if v_reset is None:
+        return torch.add(v, spike_out, alpha=-v_threshold, out=h_out)
+    torch.lt(v, v_threshold, out=mask_buf)  # 1 - S
+    torch.mul(v, mask_buf, out=h_out)
+    if v_reset != 0.0:
+        h_out.add_(spike_out, alpha=v_reset)
+    return h_out
+
+
+def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int):
+    """X = I + PE for all steps (``[T, B, C, P]`` cd) and GC1's cache over ``T * B`` samples."""
+    _, B, C, P = x.shape
+    cd = _cd(x.dtype)
+    if pos is not None:
+        xx = x.to(cd) + pos[:T].to(cd)[:, None, :, None]
+    else:
+        xx = x.to(cd)
+    c1 = _gc_forward(xx.reshape(T * B, C, P), gcx) if gcx is not None else None
+    return xx, c1
+
+
+# --------------------------------------------------------------------- forward
+def staa_lif_forward(
+    x: Tensor,
+    drop: Tensor,
+    pos: Optional[Tensor],
+    gcx: Optional[Sequence[Tensor]],
+    gch: Optional[Sequence[Tensor]],
+    sa: Optional[Sequence[Tensor]],
+    *,
+    alpha: float,
+    v_threshold: float,
+    v_reset: Optional[float],
+    detach_reset: bool,
+    surrogate_width: float,
+    store_v_seq: bool,
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor, Tensor]:
+    """STAA-LIF over ``x`` ``[T, B, C, P]`` (backend contract, see module docstring).
+
+    Returns ``(spikes [T, B, C, P] x.dtype, h_last [B, C, P] cd, v_seq [T, B, C, P] cd or None,
+    u [T, B, C, P] cd, gate [T, B, C] cd)``.
+    """
+    del detach_reset, surrogate_width  # backward-only settings
+    T, B, C, P = x.shape
+    cd = _cd(x.dtype)
+    dev = x.device
+    gcx, gch, sa = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
+    dropped = drop.tolist()
+    xc = x.to(cd)
+
+    # H-independent work for all steps at once: X = I + PE, GC1(X) and its spatial mean.
+    g1, c1 = _gc1_all_steps(x, pos, gcx, T)
+    m1 = g1.mean(-1) if sa is not None else None  # [T, B, C], mean_p of X
+    if c1 is not None:
+        d1 = c1.delta.reshape(T, B, C)
+        if g1.data_ptr() == x.data_ptr():
+            g1 = g1 + d1[..., None]
+        else:
+            g1.add_(d1[..., None])  # X is a fresh buffer here: reuse it for GC1(X)
+        if m1 is not None:
+            m1 = m1 + d1
+
+    u = torch.empty((T, B, C, P), dtype=cd, device=dev)
+    gate = torch.ones((T, B, C), dtype=cd, device=dev)
+    spikes = torch.empty_like(x)
+    v_seq = torch.empty((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None
+    h = torch.full((B, C, P), 0.0 if v_reset is None else float(v_reset), dtype=cd, device=dev)
+    v_buf = torch.empty((B, C, P), dtype=cd, device=dev)
+    mask_buf = torch.empty_like(v_buf)
+    spike_buf = None if x.dtype == cd else torch.empty_like(v_buf)
+    for t in range(T):
+        u_t = u[t]
+        if dropped[t]:
+            torch.add(xc[t], h, out=u_t)
+            v = u_t  # the gate is exactly 1
+        else:
+            hmean = h.mean(-1) if sa is not None else None
+            if gch is not None:
+                d2 = _gc_forward(h, gch).delta
+                torch.add(h, d2.unsqueeze(2), out=u_t)
+                u_t.add_(g1[t])  # GC1(X_t) + GC2(H_{t-1})
+                if hmean is not None:
+                    hmean = hmean + d2
+            else:
+                torch.add(g1[t], h, out=u_t)
+            if sa is not None:
+                _, g = _sa_hidden(m1[t] + hmean, sa, alpha)
+                gate[t] = g
+                v = torch.mul(u_t, g.unsqueeze(2), out=v_buf)
+            else:
+                v = u_t
+        s_out = spikes[t] if spike_buf is None else spike_buf
+        # u_t already holds H_{t-1}'s contribution, so H_t may overwrite it.
+        h = _fire_and_reset(v, v_threshold, v_reset, s_out, mask_buf, h if v_seq is None else v_seq[t])
+        if spike_buf is not None:
+            spikes[t].copy_(spike_buf)
+    h_last = h.clone() if v_seq is not None else h
+    return spikes, h_last, v_seq, u, gate
+
+
+# --------------------------------------------------------------------- backward
+def staa_lif_backward(
+    grad_spikes: Tensor,
+    x: Tensor,
+    drop: Tensor,
+    pos: Optional[Tensor],
+    gcx: Optional[Sequence[Tensor]],
+    gch: Optional[Sequence[Tensor]],
+    sa: Optional[Sequence[Tensor]],
+    u: Tensor,
+    gate: Tensor,
+    *,
+    alpha: float,
+    v_threshold: float,
+    v_reset: Optional[float],
+    detach_reset: bool,
+    surrogate_width: float,
+):
+    """Gradients w.r.t. ``x``, ``pos`` and the block weights, in reverse time.
+
+    Returns ``(grad_x [T, B, C, P] x.dtype, grad_pos [T_pos, C] or None, grad_gcx (8) or None,
+    grad_gch (8) or None, grad_sa (4) or None)``; parameter grads in the parameters' dtypes.
+
+    V_t = u_t * gate_t, S_t and H_{t-1} are recomputed one step at a time (the loop walks
+    t = T-1 .. 0 and derives H_{t-1} from u_{t-1}), so the working set stays a few
+    ``[B, C, P]`` buffers.
+    """
+    T, B, C, P = x.shape
+    cd = _cd(x.dtype)
+    dev = x.device
+    dropped = drop.tolist()
+    wx, wh, ws = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
+    a = float(surrogate_width)
+    h_rest = 0.0 if v_reset is None else float(v_reset)
+
+    # GC1 does not depend on H: recompute it for all steps at once.
+    xx, c1 = _gc1_all_steps(x, pos, wx, T)
+    if ws is not None:
+        m1 = xx.mean(-1)
+        if c1 is not None:
+            m1 = m1 + c1.delta.reshape(T, B, C)
+
+    grad_x = torch.empty((T, B, C, P), dtype=cd, device=dev)
+    gxt_buf = None if x.dtype == cd else torch.empty((B, C, P), dtype=cd, device=dev)
+    buf = lambda: torch.empty((B, C, P), dtype=cd, device=dev)  # noqa: E731
+    v_cur, v_prev, s_cur, ns_cur = buf(), buf(), buf(), buf()
+    h_prev, win, tmp, g_u = buf(), buf(), buf(), buf()
+    s_prev, ns_prev, gh_buf = buf(), buf(), buf()
+    g_h = None  # dL/dH_t, flowing backwards in time
+    if ws is not None:
+        g_o = torch.zeros(T, B, C, dtype=cd, device=dev)  # grad of fc2's output (pre-sigmoid)
+        g_y1 = torch.zeros(T, B, ws[0].shape[0], dtype=cd, device=dev)
+        z1_all = torch.zeros(T, B, C, dtype=cd, device=dev)  # fc1's input alpha * m
+        r1_all = torch.zeros(T, B, ws[0].shape[0], dtype=cd, device=dev)
+    grad_pos = None if pos is None else torch.zeros(pos.shape, dtype=cd, device=dev)
+    if c1 is not None:
+        g_d1 = torch.zeros(T, B, C, dtype=cd, device=dev)
+        g_l1 = torch.zeros(T, B, P, dtype=cd, device=dev)
+        g_n1 = torch.zeros(T, B, c1.q.shape[1], dtype=cd, device=dev)
+        g_q1 = torch.zeros_like(g_n1)
+    if wh is not None:
+        c2s, g2 = {}, {}
+        g_key2 = torch.zeros(C, dtype=cd, device=dev)
+
+    torch.mul(u[T - 1], gate[T - 1].unsqueeze(2), out=v_cur)
+    torch.ge(v_cur, v_threshold, out=s_cur)
+    torch.lt(v_cur, v_threshold, out=ns_cur)
+    for t in reversed(range(T)):
+        # H_{t-1}: the resting state, or reset(V_{t-1}) recomputed from u and gate.
+        if t > 0:
+            torch.mul(u[t - 1], gate[t - 1].unsqueeze(2), out=v_prev)
+            _fire_and_reset(v_prev, v_threshold, v_reset, s_prev, ns_prev, h_prev)
+        else:
+            h_prev.fill_(h_rest)
+
+        # dL/dV_t = dS/dV (dL/dS_t + dL/dH_t dH/dS) + dL/dH_t dH/dV
+        torch.sub(v_cur, v_threshold, out=win).abs_().lt_(a / 2).mul_(1.0 / a)  # dS/dV
+        gs_t = grad_spikes[t]
+        if g_h is None:
+            g_v = torch.mul(win, gs_t, out=tmp)
+        elif v_reset is None:  # H = V - v_th S
+            if detach_reset:
+                g_v = torch.mul(win, gs_t, out=tmp).add_(g_h)
+            else:
+                g_v = torch.add(gs_t, g_h, alpha=-v_threshold, out=tmp).mul_(win).add_(g_h)
+        else:  # H = v_reset S + V (1 - S)
+            if detach_reset:
+                g_v = torch.mul(win, gs_t, out=tmp)
+            else:  # ((v_reset - V) dL/dH + dL/dS) dS/dV
+                g_v = torch.neg(v_cur, out=tmp).add_(h_rest).mul_(g_h).add_(gs_t).mul_(win)
+            g_v.addcmul_(g_h, ns_cur)
+
+        if dropped[t]:  # V_t = I_t + H_{t-1}
+            g_u.copy_(g_v)
+        else:
+            hmean = h_prev.mean(-1) if ws is not None else None
+            if wh is not None:
+                c2 = _gc_forward(h_prev, wh)
+                if hmean is not None:
+                    hmean = hmean + c2.delta
+            if ws is not None:
+                z1 = alpha * (m1[t] + hmean)
+                y1 = F.linear(z1, ws[0], ws[1])
+                gt = gate[t]
+                g_gate = torch.linalg.vecdot(g_v, u[t])  # V = u * gate
+                go = g_o[t]
+                torch.mul(g_gate, gt * (1.0 - gt), out=go)
+                torch.mul(go @ ws[2], y1 > 0, out=g_y1[t])
+                z1_all[t] = z1
+                r1_all[t] = torch.relu(y1)
+                g_m = (g_y1[t] @ ws[0]).mul_(alpha / P)  # d mean_p / d u = 1/P
+                torch.addcmul(g_m.unsqueeze(2), g_v, gt.unsqueeze(2), out=g_u)
+            else:
+                g_u.copy_(g_v)
+        g_d = g_u.sum(-1) if (wh is not None or c1 is not None) and not dropped[t] else None
+
+        # GC1 at this step: grad_x_t = g_u + context path (dropped steps: just g_v).
+        gx_t = grad_x[t] if gxt_buf is None else gxt_buf
+        if c1 is not None and not dropped[t]:
+            sl = slice(t * B, (t + 1) * B)
+            c1t = _GCCache(*(f[sl] for f in c1))
+            g_ctx1, gn1, gq1 = _gc_mlp_backward(g_d, c1t, wx)
+            g_d1[t], g_n1[t], g_q1[t] = g_d, gn1, gq1
+            g_l1[t] = _gc_input_grad(g_u, xx[t], g_ctx1, c1t, wx, out=gx_t)
+        else:
+            gx_t.copy_(g_u)
+        if gxt_buf is not None:
+            grad_x[t].copy_(gxt_buf)
+        if grad_pos is not None and not dropped[t]:
+            torch.sum(gx_t, dim=(0, 2), out=grad_pos[t])
+
+        # dL/dH_{t-1}: U_t = GC1(X_t) + GC2(H_{t-1}) (or I_t + H_{t-1} at a dropped step).
+        # At t = 0 H_{-1} is a constant, but GC2's weights still get their gradient.
+        if wh is not None and not dropped[t]:
+            g_ctx2, gn2, gq2 = _gc_mlp_backward(g_d, c2, wh)
+            gl2 = _gc_input_grad(g_u, h_prev, g_ctx2, c2, wh, out=gh_buf)
+            g_key2 += _weighted_sum(h_prev, gl2).sum(0)
+            c2s[t], g2[t] = c2, (g_d, gn2, gq2, gl2)
+        elif t > 0:
+            gh_buf.copy_(g_u)
+        g_h = gh_buf
+        v_cur, v_prev = v_prev, v_cur
+        s_cur, s_prev = s_prev, s_cur
+        ns_cur, ns_prev = ns_prev, ns_cur
+
+    grads_gcx = None
+    if c1 is not None:
+        flat = lambda g: g.reshape(T * B, -1)  # noqa: E731
+        g_key1 = _weighted_sum(xx.reshape(T * B, C, P), flat(g_l1)).sum(0)
+        grads_gcx = _gc_weight_grads(c1, flat(g_d1), flat(g_n1), flat(g_q1), g_key1, flat(g_l1))
+
+    grads_gch = None
+    if wh is not None:
+        steps = sorted(c2s)
+        if steps:
+            c2 = _cat_caches([c2s[t] for t in steps])
+            gd2, gn2, gq2, gl2 = (torch.cat(f) for f in zip(*(g2[t] for t in steps)))
+            grads_gch = _gc_weight_grads(c2, gd2, gn2, gq2, g_key2, gl2)
+        else:
+            grads_gch = [torch.zeros_like(w) for w in wh]
+
+    grads_sa = None
+    if ws is not None:
+        flat = lambda g: g.reshape(T * B, -1)  # noqa: E731
+        gy, go = flat(g_y1), flat(g_o)
+        grads_sa = [gy.t() @ flat(z1_all), gy.sum(0), go.t() @ flat(r1_all), go.sum(0)]
+
+    def back(grads, ref):
+        return None if grads is None else tuple(g.to(r.dtype) for g, r in zip(grads, ref))
+
+    if pos is not None:
+        grad_pos = grad_pos.to(pos.dtype)
+    return grad_x.to(x.dtype), grad_pos, back(grads_gcx, gcx), back(grads_gch, gch), back(grads_sa, sa)
