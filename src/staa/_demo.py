@@ -15,8 +15,6 @@ BN and head weights.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -135,7 +133,8 @@ def build_pair(width: int = 16, T: int = 4, backend: str = "auto", seed: int = 0
     lif = DemoResNet("lif", width, T)
     staa = DemoResNet("staa", width, T, backend=backend)
     missing, unexpected = staa.load_state_dict(lif.state_dict(), strict=False)
-    assert not unexpected and all(".sn" in k or k.startswith("sn") for k in missing), (missing, unexpected)
+    if unexpected or not all(".sn" in k or k.startswith("sn") for k in missing):
+        raise RuntimeError(f"the two demo networks differ outside the neurons: {missing}, {unexpected}")
     return lif.to(device), staa.to(device)
 
 
@@ -158,9 +157,11 @@ def calibrate_batchnorm(model: nn.Module, img: Tensor) -> None:
 
 
 def neuron_layers(model: nn.Module):
+    """The neuron modules of a :class:`DemoResNet`."""
     return [m for m in model.modules() if isinstance(m, (MultiStepLIF, STAALIF))]
 
 
-def example_images(batch: int, device=None, seed: int = 0) -> Optional[Tensor]:
+def example_images(batch: int, device=None, seed: int = 0) -> Tensor:
+    """A fixed batch of standard-normal images ``[batch, 3, 32, 32]``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, 32, 32, generator=g).to(device)
