@@ -375,7 +375,6 @@ class _Row:
         self.binary = True
         self.in_nonzero = 0
         self.in_numel = 0
-        self.first_input_shape = None
 
 
 def _first_tensor(obj) -> Optional[Tensor]:
