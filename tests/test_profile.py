@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import staa
@@ -87,6 +88,31 @@ def test_tiny_net_counts_by_hand():
     assert rep.energy_j == pytest.approx(fc.acs * E_AC + (1728 + T * 539) * E_MAC)
     assert rep.energy_j == pytest.approx(sum(r.energy_j for r in rep.rows))
     assert rep.firing_rate == pytest.approx(spikes.mean().item())
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    B=st.integers(1, 3), cin=st.integers(1, 4), cout=st.integers(1, 4), groups=st.sampled_from([1, 2]),
+    k=st.integers(1, 3), stride=st.integers(1, 2), size=st.integers(3, 6), density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 100),
+)
+def test_synaptic_counts_property(B, cin, cout, groups, k, stride, size, density, seed):
+    cin, cout = cin * groups, cout * groups
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=1, groups=groups)
+    lin = nn.Linear(cin, cout)
+    x = (torch.rand(B, cin, size, size, generator=g) < density).float()
+    out_hw = (size + 2 - k) // stride + 1
+    dense = out_hw * out_hw * cout * (cin // groups) * k * k  # per sample, counted position by position
+    (row,) = staa.profile(conv, x).rows
+    assert row.dense_macs == dense and row.input_binary and row.macs == 0
+    assert row.acs == pytest.approx(dense * int(x.count_nonzero()) / x.numel())
+    (row,) = staa.profile(conv, x + 0.5).rows
+    assert row.macs == dense and row.acs == 0 and not row.input_binary
+    xl = x.permute(0, 2, 3, 1)  # [B, H, W, cin]
+    (row,) = staa.profile(lin, xl).rows
+    assert row.dense_macs == size * size * cin * cout
+    assert row.acs == pytest.approx(int(xl.count_nonzero()) * cout / B)
 
 
 def test_energy_figures_are_configurable():
