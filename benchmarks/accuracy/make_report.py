@@ -35,6 +35,10 @@ NEURONS = {
     "GC+PE+SA+TSRD": "STAALIF, gc+pe+sa, tsrd=0.1",
     "STAA": "STAALIF, gc+pe+sa, tsrd=0.1",
 }
+PLOT_TITLES = {
+    "static": "Fashion-MNIST static images (T=4)",
+    "event": "Events simulated from Fashion-MNIST (T=8)",
+}
 REPRODUCE = "python benchmarks/accuracy/run_ladder.py"
 
 
@@ -107,7 +111,7 @@ def plot(summary: Dict[Tuple[str, str], dict], path: str) -> bool:
     except ImportError:
         print("matplotlib is not installed; skipping the plot (pip install matplotlib)", file=sys.stderr)
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [2, 1]})
     for ax, (task, variants) in zip(axes, TASKS.items()):
         xs, labels = [], []
         for i, v in enumerate(variants):
@@ -119,10 +123,12 @@ def plot(summary: Dict[Tuple[str, str], dict], path: str) -> bool:
             color = "tab:gray" if v in ("LIF", "IF") else "tab:blue"
             ax.errorbar(i, st["mean"], yerr=st["std"], fmt="o", color=color, capsize=5, markersize=7)
             ax.scatter([i + 0.12] * len(st["acc"]), st["acc"], s=10, color="black", alpha=0.5, zorder=3)
+            ax.annotate(f"{st['mean']:.2f}", (i, st["mean"] + st["std"]), textcoords="offset points", xytext=(0, 4),
+                        ha="center", fontsize=7)
             xs.append(i)
         ax.set_xticks(range(len(variants)))
         ax.set_xticklabels(labels, fontsize=8)
-        ax.set_title(TASK_TITLES[task], fontsize=9)
+        ax.set_title(PLOT_TITLES[task], fontsize=9)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_xlim(-0.5, len(variants) - 0.5)
@@ -188,6 +194,14 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         lines += ["## Missing runs", "", "These planned runs have not finished; they are not in the tables:", ""]
         lines += [f"- {m}" for m in missing] + [""]
     n_tr, n_te = cfg.get("train_size"), cfg.get("test_size")
+    impls = sorted({r.get("machine", {}).get("neuron_impl", "module") for r in runs if r["variant"] != "LIF"})
+    impl_text = {
+        "module": "`staa.STAALIF` as shipped",
+        "reference": "`staa.STAALIF`'s weights run through the plain reference `staa.reference.staa_lif_reference` "
+        "(`--impl reference`; the same neuron, the slow spec implementation)",
+    }
+    impl_flag = " --impl reference" if impls == ["reference"] else ""
+    commits = sorted({r.get("machine", {}).get("git_commit") or "unknown" for r in runs})
     lines += [
         "## Protocol",
         "",
@@ -207,13 +221,14 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         f"{cfg.get('schedule')}, batch size {cfg.get('batch_size')}, {cfg.get('epochs')} epochs, cross-entropy, "
         "backpropagation through time with the rectangular surrogate (width 1) in every neuron.",
         "- Neurons: threshold 1, hard reset to 0. LIF: H = V + (X - V) / 2. STAALIF variants as in the tables "
-        "(reduction r=4, alpha=2); TSRD drops only at training, never at test.",
+        "(reduction r=4, alpha=2); TSRD drops only at training, never at test. STAALIF implementation: "
+        + "; ".join(impl_text.get(i, i) for i in impls) + ".",
         "- Seeds: the seed sets the initial weights, the batch order and the TSRD draws.",
         "- Firing rate: spikes / (neurons x time steps) over all spiking layers on the test subset.",
         f"- Machine: {machine.get('machine')}, {machine.get('torch_threads')} torch thread, torch "
         f"{machine.get('torch')}, Python {machine.get('python')}. Seconds per epoch are wall-clock training "
         "time on this machine while others shared it, so they are indicative only; they include the "
-        "whole network, not just the neuron.",
+        "whole network, not just the neuron. Code version(s): " + ", ".join(c[:10] for c in commits) + ".",
         "",
         "## Reproduce",
         "",
@@ -223,7 +238,7 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         f"{REPRODUCE} \\",
         f"    --train-size {n_tr} --test-size {n_te} --epochs {cfg.get('epochs')} --batch-size "
         f"{cfg.get('batch_size')} --lr {cfg.get('lr')} --widths {' '.join(str(w) for w in cfg.get('widths', []))} "
-        f"--event-T {cfg.get('event_T')}",
+        f"--event-T {cfg.get('event_T')}{impl_flag}",
         "```",
         "",
         "Finished runs are cached as JSON in `docs/results/accuracy-runs/` (one file per task, variant and seed), "
