@@ -42,6 +42,9 @@ def test_main_json_small(capsys):
         assert prof["T"] == 2 and prof["batch_size"] == 2
         kinds = [r["kind"] for r in prof["rows"]]
         assert kinds.count("spiking") == 7 and kinds.count("synaptic") == 10
+    # the LIF holds V (4 B) at every step and 1 - S (4 B) for the reset of every step but the last,
+    # whose reset result is dropped with its graph: (8 + 4) / 2 bytes per neuron-step for T=2
+    assert result["saved_for_backward"]["lif"]["bytes_per_neuron_step"] == 6.0
     lif_rows = {r["name"]: r for r in result["profile"]["lif"]["rows"]}
     staa_rows = {r["name"]: r for r in result["profile"]["staa"]["rows"]}
     assert lif_rows["sn0"]["macs"] == 0 and staa_rows["sn0"]["macs"] > 0

@@ -15,6 +15,7 @@ import platform
 import statistics
 import sys
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +82,25 @@ def _timings(model, img, labels, repeat, device):
     return {"forward_ms": _median_ms(forward, repeat, device), "forward_backward_ms": _median_ms(train_step, repeat, device)}
 
 
+class _Held:
+    """What the pack hook hands autograd: it lives exactly as long as the saved tensor."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
 def _saved_bytes(model, img) -> dict:
-    """Bytes autograd saves for backward in one training forward, each storage once:
-    those saved inside the neuron layers (per neuron-step) and in the whole network."""
+    """Bytes autograd holds for backward after one training forward, each storage once:
+    those saved inside the neuron layers (per neuron-step) and in the whole network.
+
+    Tensors saved during the forward but freed before it ends (parts of the graph that do
+    not lead to the output) are not counted."""
     neurons = _demo.neuron_layers(model)
     inside = [0]
     neuron_steps = [0]
-    seen_all, seen_neuron = {}, {}
+    held = []
 
     def pre(module, args):
         inside[0] += 1
@@ -97,28 +110,35 @@ def _saved_bytes(model, img) -> dict:
         neuron_steps[0] += out.numel()
 
     def pack(t):
-        st = t.untyped_storage()
-        key = (t.device, st.data_ptr(), st.nbytes())
-        seen_all[key] = st.nbytes()
-        if inside[0]:
-            seen_neuron[key] = st.nbytes()
-        return t
+        h = _Held(t)
+        held.append((weakref.ref(h), bool(inside[0])))
+        return h
 
     handles = [h for m in neurons for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     model.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.tensor):
             out = model(img)
     finally:
         for h in handles:
             h.remove()
+    all_storages, neuron_storages = {}, {}
+    for ref, in_neuron in held:
+        h = ref()
+        if h is None:
+            continue
+        st = h.tensor.untyped_storage()
+        key = (h.tensor.device, st.data_ptr())
+        all_storages[key] = st.nbytes()
+        if in_neuron:
+            neuron_storages[key] = st.nbytes()
     del out
-    neuron_bytes = sum(seen_neuron.values())
+    neuron_bytes = sum(neuron_storages.values())
     return {
         "neuron_bytes": neuron_bytes,
         "neuron_steps": neuron_steps[0],
         "bytes_per_neuron_step": neuron_bytes / neuron_steps[0],
-        "network_bytes": sum(seen_all.values()),
+        "network_bytes": sum(all_storages.values()),
     }
 
 
