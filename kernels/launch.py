@@ -237,8 +237,20 @@ def staa_lif_forward(
     return spikes, h_last, v_seq, u, gate
 
 
-def _leaf(ps, cd):
-    return [p.detach().to(cd).requires_grad_(True) for p in ps]
+def gc_mlp_weight_grads(gsum: Tensor, acts, gc: Sequence[Tensor]) -> tuple:
+    """Gradients of GC's query/LayerNorm/value weights given dL/d(delta) for every (t, b).
+
+    ``gsum [T, B, C]`` (zero at dropped steps), ``acts = (ctx, qhat, n, rstd)`` from ``gc_mlp``.
+    Plain matrix products: each is one fixed-order reduction over all T*B rows.
+    """
+    ctx, qhat, n, rstd = acts
+    cd = ctx.dtype
+    gd = gsum.reshape(ctx.shape)
+    nw, vw = gc[4].to(cd), gc[6].to(cd)
+    gn = (gd @ vw) * (n > 0)
+    gqh = gn * nw
+    gq = rstd[:, None] * (gqh - gqh.mean(-1, keepdim=True) - qhat * (gqh * qhat).mean(-1, keepdim=True))
+    return (gq.T @ ctx, gq.sum(0), (gn * qhat).sum(0), gn.sum(0), gd.T @ torch.relu(n), gd.sum(0))
 
 
 def staa_lif_backward(
@@ -287,7 +299,6 @@ def staa_lif_backward(
     # Recompute every forward activation of the channel MLPs, batched over all steps.
     # H_{t-1} = reset(u_{t-1} * gate_{t-1}) needs no recurrence.
     acts = {}
-    leaves = {}
     with torch.no_grad():
         if gcx is not None or sa is not None:
             X = x.to(cd)
@@ -306,28 +317,23 @@ def staa_lif_backward(
         if sa is not None:
             xmean = X.reshape(T * B, C, P).mean(-1)
             hmean = hprev.reshape(T * B, C, P).mean(-1)
-    with torch.enable_grad():
         pooled_x = xmean if sa is not None else None
         pooled_h = hmean if sa is not None else None
         if gcx is not None:
-            leaves["gcx"] = _leaf(gcx[2:], cd)
-            d1, qh1, n1, rstd1 = gc_mlp(ctx1, [None, None] + leaves["gcx"])
-            acts["gcx"] = (d1, qh1.detach().contiguous(), n1.detach().contiguous(), rstd1.detach().contiguous())
+            d1, qh1, n1, rstd1 = gc_mlp(ctx1, gcx)
+            acts["gcx"] = (ctx1, qh1.contiguous(), n1.contiguous(), rstd1.contiguous())
             if sa is not None:
-                pooled_x = pooled_x + d1.detach()
+                pooled_x = pooled_x + d1
         if gch is not None:
-            leaves["gch"] = _leaf(gch[2:], cd)
-            d2, qh2, n2, rstd2 = gc_mlp(ctx2, [None, None] + leaves["gch"])
-            acts["gch"] = (d2, qh2.detach().contiguous(), n2.detach().contiguous(), rstd2.detach().contiguous())
+            d2, qh2, n2, rstd2 = gc_mlp(ctx2, gch)
+            acts["gch"] = (ctx2, qh2.contiguous(), n2.contiguous(), rstd2.contiguous())
             if sa is not None:
-                pooled_h = pooled_h + d2.detach()
+                pooled_h = pooled_h + d2
         if sa is not None:
-            leaves["sa"] = _leaf(sa, cd)
-            w1, b1, w2, b2 = leaves["sa"]
+            w1, b1 = (p.to(cd) for p in sa[:2])
             pooled = float(alpha) * (pooled_x + pooled_h)
             hid = torch.relu(torch.nn.functional.linear(pooled, w1, b1))
-            z = torch.nn.functional.linear(hid, w2, b2)
-            acts["sa"] = (z, hid.detach().contiguous())
+            acts["sa"] = (pooled, hid.contiguous())
 
     grad_x = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
     gv_bufs = [torch.empty((B, C, P), dtype=cd, device=dev) for _ in range(2)]
@@ -387,33 +393,19 @@ def staa_lif_backward(
     if pos is not None:
         grad_pos = torch.zeros_like(pos)
         grad_pos[:T] = gpos_part.sum((1, 2)).to(pos.dtype)
-    outs, gouts, ins = [], [], []
-    if gcx is not None:
-        outs.append(acts["gcx"][0])
-        gouts.append(gsum.reshape(T * B, C))
-        ins += leaves["gcx"]
-    if gch is not None:
-        outs.append(acts["gch"][0])
-        gouts.append(gsum.reshape(T * B, C))
-        ins += leaves["gch"]
-    if sa is not None:
-        outs.append(acts["sa"][0])
-        gouts.append(gz.reshape(T * B, C))
-        ins += leaves["sa"]
-    grads = list(torch.autograd.grad(outs, ins, gouts)) if outs else []
     grad_gcx = grad_gch = grad_sa = None
-    if gcx is not None:
-        kw = acc[0].sum((0, 1))[None, :]
-        kb = acc[1].sum().reshape(1)
-        rest = grads[:6]
-        grads = grads[6:]
-        grad_gcx = tuple(gr.to(p.dtype) for gr, p in zip([kw, kb] + rest, gcx))
-    if gch is not None:
-        kw = acc[2].sum((0, 1))[None, :]
-        kb = acc[3].sum().reshape(1)
-        rest = grads[:6]
-        grads = grads[6:]
-        grad_gch = tuple(gr.to(p.dtype) for gr, p in zip([kw, kb] + rest, gch))
-    if sa is not None:
-        grad_sa = tuple(gr.to(p.dtype) for gr, p in zip(grads[:4], sa))
+    with torch.no_grad():
+        if gcx is not None:
+            kw = acc[0].sum((0, 1))[None, :]
+            kb = acc[1].sum().reshape(1)
+            grad_gcx = tuple(g.to(p.dtype) for g, p in zip((kw, kb) + gc_mlp_weight_grads(gsum, acts["gcx"], gcx), gcx))
+        if gch is not None:
+            kw = acc[2].sum((0, 1))[None, :]
+            kb = acc[3].sum().reshape(1)
+            grad_gch = tuple(g.to(p.dtype) for g, p in zip((kw, kb) + gc_mlp_weight_grads(gsum, acts["gch"], gch), gch))
+        if sa is not None:
+            pooled, hid = acts["sa"]
+            gzf = gz.reshape(T * B, C)
+            ghid = (gzf @ sa[2].to(cd)) * (hid > 0)
+            grad_sa = tuple(g.to(p.dtype) for g, p in zip((ghid.T @ pooled, ghid.sum(0), gzf.T @ hid, gzf.sum(0)), sa))
     return grad_x, grad_pos, grad_gcx, grad_gch, grad_sa

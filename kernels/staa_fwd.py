@@ -172,7 +172,7 @@ def staa_fwd_elem_kernel(
     s, hn = _reset(u * g[:, None], v_th, v_reset, HARD)
 
     tl.store(u_ptr + cur_plane, u, mask=m)
-    tl.store(s_ptr + cur_plane, s.to(s_ptr.dtype.element_ty), mask=m)
+    tl.store(s_ptr + cur_plane, tl.where(s, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=m)
     if STORE_V:
         tl.store(vseq_ptr + cur_plane, hn, mask=m)
     if LAST:

@@ -1,0 +1,402 @@
+"""Shared machinery of the Triton kernel tests (``tests/test_triton_*.py``).
+
+Triton decides at decoration time whether a kernel is compiled or interpreted
+(``TRITON_INTERPRET`` is read when ``@triton.jit`` runs), and other tests in the same
+pytest process check that ``backend="triton"`` refuses CPU tensors when the variable is
+unset. So the interpreted kernels never run in the pytest process: a worker subprocess is
+started with ``TRITON_INTERPRET=1`` (before anything imports triton), the tests send it
+case descriptions and assert on the numbers it sends back. This works whatever order
+pytest collects modules in, and nothing in the pytest process imports triton.
+
+Run as ``python tests/triton_fixtures.py --serve`` it is the worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+
+MARK = "@@staa-worker@@ "
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MARGIN = 1e-4  # no V within this distance of a point where spikes or the surrogate window switch
+
+# Tolerances per input dtype: (rtol, atol) for fp32/fp64 state and parameter grads, and
+# for grad_x, which comes back in the input dtype (one rounding of a value that differs
+# from the reference's by float32 reduction-order noise).
+TOLERANCES = {
+    "float64": dict(state=(1e-12, 1e-12), grad=(1e-10, 1e-10), grad_x=(1e-10, 1e-10)),
+    "float32": dict(state=(1e-5, 1e-5), grad=(1e-4, 1e-5), grad_x=(1e-4, 1e-5)),
+    # A float32 difference that straddles a rounding boundary moves the rounded value by
+    # one ulp, and one ulp is at most 2**-7 (bf16) / 2**-10 (fp16) of the value.
+    "bfloat16": dict(state=(1e-5, 1e-5), grad=(1e-4, 1e-5), grad_x=(2.0**-7, 1e-6)),
+    "float16": dict(state=(1e-5, 1e-5), grad=(1e-4, 1e-5), grad_x=(2.0**-10, 1e-7)),
+}
+
+
+class InterpretWorker:
+    """A subprocess running the launchers under ``TRITON_INTERPRET=1``."""
+
+    def __init__(self, interpret: bool = True):
+        env = dict(os.environ)
+        env["TRITON_INTERPRET"] = "1" if interpret else "0"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", os.path.abspath(__file__), "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )
+
+    def call(self, fn: str, **kwargs):
+        """Run ``fn(**kwargs)`` in the worker; returns its JSON result or raises its error."""
+        self.proc.stdin.write(json.dumps({"fn": fn, "kwargs": kwargs}) + "\n")
+        self.proc.stdin.flush()
+        noise = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the triton worker exited; its output:\n" + "".join(noise))
+            if line.startswith(MARK):
+                break
+            noise.append(line)
+        msg = json.loads(line[len(MARK):])
+        if not msg["ok"]:
+            raise AssertionError(f"{fn} raised in the triton worker:\n{msg['error']}")
+        return msg["result"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# --------------------------------------------------------------------------------------
+# Everything below runs inside the worker.
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def make_params(C, T, *, gc=True, sa=True, pe=True, dtype="float32", seed=0):
+    """Random STAA weights (value layers non-zero, unlike the module's zero init, so every
+    block really contributes)."""
+    torch = _torch()
+    from staa.reference import GCParams, SAParams, STAAParams
+
+    g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, dtype)
+    ch = max(C // 4, 4)
+
+    def rnd(*shape, scale=0.3, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dt)
+
+    def gcp():
+        return GCParams(rnd(1, C), rnd(1, scale=0.1), rnd(ch, C), rnd(ch, scale=0.1), rnd(ch, scale=0.1, shift=1.0),
+                        rnd(ch, scale=0.1), rnd(C, ch, scale=0.2), rnd(C, scale=0.1))
+
+    return STAAParams(
+        rnd(T + 1, C, scale=0.2) if pe else None,
+        gcp() if gc else None,
+        gcp() if gc else None,
+        SAParams(rnd(ch, C), rnd(ch, scale=0.1), rnd(C, ch), rnd(C, scale=0.1)) if sa else None,
+    )
+
+
+def _flat(params):
+    out = [params.pos] if params.pos is not None else []
+    for blk in (params.gc_x, params.gc_h, params.sa):
+        if blk is not None:
+            out += list(blk)
+    return out
+
+
+def reference_v(x, params, drop, *, alpha, v_threshold, v_reset, h_states):
+    """Membrane potentials V_t of the reference, step by step with its own H_{t-1} fed in."""
+    torch = _torch()
+    from staa.reference import compute_dtype, global_context, step_attention
+
+    cd = compute_dtype(x.dtype)
+    xc = x.to(cd)
+    vs = []
+    for t in range(x.shape[0]):
+        h = h_states[t - 1] if t > 0 else torch.full_like(xc[0], 0.0 if v_reset is None else v_reset)
+        i_t = xc[t]
+        x_t = i_t + params.pos[t].to(cd)[None, :, None] if params.pos is not None else i_t
+        gx = global_context(x_t, params.gc_x) if params.gc_x is not None else x_t
+        gh = global_context(h, params.gc_h) if params.gc_h is not None else h
+        v = step_attention(gx + gh, params.sa, alpha) if params.sa is not None else gx + gh
+        vs.append(i_t + h if bool(drop[t]) else v)
+    return torch.stack(vs)
+
+
+def _margin(v, v_threshold, width):
+    """Distance of the closest V to the threshold or to an edge of the surrogate window."""
+    torch = _torch()
+    pts = torch.tensor([v_threshold, v_threshold - width / 2, v_threshold + width / 2], dtype=v.dtype)
+    return (v.detach().reshape(-1, 1) - pts).abs().min().item()
+
+
+def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=True, pe=True, v_reset=0.0,
+               detach_reset=False, drop=(), alpha=2.0, v_threshold=1.0, surrogate_width=1.0, seed=0, tries=40):
+    """Inputs, weights and the reference's V for one case, re-drawn (deterministically)
+    until no V is within ``MARGIN`` of the threshold or of the surrogate window's edges."""
+    torch = _torch()
+    from staa.reference import staa_lif_reference
+
+    dt = getattr(torch, dtype)
+    mask = torch.zeros(T, dtype=torch.bool)
+    for t in drop:
+        mask[t] = True
+    for k in range(tries):
+        s = seed * 1000 + k
+        params = make_params(C, T, gc=gc, sa=sa, pe=pe, dtype=param_dtype or ("float64" if dtype == "float64" else "float32"), seed=s)
+        g = torch.Generator().manual_seed(s + 7)
+        x = (torch.randn(T, B, C, P, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(dt)
+        cfg = dict(alpha=alpha, v_threshold=v_threshold, v_reset=v_reset)
+        with torch.no_grad():
+            _, hs = staa_lif_reference(x, params, mask, **cfg, detach_reset=detach_reset,
+                                       surrogate_width=surrogate_width, return_states=True)
+            v = reference_v(x, params, mask, **cfg, h_states=hs)
+        margin = _margin(v, v_threshold, surrogate_width)
+        if margin >= MARGIN:
+            break
+    kw = dict(alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
+              surrogate_width=surrogate_width)
+    return x, params, mask, kw, margin, v
+
+
+class _Poison:
+    """Fills every fresh floating-point ``torch.empty``/``empty_like`` with NaN while active."""
+
+    def __enter__(self):
+        torch = _torch()
+        self.saved = (torch.empty, torch.empty_like)
+        empty, empty_like = self.saved
+
+        def p_empty(*a, **k):
+            t = empty(*a, **k)
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            return t
+
+        def p_empty_like(*a, **k):
+            t = empty_like(*a, **k)
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            return t
+
+        torch.empty, torch.empty_like = p_empty, p_empty_like
+        return self
+
+    def __exit__(self, *exc):
+        torch = _torch()
+        torch.empty, torch.empty_like = self.saved
+
+
+def _compare(name, got, want, tol, report):
+    torch = _torch()
+    err = (got.double() - want.double()).abs()
+    report["max_err"][name] = err.max().item() if err.numel() else 0.0
+    try:
+        torch.testing.assert_close(got.double(), want.double(), rtol=tol[0], atol=tol[1])
+    except AssertionError as exc:
+        report["failures"].append(f"{name}: {exc}")
+
+
+def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=True, device="cpu", **case):
+    """Launchers vs the reference: forward outputs (and saved u, gate), then every gradient.
+
+    Returns ``{"margin", "spike_mismatches", "nan_outputs", "failures", "max_err", "np"}``.
+    """
+    torch = _torch()
+    from staa.kernels import launch
+    from staa.reference import staa_lif_reference
+
+    if max_tile is not None:
+        launch.MAX_TILE = max_tile
+    try:
+        x, params, drop, kw, margin, v_ref = build_case(T, B, C, P, **case)
+        if device != "cpu":
+            x, drop, v_ref = x.to(device), drop.to(device), v_ref.to(device)
+            params = type(params)(*[None if b is None else b.to(device) if isinstance(b, torch.Tensor)
+                                    else type(b)(*[w.to(device) for w in b]) for b in params])
+        tol = TOLERANCES[str(x.dtype).replace("torch.", "")]
+        report = dict(margin=margin, failures=[], max_err={}, np=launch.tile_config(C, P).NP)
+        leaves = [x.requires_grad_(True)] + [p.requires_grad_(True) for p in _flat(params)]
+        ref_s, ref_h = staa_lif_reference(x, params, drop, **kw, return_states=True)
+
+        with _Poison() if poison else _nullctx():
+            out = launch.staa_lif_forward(x.detach(), drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw,
+                                          store_v_seq=store_v_seq)
+        spikes, h_last, v_seq, u, gate = out
+        report["nan_outputs"] = [n for n, t in zip(("spikes", "h_last", "v_seq", "u", "gate"), out)
+                                 if t is not None and bool(torch.isnan(t).any())]
+        report["spike_mismatches"] = int((spikes != ref_s.detach()).sum())
+        if spikes.dtype != x.dtype:
+            report["failures"].append(f"spikes dtype {spikes.dtype}, expected {x.dtype}")
+        _compare("h_last", h_last, ref_h[-1].detach(), tol["state"], report)
+        if store_v_seq:
+            _compare("v_seq", v_seq, ref_h.detach(), tol["state"], report)
+        # The contract: V_t == u_t * gate_t exactly, and gate == 1 at dropped steps.
+        _compare("u*gate", u * gate[..., None], v_ref.to(u.dtype), tol["state"], report)
+        if bool(drop.any()) and not bool((gate[drop] == 1).all()):
+            report["failures"].append("gate is not exactly 1 at dropped steps")
+        if not grads:
+            return report
+
+        g = torch.Generator().manual_seed(123)
+        gs = torch.randn(ref_s.shape, generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+        want = torch.autograd.grad(ref_s, leaves, gs)
+        with _Poison() if poison else _nullctx():
+            gx, gpos, ggcx, ggch, gsa = launch.staa_lif_backward(
+                gs, x.detach(), drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate, **kw)
+        got = [gx] + ([gpos] if gpos is not None else [])
+        names = ["x"] + (["pos"] if gpos is not None else [])
+        for bname, blk, ref_blk in (("gcx", ggcx, params.gc_x), ("gch", ggch, params.gc_h), ("sa", gsa, params.sa)):
+            if (blk is None) != (ref_blk is None):
+                report["failures"].append(f"grad {bname}: got {blk is not None}, expected {ref_blk is not None}")
+            if blk is not None:
+                got += list(blk)
+                names += [f"{bname}.{f}" for f in ref_blk._fields]
+        for n, a, b, p in zip(names, got, want, leaves):
+            if a.dtype != p.dtype or a.shape != p.shape:
+                report["failures"].append(f"grad {n}: {a.dtype}{tuple(a.shape)} vs leaf {p.dtype}{tuple(p.shape)}")
+            if bool(torch.isnan(a).any()):
+                report["nan_outputs"].append(f"grad {n}")
+            _compare(f"grad {n}", a, b, tol["grad_x" if n == "x" else "grad"], report)
+        return report
+    finally:
+        launch.MAX_TILE = _DEFAULT_TILE[0]
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_DEFAULT_TILE = [None]
+
+
+def poison_sanity(T=2, B=1, C=5, P=9):
+    """The poison is live, and it catches an element the kernels never write: with a tiling
+    that drops the last plane tile, the unwritten outputs must come back NaN."""
+    torch = _torch()
+    from staa.kernels import launch
+
+    with _Poison():
+        fresh = torch.empty(4, 3)
+        fresh_like = torch.empty_like(torch.zeros(2, dtype=torch.float32))
+    x, params, drop, kw, _, _ = build_case(T, B, C, P)
+    orig = launch.tile_config
+    launch.MAX_TILE = 8  # BLOCK_C=8 -> BLOCK_P=1: one program per position
+    launch.tile_config = lambda c, p: orig(c, p)._replace(NP=orig(c, p).NP - 1)
+    try:
+        with _Poison():
+            _, h_last, _, u, _ = launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa,
+                                                         **kw, store_v_seq=False)
+    finally:
+        launch.tile_config = orig
+        launch.MAX_TILE = _DEFAULT_TILE[0]
+    last = u[..., -1]
+    return dict(fresh_all_nan=bool(torch.isnan(fresh).all()), fresh_like_all_nan=bool(torch.isnan(fresh_like).all()),
+                unwritten_nan=bool(torch.isnan(last).all()), written_finite=bool(torch.isfinite(u[..., :-1]).all()))
+
+
+def launcher_errors():
+    """Messages of the launchers' shape checks."""
+    torch = _torch()
+    from staa.kernels import launch
+
+    msgs = {}
+    params = make_params(4, 2)
+    kw = dict(alpha=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate_width=1.0, store_v_seq=False)
+    for name, x, drop in (("x3d", torch.zeros(2, 1, 4), torch.zeros(2, dtype=torch.bool)),
+                          ("drop", torch.zeros(2, 1, 4, 3), torch.zeros(3, dtype=torch.bool)),
+                          ("int", torch.zeros(2, 1, 4, 3, dtype=torch.int32), torch.zeros(2, dtype=torch.bool))):
+        try:
+            launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw)
+            msgs[name] = None
+        except (ValueError, TypeError) as exc:
+            msgs[name] = str(exc)
+    return msgs
+
+
+def module_parity(shape, *, dtype="float32", v_reset=0.0, detach_reset=False, tsrd=0.5, seed=0, **flags):
+    """``STAALIF(backend="triton")`` vs ``STAALIF(backend="torch")`` through the custom op, in
+    training mode with TSRD (both see the same drop mask: same RNG seed): spikes, final
+    state and every gradient. Inputs are re-drawn until the reference's V keeps ``MARGIN``."""
+    torch = _torch()
+    import staa
+    from staa.reference import staa_lif_reference
+
+    dt = getattr(torch, dtype)
+    T, B, C = shape[0], shape[1], shape[2]
+    torch.manual_seed(seed)
+    m_t = staa.STAALIF(C, T, v_reset=v_reset, detach_reset=detach_reset, tsrd=tsrd, backend="triton", **flags)
+    with torch.no_grad():
+        for p in m_t.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # non-zero value layers
+    m_r = staa.STAALIF(C, T, v_reset=v_reset, detach_reset=detach_reset, tsrd=tsrd, backend="torch", **flags)
+    m_r.load_state_dict(m_t.state_dict())
+    m_t.train()
+    m_r.train()
+    torch.manual_seed(seed + 2)
+    drop = m_t._draw_drop(T, 0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(seed + 1)
+    cfg = dict(alpha=m_t.cfg.alpha, v_threshold=m_t.cfg.v_threshold, v_reset=m_t.cfg.v_reset)
+    for _ in range(40):
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(dt)
+        x4 = x.reshape(T, B, C, -1)
+        with torch.no_grad():
+            _, hs = staa_lif_reference(x4, m_t.params(), drop, **cfg, return_states=True)
+            v = reference_v(x4, m_t.params(), drop, **cfg, h_states=hs)
+        margin = _margin(v, m_t.cfg.v_threshold, m_t.cfg.surrogate_width)
+        if margin >= MARGIN:
+            break
+    results = []
+    for m in (m_t, m_r):
+        m.reset()
+        xx = x.clone().requires_grad_(True)
+        torch.manual_seed(seed + 2)  # the same TSRD mask as ``drop`` above
+        y = m(xx)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(y.dtype)
+        grads = torch.autograd.grad(y, [xx] + list(m.parameters()), gy)
+        results.append((y, grads, m.v.detach().clone()))
+    (y_t, g_t, v_t), (y_r, g_r, v_r) = results
+    out = dict(margin=margin, dropped=int(drop.sum()), failures=[], max_err={},
+               spike_mismatches=int((y_t != y_r).sum()), dtype_ok=y_t.dtype == x.dtype,
+               backend=staa.backend_for(x, "triton"))
+    tol = TOLERANCES[dtype]
+    names = ["x"] + [n for n, _ in m_t.named_parameters()]
+    for n, a, b in zip(names, g_t, g_r):
+        _compare(f"grad {n}", a, b, tol["grad_x" if n == "x" else "grad"], out)
+    _compare("v", v_t, v_r, tol["state"], out)
+    return out
+
+
+def serve():
+    from staa.kernels import launch
+
+    _DEFAULT_TILE[0] = launch.MAX_TILE
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            res = dict(ok=True, result=globals()[req["fn"]](**req["kwargs"]))
+        except Exception:  # sent back to the test, which fails with it
+            res = dict(ok=False, error=traceback.format_exc())
+        sys.stdout.write(MARK + json.dumps(res) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__" and "--serve" in sys.argv:
+    serve()
