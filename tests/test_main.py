@@ -16,6 +16,11 @@ from conftest import requires_spikingjelly
 SMALL = ["--T", "2", "--batch", "2", "--width", "4", "--repeat", "1", "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def _no_backend_override(monkeypatch):
+    monkeypatch.delenv("STAA_BACKEND", raising=False)
+
+
 def test_main_json_small(capsys):
     assert main(SMALL + ["--json"]) == 0
     captured = capsys.readouterr()
@@ -63,7 +68,6 @@ def test_main_tables(capsys):
 
 def test_main_refuses_bad_flags(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("STAA_BACKEND", raising=False)
     assert main(SMALL + ["--backend", "triton"]) == 2
     assert "backend='triton' cannot run" in capsys.readouterr().err
     assert main(["--T", "0"]) == 2
