@@ -39,7 +39,7 @@ def quiet():
     logger.remove(sink)
     logger.disable("spikingjelly")
     assert not messages, messages
-    assert not [str(w.message) for w in caught if "spikingjelly" not in str(w.filename)], caught
+    assert not caught, [f"{w.filename}:{w.lineno}: {w.message}" for w in caught]
 
 
 def _x(seed=0, B=2):
@@ -358,8 +358,10 @@ def test_T_smaller_than_the_probe_and_reserved_options(sj):
         staa.convert(net, _x(), T=2)
     with pytest.raises(TypeError, match="channels"):
         staa.convert(net, channels=4)
-    with pytest.raises(ValueError, match="tsrd"):
+    with pytest.raises(ValueError, match="node '2'.*tsrd"):
         staa.convert(net, _x(), tsrd=1.5)
+    with pytest.raises(TypeError, match="unknown STAALIF option.*'tsdr'"):
+        staa.convert(net, _x(), tsdr=0.1)
     assert not _staa_nodes(net)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import math
 import sys
 from collections import OrderedDict
@@ -286,8 +287,10 @@ def _probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int
             seen[id(m)].append(_Seen(tuple(x.shape), x.device, x.dtype))
 
     def leave(m, args, out):
-        if stack:
-            stack.pop()
+        # Pop down to this module, in case an inner failure was caught by an outer forward.
+        name = names_by_id[id(m)]
+        while stack and stack.pop() != name:
+            pass
 
     training = [(m, m.training) for _, m in modules]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
@@ -461,7 +464,7 @@ def convert(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"staa.convert expects a torch.nn.Module, got {type(model).__name__}")
-    bad = [k for k in ("T",) + _NOT_OPTIONS if k in staalif_options]
+    bad = [k for k in _NOT_OPTIONS if k in staalif_options]
     if bad:
         raise TypeError(
             f"staa.convert sets {', '.join(bad)} of each STAALIF itself (from the probe, the node and the model); "
@@ -469,6 +472,13 @@ def convert(
         )
     if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
         raise ValueError(f"T must be a positive int or None, got {T!r}")
+    allowed = set(inspect.signature(STAALIF.__init__).parameters) - {"self", "channels", "T", "device", "dtype"}
+    unknown = sorted(set(staalif_options) - allowed)
+    if unknown:
+        raise TypeError(
+            f"staa.convert got unknown STAALIF option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(sorted(allowed))}"
+        )
     want = _matcher(include, "include")
     drop = _matcher(exclude, "exclude")
 
@@ -524,6 +534,7 @@ def convert(
         dropped += [f"{k}={s[k]!r} (overridden by the option {k}={staalif_options[k]!r})" for k in overridden]
         s.update(staalif_options)
         settings[key] = (s, dropped)
+        _check_options(s, name)
         if s["step_mode"] == "s" and T is None and s.get("pe", True):
             raise ValueError(
                 f"staa.convert: node '{_display(name)}' runs in single-step mode, so STAALIF cannot learn T from "
@@ -571,6 +582,16 @@ def convert(
     _invalidate_reset_cache(model)
     model.staa_report = report
     return model
+
+
+def _check_options(settings: dict, name: str) -> None:
+    """Let STAALIF validate the settings before the probe runs (a lazy module allocates
+    nothing; fork_rng keeps its initialisers from moving the RNG)."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            STAALIF(None, None, device="meta", **settings)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"staa.convert: invalid STAALIF settings for node '{_display(name)}': {err}") from err
 
 
 def _qualname(cls: type) -> str:
