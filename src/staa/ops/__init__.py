@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -17,12 +17,12 @@ Tensor = torch.Tensor
 __all__ = ["staa_lif_op", "flatten_params"]
 
 
-def flatten_params(params: STAAParams) -> List[Optional[Tensor]]:
-    """``[pos, *gc_x, *gc_h, *sa]`` with ``None`` for every weight of a disabled block."""
-    out: List[Optional[Tensor]] = [params.pos]
+def flatten_params(params: STAAParams) -> Tuple[List[Tensor], List[bool]]:
+    """The present weights of ``[pos, *gc_x, *gc_h, *sa]`` and 21 flags saying which are there."""
+    full: List[Optional[Tensor]] = [params.pos]
     for block, n in ((params.gc_x, 8), (params.gc_h, 8), (params.sa, 4)):
-        out.extend([None] * n if block is None else list(block))
-    return out
+        full.extend([None] * n if block is None else list(block))
+    return [p for p in full if p is not None], [p is not None for p in full]
 
 
 def staa_lif_op(x4: Tensor, params: STAAParams, drop: Optional[Tensor], cfg, store_v_seq: bool = False,
@@ -53,7 +53,7 @@ def staa_lif_op(x4: Tensor, params: STAAParams, drop: Optional[Tensor], cfg, sto
             f"pos must have shape [T_pos >= {T}, {C}] for this input, got {list(params.pos.shape)}"
         )
     spikes, v_last, v_seq, _, _ = _op.lif_forward(
-        x4.contiguous(), drop, flatten_params(params),
+        x4.contiguous(), drop, *flatten_params(params),
         float(cfg.alpha), float(cfg.v_threshold), None if cfg.v_reset is None else float(cfg.v_reset),
         bool(cfg.detach_reset), float(cfg.surrogate_width), bool(store_v_seq), bool(use_triton),
     )

@@ -4,8 +4,9 @@ One ``torch.library`` op runs the whole multi-step recurrence; its backward is a
 op, so ``torch.compile`` sees two opaque nodes (with fake implementations for shape
 propagation) and never traces into the time loops.
 
-Parameters travel as one flat list of optional tensors in the order
-``[pos, gc_x (8), gc_h (8), sa (4)]``; ``None`` marks a disabled block.
+Parameters travel as a list of the present tensors plus a list of 21 flags saying which
+of ``[pos, gc_x (8), gc_h (8), sa (4)]`` are there (a disabled block has its flags off).
+Autograd of custom ops does not round-trip lists holding ``None``, hence the flags.
 
 Autocast: the ops are autocast-neutral. They run on their inputs as given (spikes come
 back in ``x``'s dtype) and switch autocast off inside, so the attention MLPs and the
@@ -31,6 +32,11 @@ def _cd(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _expand(params: Sequence[Tensor], present: Sequence[bool]) -> List[Optional[Tensor]]:
+    it = iter(params)
+    return [next(it) if here else None for here in present]
+
+
 def _split(params: Sequence[Optional[Tensor]]):
     def block(sl):
         ws = params[sl]
@@ -51,7 +57,8 @@ def _backend(use_triton: bool):
 def lif_forward(
     x: Tensor,
     drop: Tensor,
-    params: List[Optional[Tensor]],
+    params: List[Tensor],
+    present: List[bool],
     alpha: float,
     v_threshold: float,
     v_reset: Optional[float],
@@ -61,7 +68,7 @@ def lif_forward(
     use_triton: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(spikes, h_last, v_seq, u, gate)``; ``v_seq`` is empty unless ``store_v_seq``."""
-    pos, gcx, gch, sa = _split(params)
+    pos, gcx, gch, sa = _split(_expand(params, present))
     with torch.autocast(x.device.type, enabled=False):
         spikes, h_last, v_seq, u, gate = _backend(use_triton).staa_lif_forward(
             x, drop, pos, gcx, gch, sa,
@@ -74,7 +81,7 @@ def lif_forward(
 
 
 @lif_forward.register_fake
-def _(x, drop, params, alpha, v_threshold, v_reset, detach_reset, surrogate_width, store_v_seq, use_triton):
+def _(x, drop, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate_width, store_v_seq, use_triton):
     T, B, C, P = x.shape
     cd = _cd(x.dtype)
     return (
@@ -91,7 +98,8 @@ def lif_backward(
     grad_spikes: Tensor,
     x: Tensor,
     drop: Tensor,
-    params: List[Optional[Tensor]],
+    params: List[Tensor],
+    present: List[bool],
     u: Tensor,
     gate: Tensor,
     alpha: float,
@@ -101,8 +109,8 @@ def lif_backward(
     surrogate_width: float,
     use_triton: bool,
 ) -> List[Tensor]:
-    """Returns ``[grad_x, *grads of the present params in list order]``."""
-    pos, gcx, gch, sa = _split(params)
+    """Returns ``[grad_x, *grads of params in list order]``."""
+    pos, gcx, gch, sa = _split(_expand(params, present))
     with torch.autocast(x.device.type, enabled=False):
         gx, gpos, ggcx, ggch, gsa = _backend(use_triton).staa_lif_backward(
             grad_spikes.contiguous() if use_triton else grad_spikes, x, drop, pos, gcx, gch, sa, u, gate,
@@ -119,34 +127,27 @@ def lif_backward(
 
 
 @lif_backward.register_fake
-def _(grad_spikes, x, drop, params, u, gate, alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton):
-    return [torch.empty_like(x)] + [torch.empty_like(p) for p in params if p is not None]
+def _(grad_spikes, x, drop, params, present, u, gate, alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton):
+    return [torch.empty_like(x)] + [torch.empty_like(p) for p in params]
 
 
 def _setup_context(ctx, inputs, output):
-    x, drop, params, alpha, v_threshold, v_reset, detach_reset, surrogate_width, _, use_triton = inputs
+    x, drop, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate_width, _, use_triton = inputs
     _, h_last, v_seq, u, gate = output
-    present = [p is not None for p in params]
-    ctx.present = present
+    ctx.present = list(present)
     ctx.scalars = (alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton)
     ctx.mark_non_differentiable(h_last, v_seq, u, gate)
-    ctx.save_for_backward(x, drop, u, gate, *[p for p in params if p is not None])
+    ctx.save_for_backward(x, drop, u, gate, *params)
 
 
 def _backward(ctx, grad_spikes, *_unused):
-    x, drop, u, gate, *kept = ctx.saved_tensors
-    it = iter(kept)
-    params = [next(it) if here else None for here in ctx.present]
+    x, drop, u, gate, *params = ctx.saved_tensors
     alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton = ctx.scalars
     grads = lif_backward(
-        grad_spikes, x, drop, params, u, gate,
+        grad_spikes, x, drop, params, ctx.present, u, gate,
         alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton,
     )
-    it = iter(grads[1:])
-    grad_params = [next(it) if here else None for here in ctx.present]
-    if not any(ctx.present):
-        grad_params = None  # autograd treats an all-None list input as a single leaf
-    return grads[0], None, grad_params, None, None, None, None, None, None, None
+    return grads[0], None, list(grads[1:]), None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("staa::lif_forward", _backward, setup_context=_setup_context)
