@@ -27,7 +27,6 @@ import time
 # tuned tile sizes for; (C, 1, 1) stands for a [T, B, C] input.
 SHAPES = [(64, 32, 32), (128, 32, 32), (128, 16, 16), (256, 16, 16), (256, 8, 8), (512, 8, 8),
           (512, 4, 4), (512, 1, 1), (1000, 1, 1), (2048, 7, 7)]
-QUICK_SHAPES = [(128, 32, 32), (512, 4, 4)]
 # Neuron options: the default layer, plus soft reset with detach_reset and the blocks
 # switched off one at a time (each changes the kernels' constexpr flags).
 OPTIONS = [
@@ -36,7 +35,8 @@ OPTIONS = [
     dict(name="no-gc", gc=False, sa=True, pe=True, v_reset=0.0, detach=False),
     dict(name="no-sa", gc=True, sa=False, pe=False, v_reset=0.0, detach=False),
 ]
-QUICK_OPTIONS = OPTIONS[:1]
+# CI subset: the two goal layers of the GPU benchmark, default options, one dtype each.
+QUICK = [((128, 32, 32), OPTIONS[0], "float32"), ((512, 4, 4), OPTIONS[0], "bfloat16")]
 
 
 def _params(C, opt, torch):
@@ -55,8 +55,9 @@ def _params(C, opt, torch):
     return pos, gcx, gch, sa
 
 
-def record_launches(shapes, options, dtypes):
-    """Run the launchers on CPU tensors with launches recorded; returns unique launches."""
+def record_launches(combos):
+    """Run the launchers on CPU tensors for each ``((C, H, W), options, dtype name)`` with
+    launches recorded instead of run; returns the distinct launches."""
     import torch
 
     from staa.kernels import launch
@@ -82,20 +83,18 @@ def record_launches(shapes, options, dtypes):
     ctx_label = [""]
     launch.launch_hook = hook
     try:
-        for C, H, W in shapes:
+        for (C, H, W), opt, dtype in combos:
             P = H * W
-            for opt in options:
-                for dtype in dtypes:
-                    ctx_label[0] = f"C={C} P={P} {opt['name']} {str(dtype).replace('torch.', '')}"
-                    pos, gcx, gch, sa = _params(C, opt, torch)
-                    x = torch.zeros(3, 1, C, P, dtype=dtype)
-                    drop = torch.zeros(3, dtype=torch.bool)
-                    kw = dict(alpha=2.0, v_threshold=1.0, v_reset=opt["v_reset"], detach_reset=opt["detach"],
-                              surrogate_width=1.0)
-                    _, _, _, u, gate = launch.staa_lif_forward(x, drop, pos, gcx, gch, sa, **kw, store_v_seq=False)
-                    u.zero_()
-                    gate.fill_(0.5)
-                    launch.staa_lif_backward(torch.zeros_like(x), x, drop, pos, gcx, gch, sa, u, gate, **kw)
+            ctx_label[0] = f"C={C} P={P} {opt['name']} {dtype}"
+            pos, gcx, gch, sa = _params(C, opt, torch)
+            x = torch.zeros(3, 1, C, P, dtype=getattr(torch, dtype))
+            drop = torch.zeros(3, dtype=torch.bool)
+            kw = dict(alpha=2.0, v_threshold=1.0, v_reset=opt["v_reset"], detach_reset=opt["detach"],
+                      surrogate_width=1.0)
+            _, _, _, u, gate = launch.staa_lif_forward(x, drop, pos, gcx, gch, sa, **kw, store_v_seq=False)
+            u.zero_()
+            gate.fill_(0.5)
+            launch.staa_lif_backward(torch.zeros_like(x), x, drop, pos, gcx, gch, sa, u, gate, **kw)
     finally:
         launch.launch_hook = None
     return list(seen.values())
@@ -147,7 +146,7 @@ def _flags(kwargs):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="two layer shapes and two option sets (CI)")
+    ap.add_argument("--quick", action="store_true", help="the two goal layer shapes, default options (CI)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "kernel_compile_sm90.md"))
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability to compile for")
     ns = ap.parse_args(argv)
@@ -160,9 +159,11 @@ def main(argv=None) -> int:
     from triton.backends.compiler import GPUTarget
 
     target = GPUTarget("cuda", ns.arch, 32)
-    shapes = QUICK_SHAPES if ns.quick else SHAPES
-    options = QUICK_OPTIONS if ns.quick else OPTIONS
-    launches = record_launches(shapes, options, [torch.float32, torch.bfloat16])
+    if ns.quick:
+        combos = QUICK
+    else:
+        combos = [(shape, opt, dt) for shape in SHAPES for opt in OPTIONS for dt in ("float32", "bfloat16")]
+    launches = record_launches(combos)
     rows, failures = [], 0
     t0 = time.time()
     for kernel, args, kwargs, label in launches:

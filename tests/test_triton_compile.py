@@ -1,0 +1,48 @@
+"""Every kernel configuration the quick set of layer shapes launches compiles for sm_90.
+
+Runs ``benchmarks/compile_kernels.py --quick`` in a subprocess (the kernels must be
+decorated without TRITON_INTERPRET), with triton's bundled ptxas; no GPU is needed. The
+full table over all shipped layer shapes is ``benchmarks/results/kernel_compile_sm90.md``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or platform.machine() != "x86_64" or sys.platform != "linux",
+    reason="needs triton with its bundled CUDA toolchain (Linux x86_64)",
+)
+
+
+def test_quick_configurations_compile_for_sm90(tmp_path):
+    out = tmp_path / "compile.md"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compile for real, not from a cache
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compile_kernels.py"), "--quick",
+                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    table = out.read_text()
+    m = re.search(r"(\d+) distinct configurations, (\d+) failed to compile", table)
+    assert m and int(m.group(1)) >= 8 and int(m.group(2)) == 0, table[:2000]
+    kernels = {"staa_fwd_mlp_kernel", "staa_fwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_bwd_elem_kernel"}
+    rows = [line for line in table.splitlines() if line.startswith("| staa_")]
+    assert {r.split("|")[1].strip() for r in rows} == kernels
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert cells[-1] == "ok" and int(cells[5]) > 0, r  # registers were read back from ptxas
+
+
+def test_compile_script_refuses_interpreter_mode():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compile_kernels.py"), "--quick"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert res.returncode == 2 and "TRITON_INTERPRET" in res.stderr
