@@ -14,7 +14,7 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -139,7 +139,44 @@ def plot(summary: Dict[Tuple[str, str], dict], path: str) -> bool:
     return True
 
 
-def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = True) -> str:
+def events_figure(data_dir: str, path: str, n: int = 3, T: int = 8) -> None:
+    """Plot ``n`` test images next to their ``T`` simulated event frames (ON red, OFF blue)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sys.path.insert(0, HERE)
+    import fmnist_events
+
+    raw = fmnist_events.load_fashion_mnist(data_dir)
+    images = raw["test_images"][:n]
+    frames = fmnist_events.simulate_events(images, T=T, seed=1).float().numpy()
+    fig, axes = plt.subplots(n, T + 1, figsize=(1.3 * (T + 1), 1.45 * n))
+    for i in range(n):
+        axes[i, 0].imshow(images[i], cmap="gray")
+        for t in range(T):
+            on, off = frames[i, t, 0], frames[i, t, 1]
+            scale = max(float(frames[i].max()), 1.0)
+            rgb = np.stack([on / scale, np.zeros_like(on), off / scale], axis=-1)
+            axes[i, t + 1].imshow(np.clip(rgb * 2.0, 0.0, 1.0))
+            if i == 0:
+                axes[i, t + 1].set_title(f"t={t}", fontsize=8)
+        if i == 0:
+            axes[i, 0].set_title("image", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Simulated events (ON red, OFF blue) from Fashion-MNIST test images along a three-leg saccade",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = True,
+           events_png: Optional[str] = None) -> str:
     summary = summarize(runs)
     cfg = runs[0]["config"] if runs else {}
     machine = runs[0].get("machine", {}) if runs else {}
@@ -159,6 +196,8 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         "(`benchmarks/accuracy/fmnist_events.py`).",
         "",
     ]
+    if events_png:
+        lines += [f"![simulated event frames of three test images]({events_png})", ""]
     if not runs:
         lines += ["No finished runs yet.", "", "Reproduce with:", "", "```", REPRODUCE, "```", ""]
         return "\n".join(lines)
@@ -243,7 +282,8 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         "",
         "Finished runs are cached as JSON in `docs/results/accuracy-runs/` (one file per task, variant and seed), "
         "so an interrupted ladder resumes; delete a file to rerun it. The page and plot alone are rebuilt with "
-        "`python benchmarks/accuracy/make_report.py`.",
+        "`python benchmarks/accuracy/make_report.py` (add `--events-figure /usr/share/datasets/fashion-mnist` to "
+        "redraw the event frames figure).",
         "",
     ]
     return "\n".join(lines)
@@ -253,7 +293,8 @@ def write_report(runs_dir: str, out_dir: str, log=print) -> str:
     os.makedirs(out_dir, exist_ok=True)
     runs = load_runs(runs_dir)
     plotted = plot(summarize(runs), os.path.join(out_dir, "accuracy.png")) if runs else False
-    page = render(runs, "accuracy.png", plotted)
+    events_png = "accuracy-events.png" if os.path.isfile(os.path.join(out_dir, "accuracy-events.png")) else None
+    page = render(runs, "accuracy.png", plotted, events_png)
     path = os.path.join(out_dir, "accuracy.md")
     with open(path, "w") as f:
         f.write(page)
@@ -265,7 +306,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Rebuild the accuracy results page from the run JSON files")
     p.add_argument("--runs", default=os.path.join(REPO, "docs", "results", "accuracy-runs"))
     p.add_argument("--out", default=os.path.join(REPO, "docs", "results"))
+    p.add_argument("--events-figure", metavar="DATA_DIR", default=None,
+                   help="also draw accuracy-events.png (simulated frames of three test images) from the IDX files")
     args = p.parse_args(argv)
+    if args.events_figure:
+        os.makedirs(args.out, exist_ok=True)
+        events_figure(args.events_figure, os.path.join(args.out, "accuracy-events.png"))
     write_report(args.runs, args.out)
     return 0
 
