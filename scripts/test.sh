@@ -7,4 +7,11 @@ python -m pip install -q -e '.[test]'
 # spikingjelly 2.0's declared dependencies (torchvision, tensorboard, ...) are not needed by staa:
 python -m pip install -q --no-deps spikingjelly==2.0.0
 python -m pip install -q loguru tqdm packaging
+# The legacy spikingjelly 0.0.0.0.14 release (pure Python) for staa.convert's tests, kept out of
+# the environment and used from a subprocess:
+if [ ! -d .cache/sj0014/unpacked ]; then
+    python -m pip download -q --no-deps spikingjelly==0.0.0.0.14 -d .cache/sj0014
+    python -m zipfile -e .cache/sj0014/spikingjelly-0.0.0.0.14-py3-none-any.whl .cache/sj0014/unpacked
+fi
+export STAA_SJ0014_PATH="$PWD/.cache/sj0014/unpacked"
 python -m pytest -q "$@"

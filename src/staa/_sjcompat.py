@@ -34,6 +34,9 @@ def compat_class():
         "detach": STAALIF.detach,
         "step_mode": STAALIF.step_mode,
         "supported_step_mode": STAALIF.supported_step_mode,
+        # spikingjelly 0.0.0.0.14's MemoryModule.backend property accepts only 'torch'; STAALIF
+        # keeps its own `backend` as a plain attribute.
+        "backend": None,
     }
     return type("STAALIF", (STAALIF, base.MemoryModule), ns)
 
