@@ -144,7 +144,8 @@ def _margin(v, v_threshold, width):
 
 
 def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=True, pe=True, v_reset=0.0,
-               detach_reset=False, drop=(), alpha=2.0, v_threshold=1.0, surrogate_width=1.0, seed=0, tries=40):
+               detach_reset=False, drop=(), alpha=2.0, v_threshold=1.0, surrogate_width=1.0, seed=0, tries=40,
+               margin=MARGIN):
     """Inputs, weights and the reference's V for one case, re-drawn (deterministically)
     until no V is within ``MARGIN`` of the threshold or of the surrogate window's edges."""
     torch = _torch()
@@ -164,12 +165,12 @@ def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=Tru
             _, hs = staa_lif_reference(x, params, mask, **cfg, detach_reset=detach_reset,
                                        surrogate_width=surrogate_width, return_states=True)
             v = reference_v(x, params, mask, **cfg, h_states=hs)
-        margin = _margin(v, v_threshold, surrogate_width)
-        if margin >= MARGIN:
+        got = _margin(v, v_threshold, surrogate_width)
+        if got >= margin:
             break
     kw = dict(alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
               surrogate_width=surrogate_width)
-    return x, params, mask, kw, margin, v
+    return x, params, mask, kw, got, v
 
 
 class _Poison:
@@ -285,6 +286,28 @@ class _nullctx:
 
 
 _DEFAULT_TILE = [None]
+
+
+def determinism(T, B, C, P, *, device="cpu", **case):
+    """Backward twice on the same inputs: are all gradients bitwise identical?"""
+    torch = _torch()
+    from staa.kernels import launch
+
+    x, params, drop, kw, _, _ = build_case(T, B, C, P, **case)
+    x, drop = x.to(device), drop.to(device)
+    params = type(params)(*[None if b is None else b.to(device) if isinstance(b, torch.Tensor)
+                            else type(b)(*[w.to(device) for w in b]) for b in params])
+    _, _, _, u, gate = launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw,
+                                               store_v_seq=False)
+    gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=x.dtype)
+    runs = []
+    for _ in range(2):
+        out = launch.staa_lif_backward(gs, x, drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate, **kw)
+        flat = [out[0]] + ([out[1]] if out[1] is not None else [])
+        for blk in out[2:]:
+            flat += list(blk) if blk is not None else []
+        runs.append(flat)
+    return dict(identical=all(torch.equal(a, b) for a, b in zip(*runs)), n=len(runs[0]))
 
 
 def poison_sanity(T=2, B=1, C=5, P=9):
