@@ -12,6 +12,7 @@ ops. The time loop launches two kernels per step; see docs/triton.md for the lay
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -68,6 +69,9 @@ launch_hook = None
 
 
 def _run(kernel, grid, *args, **kwargs):
+    # No FMA contraction: V = u * gate must round exactly as the backward (and the torch
+    # recomputation of H) evaluates it, e.g. soft reset's V - v_th must not fuse into the product.
+    kwargs.setdefault("enable_fp_fusion", False)
     if launch_hook is not None:
         return launch_hook(kernel, grid, args, kwargs)
     kernel[grid](*args, **kwargs)
@@ -139,6 +143,21 @@ def _initial_parts(h0: float, C: int, P: int, NP: int, B: int, gch, cd, device):
     return part_ctx, part_hsum
 
 
+def _on_device(fn):
+    """Run ``fn`` with x's CUDA device current, so the kernels launch where the data is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        x = args[0] if fn.__name__ == "staa_lif_forward" else args[1]
+        if x.device.type == "cuda":
+            with torch.cuda.device(x.device):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_on_device
 def staa_lif_forward(
     x: Tensor,
     drop: Optional[Tensor],
@@ -253,6 +272,7 @@ def gc_mlp_weight_grads(gsum: Tensor, acts, gc: Sequence[Tensor]) -> tuple:
     return (gq.T @ ctx, gq.sum(0), (gn * qhat).sum(0), gn.sum(0), gd.T @ torch.relu(n), gd.sum(0))
 
 
+@_on_device
 def staa_lif_backward(
     grad_spikes: Tensor,
     x: Tensor,
