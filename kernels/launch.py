@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel
-from .staa_fwd import staa_fwd_elem_kernel, staa_fwd_mlp_kernel
+from .staa_fwd import staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_plane_reduce_kernel
 
 Tensor = torch.Tensor
 
@@ -131,6 +131,30 @@ def gc_mlp(ctx: Tensor, gc: Sequence[Tensor], eps: float = 1e-5):
     return delta, qhat, n, rstd[..., 0]
 
 
+def plane_reductions(src: Tensor, pos, gate, key, *, from_u: bool, want_sum: bool, v_threshold: float,
+                     v_reset: Optional[float], CD):
+    """GC context (``key`` given) and spatial sum of every (t, b) plane, each ``[T*B, C]`` or None.
+
+    The plane is ``X = src + pos`` or, with ``from_u``, ``H_{t-1} = reset(u_{t-1} * gate_{t-1})``
+    (``src = u``). One read of ``src``; the per-tile partials are summed in a fixed order.
+    """
+    T, B, C, P = src.shape
+    cd = torch.float64 if CD == tl.float64 else torch.float32
+    tc = tile_config(C, P)
+    part_ctx = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if key is not None else None
+    part_sum = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if want_sum else None
+    dummy = part_ctx if part_ctx is not None else part_sum
+    h0 = 0.0 if v_reset is None else float(v_reset)
+    _run(staa_plane_reduce_kernel, (T * B, tc.NP),
+         src, pos if pos is not None else dummy, gate if gate is not None else dummy,
+         key[0] if key is not None else dummy, key[1] if key is not None else dummy,
+         part_ctx if part_ctx is not None else dummy, part_sum if part_sum is not None else dummy,
+         B, C, P, tc.NP, float(v_threshold), h0, h0,
+         FROM_U=from_u, HAS_POS=pos is not None, HAS_CTX=key is not None, HAS_SUM=want_sum,
+         HARD=v_reset is not None, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
+    return (part_ctx.sum(1) if part_ctx is not None else None), (part_sum.sum(1) if part_sum is not None else None)
+
+
 def _initial_parts(h0: float, C: int, P: int, NP: int, B: int, gch, cd, device):
     """Partial reductions of the constant initial state H_{-1} = h0, as the kernels lay them out."""
     part_ctx = torch.zeros(B, NP, C, dtype=cd, device=device)
@@ -202,15 +226,12 @@ def staa_lif_forward(
     # H-independent work for all steps at once.
     d1 = xmean = None
     if gcx is not None or sa is not None:
-        X = x.to(cd)
-        if posc is not None:
-            X = X + posc[:, None, :, None]
-        Xf = X.reshape(T * B, C, P)
+        ctx1, xsum = plane_reductions(x, posc, None, gcx[:2] if gcx is not None else None, from_u=False,
+                                      want_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, CD=CD)
         if gcx is not None:
-            d1 = gc_mlp(gc_context(Xf, gcx[0], gcx[1]), gcx)[0].reshape(T, B, C).contiguous()
+            d1 = gc_mlp(ctx1, gcx)[0].reshape(T, B, C).contiguous()
         if sa is not None:
-            xmean = X.mean(-1).contiguous()
-        del X, Xf
+            xmean = (xsum / P).reshape(T, B, C).contiguous()
 
     tc = tile_config(C, P)
     u = torch.empty((T, B, C, P), dtype=cd, device=dev)
@@ -321,22 +342,13 @@ def staa_lif_backward(
     acts = {}
     with torch.no_grad():
         if gcx is not None or sa is not None:
-            X = x.to(cd)
-            if posc is not None:
-                X = X + posc[:, None, :, None]
+            ctx1, xsum = plane_reductions(x, posc, None, gcx[:2] if gcx is not None else None, from_u=False,
+                                          want_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, CD=CD)
         if gch is not None or sa is not None:
-            v = u[:-1] * gate[:-1, :, :, None]
-            s = v >= v_threshold
-            hs = torch.where(s, torch.full_like(v, h0), v) if v_reset is not None else torch.where(s, v - v_threshold, v)
-            hprev = torch.cat([torch.full_like(u[:1], h0), hs])
-            del v, s, hs
-        if gcx is not None:
-            ctx1 = gc_context(X.reshape(T * B, C, P), gcx[0], gcx[1])
-        if gch is not None:
-            ctx2 = gc_context(hprev.reshape(T * B, C, P), gch[0], gch[1])
+            ctx2, hsum = plane_reductions(u, None, gate, gch[:2] if gch is not None else None, from_u=True,
+                                          want_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, CD=CD)
         if sa is not None:
-            xmean = X.reshape(T * B, C, P).mean(-1)
-            hmean = hprev.reshape(T * B, C, P).mean(-1)
+            xmean, hmean = xsum / P, hsum / P
         pooled_x = xmean if sa is not None else None
         pooled_h = hmean if sa is not None else None
         if gcx is not None:

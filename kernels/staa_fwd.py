@@ -188,3 +188,51 @@ def staa_fwd_elem_kernel(
             tl.store(part_ctx_ptr + part + offs_c, tl.sum(hz * w[None, :], axis=1), mask=mc)
         if HAS_SA:
             tl.store(part_hsum_ptr + part + offs_c, tl.sum(hz, axis=1), mask=mc)
+
+
+@triton.jit
+def staa_plane_reduce_kernel(
+    src_ptr,  # [T, B, C, P]: x (FROM_U=False) or the saved u (FROM_U=True)
+    pos_ptr,  # [T, C] CD position encoding (FROM_U=False)
+    gate_ptr,  # [T, B, C] saved gate (FROM_U=True)
+    kw_ptr, kb_ptr,  # GC key weight [C] and bias [1]
+    part_ctx_ptr, part_sum_ptr,  # [T*B, NP, C] out: per-tile GC context and spatial sum
+    B, C, P, NP, v_th, v_reset, h0,
+    FROM_U: tl.constexpr, HAS_POS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_SUM: tl.constexpr,
+    HARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
+):
+    """Per-tile reductions of one plane for every (t, b) at once (the H-independent work):
+    X_t = I_t + PE_t, or, with FROM_U, the state H_{t-1} = reset(u_{t-1} * gate_{t-1})
+    (H_{-1} = h0). Writes sum_p sigmoid(kw . z_p + kb) z_p and sum_p z_p per tile."""
+    r = tl.program_id(0)  # t * B + b
+    j = tl.program_id(1)
+    t = r // B
+    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
+    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
+    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
+    mc = offs_c < C
+    mp = offs_p < P
+    m = mc[:, None] & mp[None, :]
+    tile = offs_c[:, None] * P + offs_p[None, :]
+    if FROM_U:
+        prev = tl.maximum(r - B, 0).to(tl.int64) * C  # row of step t-1 (a valid row, unused, at t = 0)
+        up = tl.load(src_ptr + prev * P + tile, mask=m, other=0.0)
+        gp = tl.load(gate_ptr + prev + offs_c, mask=mc, other=0.0)
+        _, h = _reset(up * gp[:, None], v_th, v_reset, HARD)
+        z = tl.where(t > 0, h, h0)
+    else:
+        z = tl.load(src_ptr + r.to(tl.int64) * C * P + tile, mask=m, other=0.0).to(CD)
+        if HAS_POS:
+            z = z + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)[:, None]
+    z = tl.where(m, z, 0.0)
+    part = (r.to(tl.int64) * NP + j) * C
+    if HAS_CTX:
+        kw = tl.load(kw_ptr + offs_c, mask=mc, other=0.0).to(CD)
+        kb = tl.load(kb_ptr).to(CD)
+        w = tl.where(mp, _sigmoid(tl.sum(z * kw[:, None], axis=0) + kb), 0.0)
+        tl.store(part_ctx_ptr + part + offs_c, tl.sum(z * w[None, :], axis=1), mask=mc)
+    if HAS_SUM:
+        tl.store(part_sum_ptr + part + offs_c, tl.sum(z, axis=1), mask=mc)
