@@ -7,8 +7,9 @@ TSRD mask ``drop [T]``, the position encoding and the GC/SA weight tuples; saved
 
 Work that does not depend on the membrane state (position encoding, GC1 on every step,
 X's share of SA's spatial mean, and in backward every forward activation, since H_t is a
-pure function of the saved ``u_t`` and ``gate_t``) runs batched over all steps with torch
-ops. The time loop launches two kernels per step; see docs/triton.md for the layout.
+pure function of the saved ``u_t`` and ``gate_t``) runs batched over all steps: one plane
+reduction kernel per input plane, then small ``[T*B, C]`` torch ops for the channel MLPs.
+The time loop launches two kernels per step; see docs/triton.md for the layout.
 """
 from __future__ import annotations
 
