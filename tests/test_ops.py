@@ -6,7 +6,6 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import staa
-from staa.functional import NeuronConfig
 from staa.ops import _op, flatten_params, staa_lif_op
 from staa.reference import STAAParams, global_context, staa_lif_reference, step_attention
 

@@ -7,10 +7,12 @@ V_t = u_t * gate_t (the forward's exact op, so the surrogate mask agrees with th
 spikes already emitted), S_t and H_t from them, and every attention intermediate
 from ``x``, H and the weights.
 
-Work that does not depend on the membrane state is done for all steps at once:
-the position encoding, GC1 on every step and GC1's share of SA's spatial mean in
-the forward; the recomputation of V, S, H, GC1, GC2 and every weight gradient in
-the backward. Only the H-dependent part stays inside the time loop.
+In the forward, work that does not depend on the membrane state is done for all steps
+at once (the position encoding, GC1 on every step and GC1's share of SA's spatial mean);
+only GC2, the SA MLP and one elementwise pass (aggregate, gate, fire, reset) stay in the
+time loop. The backward recomputes step by step in reverse time so that its working set
+stays in cache (see ``staa_lif_backward``); weight gradients are summed over all steps
+with one matmul each at the end.
 
 Layout: ``x`` is ``[T, B, C, P]`` with ``P = H * W``. All arithmetic runs in the
 compute dtype ``cd`` (float64 for float64 input, else float32).
@@ -93,7 +95,10 @@ def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out:
     g_logit = g_w.mul_(c.w * (1.0 - c.w))
     left = torch.cat((g_ctx.unsqueeze(2), p[0].reshape(1, C, 1).expand(N, C, 1)), dim=2)  # [N, C, 2]
     right = torch.stack((c.w, g_logit), dim=1)  # [N, 2, P]
-    torch.baddbmm(g_out, left, right, out=out)
+    if out is g_out:
+        out.baddbmm_(left, right)
+    else:
+        torch.baddbmm(g_out, left, right, out=out)
     return g_logit
 
 
@@ -112,8 +117,21 @@ def _gc_weight_grads(c: _GCCache, g_delta, g_n, g_q, g_key_w, g_logit) -> List[T
     ]
 
 
-def _cat_caches(caches: List[_GCCache]) -> _GCCache:
-    return _GCCache(*(torch.cat(fields) for fields in zip(*caches)))
+def _keep_gc_step(store, t, z, c: _GCCache, g_delta, g_n, g_q, g_logit) -> None:
+    """Keep one step's small GC intermediates for the weight gradients; add its key gradient."""
+    caches, grads, g_key = store
+    caches[t], grads[t] = c, (g_delta, g_n, g_q, g_logit)
+    g_key += _weighted_sum(z, g_logit).sum(0)
+
+
+def _gc_grads_from_steps(store, p) -> List[Tensor]:
+    caches, grads, g_key = store
+    steps = sorted(caches)
+    if not steps:  # every step dropped
+        return [torch.zeros_like(w) for w in p]
+    c = _GCCache(*(torch.cat(fields) for fields in zip(*(caches[t] for t in steps))))
+    g_delta, g_n, g_q, g_logit = (torch.cat(f) for f in zip(*(grads[t] for t in steps)))
+    return _gc_weight_grads(c, g_delta, g_n, g_q, g_key, g_logit)
 
 
 # --------------------------------------------------------------------- SA block
@@ -143,7 +161,8 @@ def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spi
 
 
 def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int):
-    """X = I + PE for all steps (``[T, B, C, P]`` cd) and GC1's cache over ``T * B`` samples."""
+    """X = I + PE for all steps (``[T, B, C, P]`` cd, a fresh tensor unless it is ``x``
+    itself) and GC1's cache over all ``T * B`` samples."""
     _, B, C, P = x.shape
     cd = _cd(x.dtype)
     if pos is not None:
@@ -256,9 +275,12 @@ def staa_lif_backward(
     Returns ``(grad_x [T, B, C, P] x.dtype, grad_pos [T_pos, C] or None, grad_gcx (8) or None,
     grad_gch (8) or None, grad_sa (4) or None)``; parameter grads in the parameters' dtypes.
 
-    V_t = u_t * gate_t, S_t and H_{t-1} are recomputed one step at a time (the loop walks
-    t = T-1 .. 0 and derives H_{t-1} from u_{t-1}), so the working set stays a few
-    ``[B, C, P]`` buffers.
+    Everything is recomputed one step at a time inside the reverse loop: V_t = u_t * gate_t
+    and S_t, H_{t-1} from u_{t-1}, X_t and GC1(X_t), GC2(H_{t-1}) and SA's input. The working
+    set stays a few ``[B, C, P]`` buffers that fit in cache, and ``x`` and ``u`` are read
+    once; on CPUs this beats recomputing GC1 for all steps at once, which streams
+    ``[T, B, C, P]`` temporaries through memory several times. Weight gradients are
+    summed over all steps with one matmul each after the loop.
     """
     T, B, C, P = x.shape
     cd = _cd(x.dtype)
@@ -268,19 +290,15 @@ def staa_lif_backward(
     a = float(surrogate_width)
     h_rest = 0.0 if v_reset is None else float(v_reset)
 
-    # GC1 does not depend on H: recompute it for all steps at once.
-    xx, c1 = _gc1_all_steps(x, pos, wx, T)
-    if ws is not None:
-        m1 = xx.mean(-1)
-        if c1 is not None:
-            m1 = m1 + c1.delta.reshape(T, B, C)
-
+    xc = x.to(cd)
+    pos_c = None if pos is None else pos.to(cd)
+    # dL/dU_t goes straight into grad_x[t]; GC1's context path is then added in place.
     grad_x = torch.empty((T, B, C, P), dtype=cd, device=dev)
-    gxt_buf = None if x.dtype == cd else torch.empty((B, C, P), dtype=cd, device=dev)
     buf = lambda: torch.empty((B, C, P), dtype=cd, device=dev)  # noqa: E731
     v_cur, v_prev, s_cur, ns_cur = buf(), buf(), buf(), buf()
-    h_prev, win, tmp, g_u = buf(), buf(), buf(), buf()
+    h_prev, win, tmp = buf(), buf(), buf()
     s_prev, ns_prev, gh_buf = buf(), buf(), buf()
+    xx_buf = buf() if pos is not None else None
     g_h = None  # dL/dH_t, flowing backwards in time
     if ws is not None:
         g_o = torch.zeros(T, B, C, dtype=cd, device=dev)  # grad of fc2's output (pre-sigmoid)
@@ -288,14 +306,7 @@ def staa_lif_backward(
         z1_all = torch.zeros(T, B, C, dtype=cd, device=dev)  # fc1's input alpha * m
         r1_all = torch.zeros(T, B, ws[0].shape[0], dtype=cd, device=dev)
     grad_pos = None if pos is None else torch.zeros(pos.shape, dtype=cd, device=dev)
-    if c1 is not None:
-        g_d1 = torch.zeros(T, B, C, dtype=cd, device=dev)
-        g_l1 = torch.zeros(T, B, P, dtype=cd, device=dev)
-        g_n1 = torch.zeros(T, B, c1.q.shape[1], dtype=cd, device=dev)
-        g_q1 = torch.zeros_like(g_n1)
-    if wh is not None:
-        c2s, g2 = {}, {}
-        g_key2 = torch.zeros(C, dtype=cd, device=dev)
+    gc_steps = {"x": ({}, {}, torch.zeros(C, dtype=cd, device=dev)), "h": ({}, {}, torch.zeros(C, dtype=cd, device=dev))}
 
     torch.mul(u[T - 1], gate[T - 1].unsqueeze(2), out=v_cur)
     torch.ge(v_cur, v_threshold, out=s_cur)
@@ -311,6 +322,7 @@ def staa_lif_backward(
         # dL/dV_t = dS/dV (dL/dS_t + dL/dH_t dH/dS) + dL/dH_t dH/dV
         torch.sub(v_cur, v_threshold, out=win).abs_().lt_(a / 2).mul_(1.0 / a)  # dS/dV
         gs_t = grad_spikes[t]
+        g_u = grad_x[t]
         if g_h is None:
             g_v = torch.mul(win, gs_t, out=tmp)
         elif v_reset is None:  # H = V - v_th S
@@ -325,16 +337,25 @@ def staa_lif_backward(
                 g_v = torch.neg(v_cur, out=tmp).add_(h_rest).mul_(g_h).add_(gs_t).mul_(win)
             g_v.addcmul_(g_h, ns_cur)
 
-        if dropped[t]:  # V_t = I_t + H_{t-1}
+        if dropped[t]:  # V_t = I_t + H_{t-1}: dL/dI_t = dL/dH_{t-1} = dL/dV_t
             g_u.copy_(g_v)
+            if t > 0:
+                gh_buf.copy_(g_v)
         else:
-            hmean = h_prev.mean(-1) if ws is not None else None
-            if wh is not None:
-                c2 = _gc_forward(h_prev, wh)
-                if hmean is not None:
-                    hmean = hmean + c2.delta
+            # Recompute this step's attention inputs: X_t, GC1(X_t), GC2(H_{t-1}), SA's mean.
+            xx_t = c1 = c2 = None
+            if wx is not None or ws is not None:
+                xx_t = torch.add(xc[t], pos_c[t].unsqueeze(1), out=xx_buf) if pos is not None else xc[t]
+                c1 = _gc_forward(xx_t, wx) if wx is not None else None
+            c2 = _gc_forward(h_prev, wh) if wh is not None else None
             if ws is not None:
-                z1 = alpha * (m1[t] + hmean)
+                m = xx_t.mean(-1)
+                if c1 is not None:
+                    m = m + c1.delta
+                hmean = h_prev.mean(-1)
+                if c2 is not None:
+                    hmean = hmean + c2.delta
+                z1 = alpha * (m + hmean)
                 y1 = F.linear(z1, ws[0], ws[1])
                 gt = gate[t]
                 g_gate = torch.linalg.vecdot(g_v, u[t])  # V = u * gate
@@ -347,52 +368,28 @@ def staa_lif_backward(
                 torch.addcmul(g_m.unsqueeze(2), g_v, gt.unsqueeze(2), out=g_u)
             else:
                 g_u.copy_(g_v)
-        g_d = g_u.sum(-1) if (wh is not None or c1 is not None) and not dropped[t] else None
-
-        # GC1 at this step: grad_x_t = g_u + context path (dropped steps: just g_v).
-        gx_t = grad_x[t] if gxt_buf is None else gxt_buf
-        if c1 is not None and not dropped[t]:
-            sl = slice(t * B, (t + 1) * B)
-            c1t = _GCCache(*(f[sl] for f in c1))
-            g_ctx1, gn1, gq1 = _gc_mlp_backward(g_d, c1t, wx)
-            g_d1[t], g_n1[t], g_q1[t] = g_d, gn1, gq1
-            g_l1[t] = _gc_input_grad(g_u, xx[t], g_ctx1, c1t, wx, out=gx_t)
-        else:
-            gx_t.copy_(g_u)
-        if gxt_buf is not None:
-            grad_x[t].copy_(gxt_buf)
-        if grad_pos is not None and not dropped[t]:
-            torch.sum(gx_t, dim=(0, 2), out=grad_pos[t])
-
-        # dL/dH_{t-1}: U_t = GC1(X_t) + GC2(H_{t-1}) (or I_t + H_{t-1} at a dropped step).
-        # At t = 0 H_{-1} is a constant, but GC2's weights still get their gradient.
-        if wh is not None and not dropped[t]:
-            g_ctx2, gn2, gq2 = _gc_mlp_backward(g_d, c2, wh)
-            gl2 = _gc_input_grad(g_u, h_prev, g_ctx2, c2, wh, out=gh_buf)
-            g_key2 += _weighted_sum(h_prev, gl2).sum(0)
-            c2s[t], g2[t] = c2, (g_d, gn2, gq2, gl2)
-        elif t > 0:
-            gh_buf.copy_(g_u)
+            # U_t = GC1(X_t) + GC2(H_{t-1}): both blocks see dL/dU_t, and the C-vector each
+            # adds to every position sees its spatial sum.
+            g_d = g_u.sum(-1) if (c1 is not None or c2 is not None) else None
+            if c2 is not None:  # dL/dH_{t-1} (at t = 0 only the weights' share is used)
+                g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c2, wh)
+                g_l = _gc_input_grad(g_u, h_prev, g_ctx, c2, wh, out=gh_buf)
+                _keep_gc_step(gc_steps["h"], t, h_prev, c2, g_d, g_n, g_q, g_l)
+            elif t > 0:
+                gh_buf.copy_(g_u)
+            if c1 is not None:  # dL/dX_t, in place
+                g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c1, wx)
+                g_l = _gc_input_grad(g_u, xx_t, g_ctx, c1, wx, out=g_u)
+                _keep_gc_step(gc_steps["x"], t, xx_t, c1, g_d, g_n, g_q, g_l)
+            if grad_pos is not None:
+                torch.sum(g_u, dim=(0, 2), out=grad_pos[t])
         g_h = gh_buf
         v_cur, v_prev = v_prev, v_cur
         s_cur, s_prev = s_prev, s_cur
         ns_cur, ns_prev = ns_prev, ns_cur
 
-    grads_gcx = None
-    if c1 is not None:
-        flat = lambda g: g.reshape(T * B, -1)  # noqa: E731
-        g_key1 = _weighted_sum(xx.reshape(T * B, C, P), flat(g_l1)).sum(0)
-        grads_gcx = _gc_weight_grads(c1, flat(g_d1), flat(g_n1), flat(g_q1), g_key1, flat(g_l1))
-
-    grads_gch = None
-    if wh is not None:
-        steps = sorted(c2s)
-        if steps:
-            c2 = _cat_caches([c2s[t] for t in steps])
-            gd2, gn2, gq2, gl2 = (torch.cat(f) for f in zip(*(g2[t] for t in steps)))
-            grads_gch = _gc_weight_grads(c2, gd2, gn2, gq2, g_key2, gl2)
-        else:
-            grads_gch = [torch.zeros_like(w) for w in wh]
+    grads_gcx = None if wx is None else _gc_grads_from_steps(gc_steps["x"], wx)
+    grads_gch = None if wh is None else _gc_grads_from_steps(gc_steps["h"], wh)
 
     grads_sa = None
     if ws is not None:
