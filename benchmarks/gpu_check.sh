@@ -79,7 +79,7 @@ unset TRITON_INTERPRET || true
 
 STEPS=(
     "copy src/staa and kernels/ (as staa/kernels) to $PKG; PYTHONPATH=$PKG"
-    "$PY -m pip install --no-index --no-deps --find-links $WHEELS -r $WHEEL_LIST  > pip.log"
+    "$PY -m pip install --no-index --no-deps --find-links $WHEELS <each listed wheel whose module does not import>  > pip.log"
     "nvidia-smi > nvidia-smi.txt; versions > env.txt"
     "SJ_LIF_CUDA_IMPLEMENTATION=triton timeout $TEST_TIMEOUT $PY -m pytest -q tests/test_triton_cuda.py > pytest_cuda.log"
     "SJ_LIF_CUDA_IMPLEMENTATION=triton timeout $BENCH_TIMEOUT $PY benchmarks/bench_gpu.py --out $OUTDIR > bench.log"
@@ -102,8 +102,16 @@ cp -r "$ROOT/src/staa" "$PKG/staa"
 rm -rf "$PKG/staa/kernels"; cp -r "$ROOT/kernels" "$PKG/staa/kernels"
 export PYTHONPATH="$PKG:$ROOT/tests${PYTHONPATH:+:$PYTHONPATH}"
 
-"$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" -r "$WHEEL_LIST" > "$OUTDIR/pip.log" 2>&1 \
-    || { echo "offline wheel install failed, see $OUTDIR/pip.log" >&2; exit 5; }
+TO_INSTALL=()
+for req in "${REQS[@]}"; do
+    mod="$(echo "${req%%==*}" | tr '[:upper:]-' '[:lower:]_')"
+    "$PY" -c "import $mod" > /dev/null 2>&1 || TO_INSTALL+=("$req")
+done
+echo "installing (module missing): ${TO_INSTALL[*]:-nothing}" > "$OUTDIR/pip.log"
+if [ ${#TO_INSTALL[@]} -gt 0 ]; then
+    "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" "${TO_INSTALL[@]}" >> "$OUTDIR/pip.log" 2>&1 \
+        || { echo "offline wheel install failed, see $OUTDIR/pip.log" >&2; exit 5; }
+fi
 nvidia-smi > "$OUTDIR/nvidia-smi.txt" 2>&1 || true
 "$PY" - > "$OUTDIR/env.txt" 2>&1 <<'PYEOF' || true
 import platform, torch, triton

@@ -173,7 +173,8 @@ def _on_device(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        x = args[0] if fn.__name__ == "staa_lif_forward" else args[1]
+        i = 0 if fn.__name__ == "staa_lif_forward" else 1
+        x = args[i] if len(args) > i else kwargs["x"]
         if x.device.type == "cuda":
             with torch.cuda.device(x.device):
                 return fn(*args, **kwargs)
