@@ -43,12 +43,11 @@ def ideal_bytes(shape, dtype_size):
     return T * B * C * H * W * (5 * dtype_size + 8)
 
 
-def make_provider(name, shape, dtype, torch):
+def make_provider(name, shape, dtype, torch, dev="cuda"):
     """A closure running one forward + backward, or raises why it cannot."""
     import staa
 
     T, B, C, H, W = shape
-    dev = "cuda"
     x = torch.randn(shape, device=dev, dtype=torch.float32).mul_(0.8).add_(0.35).to(dtype).requires_grad_(True)
     gy = torch.randn(shape, device=dev, dtype=dtype)
     if name.startswith("staa-"):
@@ -89,17 +88,22 @@ def make_provider(name, shape, dtype, torch):
     raise ValueError(name)
 
 
-def time_rounds(fns, rounds, torch):
+def time_rounds(fns, rounds, torch, cuda=True):
     """Interleaved rounds: every provider once per round. Returns {name: [ms, ...]}."""
     out = {n: [] for n in fns}
     for _ in range(rounds):
         for n, fn in fns.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            out[n].append(start.elapsed_time(end))
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                out[n].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out[n].append((time.perf_counter() - t0) * 1e3)
     return out
 
 
@@ -134,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=220.0, help="seconds; later rows are skipped past it")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--dry-run", action="store_true", help="print the plan; needs no GPU")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="exercise the whole script on the CPU with a tiny shape (a test of the script, not a benchmark)")
     ns = ap.parse_args(argv)
     providers = [p for p in ns.providers.split(",") if p]
     unknown = set(providers) - set(PROVIDERS)
@@ -141,18 +147,23 @@ def main(argv=None) -> int:
         ap.error(f"unknown providers {sorted(unknown)}; expected some of {', '.join(PROVIDERS)}")
     if ns.rounds < 3:
         ap.error(f"--rounds must be >= 3, got {ns.rounds}")
-    plan = [(s, d) for s in SHAPES for d in DTYPES]
+    shapes = dict(SHAPES)
+    if ns.cpu_smoke:
+        shapes = {"smoke [2,2,6,3,3]": (2, 2, 6, 3, 3)}
+    plan = [(s, d) for s in shapes for d in DTYPES]
     if ns.dry_run:
         print(f"bench_gpu dry run: out={ns.out} rounds={ns.rounds} warmup={ns.warmup} budget={ns.budget}s")
         print(f"providers: {', '.join(providers)}")
         for s, d in plan:
-            print(f"row: {s} {d} fwd+bwd, ideal bytes {ideal_bytes(SHAPES[s], 4 if d == 'float32' else 2)}")
+            print(f"row: {s} {d} fwd+bwd, ideal bytes {ideal_bytes(shapes[s], 4 if d == 'float32' else 2)}")
         print(f"SJ_LIF_CUDA_IMPLEMENTATION={os.environ.get('SJ_LIF_CUDA_IMPLEMENTATION', '(unset)')}")
         return 0
 
     import torch
 
-    if not torch.cuda.is_available():
+    cuda = not ns.cpu_smoke
+    dev = "cuda" if cuda else "cpu"
+    if cuda and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 3
     t_start = time.time()
@@ -168,26 +179,75 @@ def main(argv=None) -> int:
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     except Exception:
         commit = "unknown"
-    machine = (f"{torch.cuda.get_device_name()} ({platform.machine()}, {os.cpu_count()} CPU cores), torch "
+    device_name = torch.cuda.get_device_name() if cuda else "CPU smoke run (not a benchmark)"
+    machine = (f"{device_name} ({platform.machine()}, {os.cpu_count()} CPU cores), torch "
                f"{torch.__version__}, triton {triton_version}, CUDA {torch.version.cuda}, commit {commit}")
-    copy_tbs = copy_bandwidth(torch)
+    copy_tbs = copy_bandwidth(torch) if cuda else float("nan")
     results = []
+
+    def write_tables():
+        def med(s, d, p):
+            for r in results:
+                if (r["shape"], r["dtype"], r["provider"]) == (s, d, p) and "median_ms" in r:
+                    return r["median_ms"]
+            return None
+
+        lines = ["# STAA-LIF GPU benchmark (forward + backward)", "",
+                 f"Machine: {machine}. Device-to-device copy measured at {copy_tbs:.2f} TB/s.", "",
+                 f"`python benchmarks/bench_gpu.py --out OUTDIR` ({ns.rounds} interleaved rounds after {ns.warmup} "
+                 "warm-up calls; CUDA-event times; SJ_LIF_CUDA_IMPLEMENTATION="
+                 f"{os.environ.get('SJ_LIF_CUDA_IMPLEMENTATION', '(unset)')}).", "",
+                 "| shape | dtype | provider | median ms | IQR ms | effective TB/s (bytes model) |",
+                 "|---|---|---|---|---|---|"]
+        for r in results:
+            if "median_ms" in r:
+                eff = f"{r['eff_tbs']:.2f} ({100 * r['eff_tbs'] / copy_tbs:.0f}% of copy)" if "eff_tbs" in r else ""
+                lines.append(f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['median_ms']:.3f} | "
+                             f"{r['iqr_ms']:.3f} | {eff} |")
+            else:
+                lines.append(f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['status']} | | |")
+        lines += ["", "## Goals (reported, not gated)", "", "| shape | dtype | goal | target | measured | met |",
+                  "|---|---|---|---|---|---|"]
+        for s, d in plan:
+            mine = med(s, d, "staa-triton")
+            for label, other, target in GOALS:
+                o = med(s, d, other)
+                if mine is None or o is None:
+                    lines.append(f"| {s} | {d} | {label} | {target} | not measured in this run | |")
+                    continue
+                if other == "sj-lif":
+                    val, ok = f"{mine / o:.2f}x the time", mine / o <= 2.0
+                else:
+                    need = 10.0 if other == "reference-eager" else 3.0
+                    val, ok = f"{o / mine:.1f}x faster", o / mine >= need
+                lines.append(f"| {s} | {d} | {label} | {target} | {val} | {'yes' if ok else 'no'} |")
+        with open(os.path.join(ns.out, "gpu_neuron.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(ns.out, "gpu_neuron.json"), "w") as f:
+            json.dump(dict(machine=machine, copy_tbs=copy_tbs, rounds=ns.rounds, results=results), f, indent=1)
+        return lines
+
     for sname, dname in plan:
-        shape, dtype = SHAPES[sname], getattr(torch, dname)
+        shape, dtype = shapes[sname], getattr(torch, dname)
         fns, errors = {}, {}
         for p in providers:
             if time.time() - t_start > ns.budget:
                 errors[p] = "skipped (time budget)"
                 continue
             try:
-                fn = make_provider(p, shape, dtype, torch)
+                fn = make_provider(p, shape, dtype, torch, dev)
                 for _ in range(ns.warmup):
                     fn()
-                torch.cuda.synchronize()
+                if cuda:
+                    torch.cuda.synchronize()
                 fns[p] = fn
             except Exception as exc:
                 errors[p] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
-        times = time_rounds(fns, ns.rounds, torch) if fns else {}
+        try:
+            times = time_rounds(fns, ns.rounds, torch, cuda) if fns else {}
+        except Exception as exc:  # e.g. out of memory: report the row, keep going
+            times = {}
+            errors.update({p: f"failed while timing: {type(exc).__name__}" for p in fns})
         for p in providers:
             row = dict(shape=sname, dtype=dname, provider=p)
             if p in times:
@@ -198,48 +258,11 @@ def main(argv=None) -> int:
             else:
                 row["status"] = errors.get(p, "not run")
             results.append(row)
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
+        write_tables()  # a partial table survives a timeout
 
-    def med(s, d, p):
-        for r in results:
-            if (r["shape"], r["dtype"], r["provider"]) == (s, d, p) and "median_ms" in r:
-                return r["median_ms"]
-        return None
-
-    lines = ["# STAA-LIF GPU benchmark (forward + backward)", "",
-             f"Machine: {machine}. Device-to-device copy measured at {copy_tbs:.2f} TB/s.", "",
-             f"`python benchmarks/bench_gpu.py --out OUTDIR` ({ns.rounds} interleaved rounds after {ns.warmup} "
-             "warm-up calls; CUDA-event times; SJ_LIF_CUDA_IMPLEMENTATION="
-             f"{os.environ.get('SJ_LIF_CUDA_IMPLEMENTATION', '(unset)')}).", "",
-             "| shape | dtype | provider | median ms | IQR ms | effective TB/s (bytes model) |",
-             "|---|---|---|---|---|---|"]
-    for r in results:
-        if "median_ms" in r:
-            eff = f"{r['eff_tbs']:.2f} ({100 * r['eff_tbs'] / copy_tbs:.0f}% of copy)" if "eff_tbs" in r else ""
-            lines.append(f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['median_ms']:.3f} | "
-                         f"{r['iqr_ms']:.3f} | {eff} |")
-        else:
-            lines.append(f"| {r['shape']} | {r['dtype']} | {r['provider']} | {r['status']} | | |")
-    lines += ["", "## Goals (reported, not gated)", "", "| shape | dtype | goal | target | measured | met |",
-              "|---|---|---|---|---|---|"]
-    for s, d in plan:
-        mine = med(s, d, "staa-triton")
-        for label, other, target in GOALS:
-            o = med(s, d, other)
-            if mine is None or o is None:
-                lines.append(f"| {s} | {d} | {label} | {target} | not measured in this run | |")
-                continue
-            if other == "sj-lif":
-                val, ok = f"{mine / o:.2f}x the time", mine / o <= 2.0
-            else:
-                need = 10.0 if other == "reference-eager" else 3.0
-                val, ok = f"{o / mine:.1f}x faster", o / mine >= need
-            lines.append(f"| {s} | {d} | {label} | {target} | {val} | {'yes' if ok else 'no'} |")
-    with open(os.path.join(ns.out, "gpu_neuron.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(ns.out, "gpu_neuron.json"), "w") as f:
-        json.dump(dict(machine=machine, copy_tbs=copy_tbs, rounds=ns.rounds, results=results), f, indent=1)
-    print("\n".join(lines))
+    print("\n".join(write_tables()))
     return 0
 
 

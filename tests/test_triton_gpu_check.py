@@ -66,3 +66,18 @@ def test_missing_wheel_is_named_with_the_preparation_command(tmp_path):
 def test_bad_arguments(tmp_path, args, code):
     res = _run(*args)
     assert res.returncode == code and "usage" in res.stderr
+
+
+def test_benchmark_script_runs_end_to_end_on_cpu(tmp_path):
+    """The benchmark's CPU smoke mode (tiny shape, no GPU): every code path up to the tables."""
+    script = os.path.join(ROOT, "benchmarks", "bench_gpu.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--cpu-smoke", "--rounds", "3",
+                          "--warmup", "1", "--providers", "reference-eager,staa-triton"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = (tmp_path / "gpu_neuron.md").read_text()
+    assert "| smoke [2,2,6,3,3] | float32 | reference-eager |" in table
+    assert "staa-triton | failed: RuntimeError: backend='triton' cannot run" in table  # CPU without interpreter
+    assert "not measured in this run" in table
+    assert (tmp_path / "gpu_neuron.json").exists()
