@@ -101,6 +101,14 @@ def _step_text(a: str, b: str, sa: dict, sb: dict) -> str:
     return f"- {a} → {b}: {diff:+.2f} points (standard error {se:.2f}); {verdict}."
 
 
+def _binomial_se(summary: Dict[Tuple[str, str], dict], n_test) -> float:
+    """Binomial standard error (points) of an accuracy near the mean of all rows on ``n_test`` images."""
+    if not summary or not n_test:
+        return float("nan")
+    p = sum(st["mean"] for st in summary.values()) / len(summary) / 100.0
+    return 100.0 * math.sqrt(p * (1.0 - p) / n_test)
+
+
 def plot(summary: Dict[Tuple[str, str], dict], path: str) -> bool:
     """One panel per task: mean test accuracy per variant with ±1 std error bars and the seeds."""
     try:
@@ -207,7 +215,7 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
     for task, variants in TASKS.items():
         lines += [f"## {TASK_TITLES[task]}", ""]
         lines += [
-            "| variant | neuron | seeds | test accuracy % (mean ± std) | per seed | s / epoch | firing rate | params |",
+            "| variant | neuron | seeds | test accuracy % (mean ± std) | per seed | train s / epoch | firing rate | params |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for v in variants:
@@ -228,7 +236,9 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         text = [_step_text(a, b, summary[(task, a)], summary[(task, b)])
                 for a, b in steps if (task, a) in summary and (task, b) in summary]
         if text:
-            lines += ["Differences of the means (standard error from the two seed spreads):", ""] + text + [""]
+            lines += ["Differences of the means (standard error from the two seed spreads; with three seeds it is itself "
+                      "rough, so read twice the standard error as a screening line, not a significance test):", ""]
+            lines += text + [""]
     if missing:
         lines += ["## Missing runs", "", "These planned runs have not finished; they are not in the tables:", ""]
         lines += [f"- {m}" for m in missing] + [""]
@@ -264,6 +274,10 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         + "; ".join(impl_text.get(i, i) for i in impls) + ".",
         "- Seeds: the seed sets the initial weights, the batch order and the TSRD draws.",
         "- Firing rate: spikes / (neurons x time steps) over all spiking layers on the test subset.",
+        f"- Uncertainty: the std is over training seeds only. Every run is tested on the same {n_te} images, so the "
+        f"absolute accuracies also carry a test-sampling error of about "
+        f"{_binomial_se(summary, n_te):.1f} points; since every row is tested on the same images, most of it is common to all rows and it "
+        "matters less for the differences between rows than for the absolute level.",
         f"- Machine: {machine.get('machine')}, {machine.get('torch_threads')} torch thread, torch "
         f"{machine.get('torch')}, Python {machine.get('python')}. Seconds per epoch are wall-clock training "
         "time on this machine while others shared it, so they are indicative only; they include the "
