@@ -61,16 +61,26 @@ def _weighted_sum(z: Tensor, w: Tensor) -> Tensor:
     return torch.bmm(w.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
 
 
-def _gc_forward(z: Tensor, p) -> _GCCache:
-    """GC's context path on ``z`` ``[N, C, P]`` (eqs. 7-10 without the final add)."""
-    N, C, _ = z.shape
+def _gc_forward(z: Tensor, p, with_mean: bool = False):
+    """GC's context path on ``z`` ``[N, C, P]`` (eqs. 7-10 without the final add).
+
+    Returns the cache and, with ``with_mean``, also mean_p z ``[N, C]`` (SA's pooling), taken
+    in the same pass over ``z`` as the attention-weighted sum.
+    """
+    N, C, P = z.shape
     logits = torch.bmm(p[0].expand(N, 1, C), z).squeeze(1) + p[1]  # [N, P]
     w = torch.sigmoid(logits)
-    ctx = _weighted_sum(z, w)
+    if with_mean:
+        rows = torch.stack((w, torch.full_like(w, 1.0 / P)), dim=1)  # [N, 2, P]
+        red = torch.bmm(rows, z.transpose(1, 2))  # [N, 2, C]
+        ctx, zmean = red[:, 0], red[:, 1]
+    else:
+        ctx, zmean = _weighted_sum(z, w), None
     q = F.linear(ctx, p[2], p[3])
     n, mean, rstd = torch.native_layer_norm(q, q.shape[-1:], p[4], p[5], _LN_EPS)
     delta = F.linear(torch.relu(n), p[6], p[7])
-    return _GCCache(w, ctx, q, mean, rstd, n, delta)
+    cache = _GCCache(w, ctx, q, mean, rstd, n, delta)
+    return (cache, zmean) if with_mean else cache
 
 
 def _gc_mlp_backward(g_delta: Tensor, c: _GCCache, p):
@@ -160,17 +170,24 @@ def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spi
     return h_out
 
 
-def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int):
+def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int, with_mean: bool):
     """X = I + PE for all steps (``[T, B, C, P]`` cd, a fresh tensor unless it is ``x``
-    itself) and GC1's cache over all ``T * B`` samples."""
+    itself), GC1's cache over all ``T * B`` samples and, with ``with_mean``, mean_p X."""
     _, B, C, P = x.shape
     cd = _cd(x.dtype)
     if pos is not None:
         xx = x.to(cd) + pos[:T].to(cd)[:, None, :, None]
     else:
         xx = x.to(cd)
-    c1 = _gc_forward(xx.reshape(T * B, C, P), gcx) if gcx is not None else None
-    return xx, c1
+    c1 = xmean = None
+    if gcx is not None and with_mean:
+        c1, xmean = _gc_forward(xx.reshape(T * B, C, P), gcx, with_mean=True)
+        xmean = xmean.reshape(T, B, C)
+    elif gcx is not None:
+        c1 = _gc_forward(xx.reshape(T * B, C, P), gcx)
+    elif with_mean:
+        xmean = xx.mean(-1)
+    return xx, c1, xmean
 
 
 # --------------------------------------------------------------------- forward
@@ -203,8 +220,7 @@ def staa_lif_forward(
     xc = x.to(cd)
 
     # H-independent work for all steps at once: X = I + PE, GC1(X) and its spatial mean.
-    g1, c1 = _gc1_all_steps(x, pos, gcx, T)
-    m1 = g1.mean(-1) if sa is not None else None  # [T, B, C], mean_p of X
+    g1, c1, m1 = _gc1_all_steps(x, pos, gcx, T, with_mean=sa is not None)  # m1: mean_p X [T, B, C]
     if c1 is not None:
         d1 = c1.delta.reshape(T, B, C)
         if g1.data_ptr() == x.data_ptr():
@@ -228,14 +244,20 @@ def staa_lif_forward(
             torch.add(xc[t], h, out=u_t)
             v = u_t  # the gate is exactly 1
         else:
-            hmean = h.mean(-1) if sa is not None else None
+            hmean = None
             if gch is not None:
-                d2 = _gc_forward(h, gch).delta
+                if sa is not None:
+                    c2, hmean = _gc_forward(h, gch, with_mean=True)
+                else:
+                    c2 = _gc_forward(h, gch)
+                d2 = c2.delta
                 torch.add(h, d2.unsqueeze(2), out=u_t)
                 u_t.add_(g1[t])  # GC1(X_t) + GC2(H_{t-1})
                 if hmean is not None:
                     hmean = hmean + d2
             else:
+                if sa is not None:
+                    hmean = h.mean(-1)
                 torch.add(g1[t], h, out=u_t)
             if sa is not None:
                 _, g = _sa_hidden(m1[t] + hmean, sa, alpha)
@@ -320,7 +342,9 @@ def staa_lif_backward(
             h_prev.fill_(h_rest)
 
         # dL/dV_t = dS/dV (dL/dS_t + dL/dH_t dH/dS) + dL/dH_t dH/dV
-        torch.sub(v_cur, v_threshold, out=win).abs_().lt_(a / 2).mul_(1.0 / a)  # dS/dV
+        torch.sub(v_cur, v_threshold, out=win).abs_().lt_(a / 2)  # dS/dV = win / a
+        if a != 1.0:
+            win.mul_(1.0 / a)
         gs_t = grad_spikes[t]
         g_u = grad_x[t]
         if g_h is None:
@@ -334,7 +358,10 @@ def staa_lif_backward(
             if detach_reset:
                 g_v = torch.mul(win, gs_t, out=tmp)
             else:  # ((v_reset - V) dL/dH + dL/dS) dS/dV
-                g_v = torch.neg(v_cur, out=tmp).add_(h_rest).mul_(g_h).add_(gs_t).mul_(win)
+                g_v = torch.addcmul(gs_t, v_cur, g_h, value=-1.0, out=tmp)
+                if h_rest != 0.0:
+                    g_v.add_(g_h, alpha=h_rest)
+                g_v.mul_(win)
             g_v.addcmul_(g_h, ns_cur)
 
         if dropped[t]:  # V_t = I_t + H_{t-1}: dL/dI_t = dL/dH_{t-1} = dL/dV_t
@@ -346,13 +373,23 @@ def staa_lif_backward(
             xx_t = c1 = c2 = None
             if wx is not None or ws is not None:
                 xx_t = torch.add(xc[t], pos_c[t].unsqueeze(1), out=xx_buf) if pos is not None else xc[t]
-                c1 = _gc_forward(xx_t, wx) if wx is not None else None
-            c2 = _gc_forward(h_prev, wh) if wh is not None else None
+                c1 = m = None
+                if wx is not None and ws is not None:
+                    c1, m = _gc_forward(xx_t, wx, with_mean=True)
+                elif wx is not None:
+                    c1 = _gc_forward(xx_t, wx)
+                elif ws is not None:
+                    m = xx_t.mean(-1)
+            c2 = hmean = None
+            if wh is not None and ws is not None:
+                c2, hmean = _gc_forward(h_prev, wh, with_mean=True)
+            elif wh is not None:
+                c2 = _gc_forward(h_prev, wh)
+            elif ws is not None:
+                hmean = h_prev.mean(-1)
             if ws is not None:
-                m = xx_t.mean(-1)
                 if c1 is not None:
                     m = m + c1.delta
-                hmean = h_prev.mean(-1)
                 if c2 is not None:
                     hmean = hmean + c2.delta
                 z1 = alpha * (m + hmean)
