@@ -127,7 +127,7 @@ def lif_backward(
 
 
 @lif_backward.register_fake
-def _(grad_spikes, x, drop, params, present, u, gate, alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton):
+def _(grad_spikes, x, drop, params, present, u, gate, *scalars):
     return [torch.empty_like(x)] + [torch.empty_like(p) for p in params]
 
 

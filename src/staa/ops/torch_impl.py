@@ -328,7 +328,8 @@ def staa_lif_backward(
         z1_all = torch.zeros(T, B, C, dtype=cd, device=dev)  # fc1's input alpha * m
         r1_all = torch.zeros(T, B, ws[0].shape[0], dtype=cd, device=dev)
     grad_pos = None if pos is None else torch.zeros(pos.shape, dtype=cd, device=dev)
-    gc_steps = {"x": ({}, {}, torch.zeros(C, dtype=cd, device=dev)), "h": ({}, {}, torch.zeros(C, dtype=cd, device=dev))}
+    # per GC block: {t: cache}, {t: small grads}, running key-weight gradient
+    gc_steps = {k: ({}, {}, torch.zeros(C, dtype=cd, device=dev)) for k in ("x", "h")}
 
     torch.mul(u[T - 1], gate[T - 1].unsqueeze(2), out=v_cur)
     torch.ge(v_cur, v_threshold, out=s_cur)
