@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         f.write(f"Compiled on: {platform.machine()} CPU machine ({os.cpu_count()} cores, no GPU), "
                 f"triton {triton.__version__}, torch {torch.__version__}, with triton's bundled ptxas; "
                 f"`python benchmarks/compile_kernels.py{' --quick' if ns.quick else ''}` in {dt:.0f} s.\n\n")
-        f.write(f"{len(rows)} distinct configurations, {failures} failed to compile, {spilling} spill registers.\n"
+        f.write(f"{len(rows)} distinct configurations, {failures} failed to compile, {spilling} spill registers "
+                "to local memory (bytes per thread in the last two columns).\n"
                 "The first layer shape/options that produced a configuration labels it; launches that "
                 "specialise identically are listed once.\n\n")
         f.write("| kernel | first seen for | tiles | flags | warps | registers | spill stores (B) | spill loads (B) | status |\n")
