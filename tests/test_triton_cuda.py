@@ -59,5 +59,5 @@ def test_cuda_parity_goal_shapes_fp64(shape):
 
 
 def test_cuda_gradients_are_deterministic():
-    rep = F.determinism(4, 2, 128, 256, device="cuda", drop=[1])
+    rep = F.determinism(4, 2, 128, 256, device="cuda", drop=[1], margin=0.0)  # no comparison: any inputs
     assert rep["identical"] and rep["n"] >= 20
