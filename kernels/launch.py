@@ -224,6 +224,10 @@ def staa_lif_forward(
     gch = None if gch is None else [_vec(p) for p in gch]
     sa = None if sa is None else [_vec(p) for p in sa]
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
+    if x.numel() == 0:  # nothing to launch; the state after zero steps is H_{-1}
+        return (torch.empty_like(x), torch.full((B, C, P), h0, dtype=cd, device=dev),
+                torch.zeros((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None,
+                torch.zeros((T, B, C, P), dtype=cd, device=dev), torch.ones((T, B, C), dtype=cd, device=dev))
 
     # H-independent work for all steps at once.
     d1 = xmean = None
@@ -337,6 +341,11 @@ def staa_lif_backward(
     h0 = 0.0 if v_reset is None else float(v_reset)
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
     has_mlp = gcx is not None or gch is not None or sa is not None
+    if x.numel() == 0:
+        def zeros(blk):
+            return None if blk is None else tuple(torch.zeros_like(p) for p in blk)
+        return (torch.zeros_like(x), torch.zeros_like(pos) if pos is not None else None, zeros(gcx), zeros(gch),
+                zeros(sa))
     tc = tile_config(C, P)
 
     # Recompute every forward activation of the channel MLPs, batched over all steps.

@@ -117,3 +117,11 @@ def test_backward_is_repeatable(worker):
     # On the GPU the same check runs on a larger plane; here it also exercises the helper.
     rep = worker.call("determinism", T=3, B=2, C=5, P=6, drop=[1], margin=0.0)
     assert rep["identical"] and rep["n"] == 22  # grad_x, pos, 8 + 8 GC, 4 SA
+
+
+def test_zero_size_inputs(worker):
+    rep = worker.call("empty_inputs")
+    assert rep["T0"]["shapes"] == [[0, 2, 4, 3], [2, 4, 3], [0, 2, 4, 3], [0, 2, 4, 3], [0, 2, 4]]
+    assert rep["B0"]["shapes"] == [[2, 0, 4, 3], [0, 4, 3], [2, 0, 4, 3], [2, 0, 4, 3], [2, 0, 4]]
+    for case in rep.values():
+        assert case["h_is_reset"] and case["grads_zero"] and case["grad_shapes_ok"]

@@ -335,6 +335,28 @@ def poison_sanity(T=2, B=1, C=5, P=9):
                 unwritten_nan=bool(torch.isnan(last).all()), written_finite=bool(torch.isfinite(u[..., :-1]).all()))
 
 
+def empty_inputs():
+    """Zero-size inputs (T = 0, B = 0): shapes and values of every output and gradient."""
+    torch = _torch()
+    from staa.kernels import launch
+
+    out = {}
+    params = make_params(4, 2)
+    kw = dict(alpha=2.0, v_threshold=1.0, v_reset=-0.5, detach_reset=False, surrogate_width=1.0)
+    for name, shape in (("T0", (0, 2, 4, 3)), ("B0", (2, 0, 4, 3))):
+        x = torch.zeros(shape)
+        drop = torch.zeros(shape[0], dtype=torch.bool)
+        s, h, vs, u, g = launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw,
+                                                 store_v_seq=True)
+        grads = launch.staa_lif_backward(torch.zeros(shape), x, drop, params.pos, params.gc_x, params.gc_h,
+                                         params.sa, u, g, **kw)
+        flat = [grads[0], grads[1]] + list(grads[2]) + list(grads[3]) + list(grads[4])
+        out[name] = dict(shapes=[list(t.shape) for t in (s, h, vs, u, g)], h_is_reset=bool((h == -0.5).all()),
+                         grads_zero=all(bool((t == 0).all()) for t in flat),
+                         grad_shapes_ok=all(list(t.shape) == list(p.shape) for t, p in zip(flat[1:], _flat(params))))
+    return out
+
+
 def launcher_errors():
     """Messages of the launchers' shape checks."""
     torch = _torch()
