@@ -30,7 +30,8 @@ def test_multi_step_equals_repeated_single_step(T, B, C, hw, gc, pe, sa, soft, s
     m.step_mode = "s"
     single = _run_single_steps(m, x)
     assert torch.equal(multi, single)
-    assert torch.equal(v_multi, m.v)
+    # The multi-step op reorders sums (work hoisted out of the time loop): states agree to rounding.
+    torch.testing.assert_close(v_multi, m.v, rtol=0, atol=1e-12)
     assert m.t == T
 
 
