@@ -87,6 +87,54 @@ def _fmt_acc(st: dict) -> str:
     return f"{st['mean']:.2f} ± {st['std']:.2f}"
 
 
+def _ladder_steps(task: str) -> List[Tuple[str, str]]:
+    """Consecutive pairs of the ladder, then the baseline against the full neuron."""
+    variants = TASKS[task]
+    return list(zip(variants[:-1], variants[1:])) + [("LIF", variants[-1])]
+
+
+def _compare(sa: dict, sb: dict) -> Tuple[float, Optional[float]]:
+    diff = sb["mean"] - sa["mean"]
+    if sa["n"] < 2 or sb["n"] < 2:
+        return diff, None
+    return diff, math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
+
+
+def summary_lines(summary: Dict[Tuple[str, str], dict]) -> List[str]:
+    """Plain-language summary computed from the numbers (no hand-written claims)."""
+    out = []
+    for task in TASKS:
+        full = TASKS[task][-1]
+        pairs = [(a, b) for a, b in _ladder_steps(task) if (task, a) in summary and (task, b) in summary]
+        if not pairs:
+            continue
+        clear, noise, negative, rate = [], [], [], []
+        for a, b in pairs:
+            diff, se = _compare(summary[(task, a)], summary[(task, b)])
+            name = f"{a} → {b}"
+            if diff < 0:
+                negative.append(f"{name} ({diff:+.2f})")
+            if se is not None and (se == 0.0 or abs(diff) > 2.0 * se):
+                clear.append(f"{name} ({diff:+.2f} ± {se:.2f})")
+            elif se is not None and abs(diff) <= se:
+                noise.append(name)
+            ra, rb = summary[(task, a)]["rate"], summary[(task, b)]["rate"]
+            if ra > 0 and (rb / ra > 1.25 or rb / ra < 0.8) and (a, b) != ("LIF", full):
+                rate.append(f"{name} {ra:.3f} → {rb:.3f}")
+        parts = [f"**{task.capitalize()}**:"]
+        if ("LIF", full) in pairs:
+            diff, se = _compare(summary[(task, "LIF")], summary[(task, full)])
+            se_text = "" if se is None else f" (standard error {se:.2f})"
+            parts.append(f"full STAA ({full}) vs the LIF baseline {diff:+.2f} points{se_text}.")
+        parts.append("Steps beyond twice their standard error: " + (", ".join(clear) or "none") + ".")
+        parts.append("Steps within one standard error (seed noise at this scale): " + (", ".join(noise) or "none") + ".")
+        parts.append("Steps that lowered the mean: " + (", ".join(negative) or "none") + ".")
+        if rate:
+            parts.append("Firing rate changed by more than 25% at: " + "; ".join(rate) + ".")
+        out.append("- " + " ".join(parts))
+    return out
+
+
 def _step_text(a: str, b: str, sa: dict, sb: dict) -> str:
     diff = sb["mean"] - sa["mean"]
     if sa["n"] < 2 or sb["n"] < 2:
@@ -140,6 +188,7 @@ def plot(summary: Dict[Tuple[str, str], dict], path: str) -> bool:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.set_xlim(-0.5, len(variants) - 0.5)
+        ax.margins(y=0.12)
     fig.suptitle("Mean ± std over seeds (dots: single seeds); small Conv-SNN, train subset, few epochs", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -204,16 +253,19 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         "(`benchmarks/accuracy/fmnist_events.py`).",
         "",
     ]
-    if events_png:
-        lines += [f"![simulated event frames of three test images]({events_png})", ""]
     if not runs:
         lines += ["No finished runs yet.", "", "Reproduce with:", "", "```", REPRODUCE, "```", ""]
         return "\n".join(lines)
+    summ = summary_lines(summary)
+    if summ:
+        lines += ["## Summary", "", "Computed from the tables below (accuracy differences in points):", ""] + summ + [""]
     if plotted:
         lines += [f"![test accuracy per variant, one panel per task]({plot_name})", ""]
     missing = []
     for task, variants in TASKS.items():
         lines += [f"## {TASK_TITLES[task]}", ""]
+        if task == "event" and events_png:
+            lines += [f"![simulated event frames of three test images]({events_png})", ""]
         lines += [
             "| variant | neuron | seeds | test accuracy % (mean ± std) | per seed | train s / epoch | firing rate | params |",
             "|---|---|---|---|---|---|---|---|",
@@ -231,8 +283,7 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
                 f"{st['rate']:.3f} | {st['n_params']} |"
             )
         lines.append("")
-        steps = list(zip(variants[1:], variants[2:])) if task == "static" else [("IF", "STAA")]
-        steps = [("LIF", variants[1])] + steps + ([("LIF", variants[-1])] if task == "static" else [("LIF", "STAA")])
+        steps = _ladder_steps(task)
         text = [_step_text(a, b, summary[(task, a)], summary[(task, b)])
                 for a, b in steps if (task, a) in summary and (task, b) in summary]
         if text:
@@ -281,7 +332,8 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         f"- Machine: {machine.get('machine')}, {machine.get('torch_threads')} torch thread, torch "
         f"{machine.get('torch')}, Python {machine.get('python')}. Seconds per epoch are wall-clock training "
         "time on this machine while others shared it, so they are indicative only; they include the "
-        "whole network, not just the neuron. Code version(s): " + ", ".join(c[:10] for c in commits) + ".",
+        "whole network, not just the neuron. Each run's JSON records the git commit the tree was at when it "
+        f"finished ({len(commits)} distinct; the tree was being worked on meanwhile, outside this benchmark).",
         "",
         "## Reproduce",
         "",
