@@ -300,7 +300,9 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         "reference": "`staa.STAALIF`'s weights run through the plain reference `staa.reference.staa_lif_reference` "
         "(`--impl reference`; the same neuron, the slow spec implementation)",
     }
-    impl_flag = " --impl reference" if impls == ["reference"] else ""
+    extra_flags = " --impl reference" if impls == ["reference"] else ""
+    if seeds_planned != [0, 1, 2]:
+        extra_flags += " --seeds " + " ".join(str(x) for x in seeds_planned)
     commits = sorted({r.get("machine", {}).get("git_commit") or "unknown" for r in runs})
     lines += [
         "## Protocol",
@@ -323,7 +325,8 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         "- Neurons: threshold 1, hard reset to 0. LIF: H = V + (X - V) / 2. STAALIF variants as in the tables "
         "(reduction r=4, alpha=2); TSRD drops only at training, never at test. STAALIF implementation: "
         + "; ".join(impl_text.get(i, i) for i in impls) + ".",
-        "- Seeds: the seed sets the initial weights, the batch order and the TSRD draws.",
+        f"- Seeds: {', '.join(str(x) for x in seeds_planned)}; the seed sets the initial weights, the batch order "
+        "and the TSRD draws. The training subset, test subset and simulated events are the same for every seed.",
         "- Firing rate: spikes / (neurons x time steps) over all spiking layers on the test subset.",
         f"- Uncertainty: the std is over training seeds only. Every run is tested on the same {n_te} images, so the "
         f"absolute accuracies also carry a test-sampling error of about "
@@ -343,7 +346,7 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         f"{REPRODUCE} \\",
         f"    --train-size {n_tr} --test-size {n_te} --epochs {cfg.get('epochs')} --batch-size "
         f"{cfg.get('batch_size')} --lr {cfg.get('lr')} --widths {' '.join(str(w) for w in cfg.get('widths', []))} "
-        f"--event-T {cfg.get('event_T')}{impl_flag}",
+        f"--event-T {cfg.get('event_T')}{extra_flags}",
         "```",
         "",
         "Finished runs are cached as JSON in `docs/results/accuracy-runs/` (one file per task, variant and seed), "
