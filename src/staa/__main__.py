@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="channels of the first stage; then 2x, 4x (default 16)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=staa._backend.BACKENDS, help="STAALIF backend (default auto)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up; the median is shown (default 3)")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds after one warm-up, LIF and STAALIF interleaved; the median is shown (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and the random input images (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     return p
@@ -56,30 +56,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn, repeat: int, device: torch.device) -> float:
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def _interleaved_median_ms(fns: dict, repeat: int, device: torch.device) -> dict:
+    """Median wall time of each callable; one warm-up each, then rounds that run every callable once,
+    so a load change on a shared machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    _sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _timings(model, img, labels, repeat, device):
-    def forward():
-        model.eval()
-        with torch.no_grad():
-            model(img)
+def _timings(models: dict, img, labels, repeat, device) -> dict:
+    def forward(model):
+        def run():
+            model.eval()
+            with torch.no_grad():
+                model(img)
+        return run
 
-    def train_step():
-        model.train()
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(img), labels).backward()
+    def train_step(model):
+        def run():
+            model.train()
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(img), labels).backward()
+        return run
 
-    return {"forward_ms": _median_ms(forward, repeat, device), "forward_backward_ms": _median_ms(train_step, repeat, device)}
+    fwd = _interleaved_median_ms({k: forward(m) for k, m in models.items()}, repeat, device)
+    bwd = _interleaved_median_ms({k: train_step(m) for k, m in models.items()}, repeat, device)
+    return {k: {"forward_ms": fwd[k], "forward_backward_ms": bwd[k]} for k in models}
 
 
 class _Held:
@@ -156,7 +166,7 @@ def run(args) -> dict:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     backend = staa.backend_for(torch.empty(0, device=device), args.backend)
-    progress = _Progress(6)
+    progress = _Progress(5)
 
     progress(f"building the networks (width {args.width}, T={args.T}) on {device}")
     lif, snn = _demo.build_pair(args.width, args.T, backend=args.backend, seed=args.seed, device=device)
@@ -177,11 +187,8 @@ def run(args) -> dict:
         "backend": backend,
         "parameters": {"lif": n_lif, "staa": n_staa, "added": n_staa - n_lif},
     }
-    progress("timing the LIF network (forward, forward+backward)")
-    t_lif = _timings(lif, img, labels, args.repeat, device)
-    progress("timing the STAALIF network (forward, forward+backward)")
-    t_staa = _timings(snn, img, labels, args.repeat, device)
-    result["time_ms"] = {"lif": t_lif, "staa": t_staa}
+    progress("timing both networks in interleaved rounds (forward, forward+backward)")
+    result["time_ms"] = _timings({"lif": lif, "staa": snn}, img, labels, args.repeat, device)
     progress("measuring memory saved for backward")
     result["saved_for_backward"] = {"lif": _saved_bytes(lif, img), "staa": _saved_bytes(snn, img)}
     progress("profiling both networks (eval)")
@@ -228,7 +235,7 @@ def render(result: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip())
-    runs = f"median of {cfg['repeat']} runs" if cfg["repeat"] > 1 else "1 run"
+    runs = f"median of {cfg['repeat']} interleaved rounds" if cfg["repeat"] > 1 else "1 round"
     lines.append(f"(time: {runs} after a warm-up; forward+backward is one training step with cross-entropy)")
     for key, title in (("lif", "LIF network"), ("staa", "STAALIF network")):
         lines += ["", f"staa.profile, {title}:", str(reports[key])]
