@@ -25,7 +25,7 @@ def test_main_json_small(capsys):
     assert main(SMALL + ["--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    assert "[6/6" in captured.err  # progress goes to stderr, stdout stays pure JSON
+    assert "[5/5" in captured.err  # progress goes to stderr, stdout stays pure JSON
     assert result["backend"] == staa.backend_for(torch.zeros(1), "auto") == "torch"
     assert result["config"]["T"] == 2 and result["config"]["width"] == 4
 
