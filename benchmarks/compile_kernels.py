@@ -9,6 +9,8 @@ with triton's bundled ``ptxas -v`` to read registers and spills.
     python benchmarks/compile_kernels.py                  # all layer shapes, writes the table
     python benchmarks/compile_kernels.py --quick          # two shapes (the CI test)
     python benchmarks/compile_kernels.py --out FILE.md
+    python benchmarks/compile_kernels.py --persistent     # only the persistent kernels'
+                                                          # configurations (their own table)
 
 Exit status 1 when any configuration fails to compile. Must run without TRITON_INTERPRET.
 """
@@ -55,9 +57,12 @@ def _params(C, opt, torch):
     return pos, gcx, gch, sa
 
 
-def record_launches(combos):
+def record_launches(combos, path=None, store_v=(False,), only=None):
     """Run the launchers on CPU tensors for each ``((C, H, W), options, dtype name)`` with
-    launches recorded instead of run; returns the distinct launches."""
+    launches recorded instead of run; returns the distinct launches.
+
+    ``path`` is the launchers' ``path`` argument (None: their automatic rule),
+    ``store_v`` the ``store_v_seq`` values to run, ``only`` a set of kernel names to keep."""
     import torch
 
     from staa.kernels import launch
@@ -76,6 +81,8 @@ def record_launches(combos):
         # an already compiled kernel on the GPU is not listed twice.
         if kernel not in binders:
             binders[kernel] = create_function_from_signature(kernel.signature, kernel.params, backend)
+        if only is not None and kernel.__name__ not in only:
+            return
         _, spec, _ = binders[kernel](*args, **kwargs)
         key = (kernel.__name__, repr(spec), kwargs.get("num_warps"))
         seen.setdefault(key, (kernel, args, dict(kwargs), ctx_label[0]))
@@ -91,10 +98,12 @@ def record_launches(combos):
             drop = torch.zeros(3, dtype=torch.bool)
             kw = dict(alpha=2.0, v_threshold=1.0, v_reset=opt["v_reset"], detach_reset=opt["detach"],
                       surrogate_width=1.0)
-            _, _, _, u, gate = launch.staa_lif_forward(x, drop, pos, gcx, gch, sa, **kw, store_v_seq=False)
+            for sv in store_v:
+                _, _, _, u, gate = launch.staa_lif_forward(x, drop, pos, gcx, gch, sa, **kw, store_v_seq=sv,
+                                                           path=path)
             u.zero_()
             gate.fill_(0.5)
-            launch.staa_lif_backward(torch.zeros_like(x), x, drop, pos, gcx, gch, sa, u, gate, **kw)
+            launch.staa_lif_backward(torch.zeros_like(x), x, drop, pos, gcx, gch, sa, u, gate, **kw, path=path)
     finally:
         launch.launch_hook = None
     return list(seen.values())
@@ -147,7 +156,11 @@ def _flags(kwargs):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the two goal layer shapes, default options (CI)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "kernel_compile_sm90.md"))
+    ap.add_argument("--persistent", action="store_true",
+                    help="only the persistent kernels (forward with and without store_v_seq, backward), "
+                         "for every layer shape the launchers run them on")
+    ap.add_argument("--out", default=None, help="table path (default: benchmarks/results/kernel_compile_sm90.md, "
+                                                "or kernel_compile_sm90_persistent.md with --persistent)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability to compile for")
     ns = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -158,12 +171,24 @@ def main(argv=None) -> int:
     import triton
     from triton.backends.compiler import GPUTarget
 
+    from staa.kernels import launch as _launch
+
+    if ns.out is None:
+        name = "kernel_compile_sm90_persistent.md" if ns.persistent else "kernel_compile_sm90.md"
+        ns.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
     target = GPUTarget("cuda", ns.arch, 32)
+    shapes = SHAPES
+    if ns.persistent:
+        shapes = [s for s in SHAPES if _launch.loop_path(s[0], s[1] * s[2], "auto") == "persistent"]
     if ns.quick:
-        combos = QUICK
+        combos = [c for c in QUICK if c[0] in shapes]
     else:
-        combos = [(shape, opt, dt) for shape in SHAPES for opt in OPTIONS for dt in ("float32", "bfloat16")]
-    launches = record_launches(combos)
+        combos = [(shape, opt, dt) for shape in shapes for opt in OPTIONS for dt in ("float32", "bfloat16")]
+    if ns.persistent:
+        launches = record_launches(combos, path="persistent", store_v=(False, True),
+                                   only={"staa_fwd_persistent_kernel", "staa_bwd_persistent_kernel"})
+    else:
+        launches = record_launches(combos)
     rows, failures = [], 0
     t0 = time.time()
     for kernel, args, kwargs, label in launches:
@@ -188,7 +213,8 @@ def main(argv=None) -> int:
         f.write(f"# Triton kernel configurations compiled for sm_{ns.arch} (H200 = sm_90)\n\n")
         f.write(f"Compiled on: {platform.machine()} CPU machine ({os.cpu_count()} cores, no GPU), "
                 f"triton {triton.__version__}, torch {torch.__version__}, with triton's bundled ptxas; "
-                f"`python benchmarks/compile_kernels.py{' --quick' if ns.quick else ''}` in {dt:.0f} s.\n\n")
+                f"`python benchmarks/compile_kernels.py{' --quick' if ns.quick else ''}"
+                f"{' --persistent' if ns.persistent else ''}` in {dt:.0f} s.\n\n")
         f.write(f"{len(rows)} distinct configurations, {failures} failed to compile, {spilling} spill registers "
                 "to local memory (bytes per thread in the last two columns).\n"
                 "The first layer shape/options that produced a configuration labels it; launches that "

@@ -9,23 +9,26 @@ Work that does not depend on the membrane state (position encoding, GC1 on every
 X's share of SA's spatial mean, and in backward every forward activation, since H_t is a
 pure function of the saved ``u_t`` and ``gate_t``) runs batched over all steps: one plane
 reduction kernel per input plane, then small ``[T*B, C]`` torch ops for the channel MLPs.
-The time loop launches two kernels per step; see docs/triton.md for the layout.
+The time loop launches two kernels per step, or, for small planes, one persistent program
+per sample runs all steps (``loop_path``); see docs/triton.md for the layout.
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel
-from .staa_fwd import staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_plane_reduce_kernel
+from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel
+from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persistent_kernel,
+                       staa_plane_reduce_kernel)
 
 Tensor = torch.Tensor
 
-__all__ = ["TileConfig", "tile_config", "mlp_config", "staa_lif_forward", "staa_lif_backward"]
+__all__ = ["TileConfig", "tile_config", "mlp_config", "loop_path", "staa_lif_forward", "staa_lif_backward"]
 
 # Elements of one [BLOCK_C, BLOCK_P] plane tile held by one program of the elementwise
 # kernels; one program always holds every channel of its positions, because GC's key
@@ -63,6 +66,38 @@ def mlp_config(C: int, *hidden: int) -> tuple:
     block_cc = max(1, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // widest))
     num_warps = 4 if widest * block_cc >= 2048 else 2
     return block_cc, block_h, num_warps
+
+
+# Planes of at most this many elements (C * P) run the time loop (forward and backward) in one
+# persistent program per sample: that is at most two MAX_TILE tiles, so the per-step path would launch
+# at most two programs per sample per step anyway and gains no parallelism for its 2 T launches.
+PERSISTENT_MAX_PLANE = 2 * MAX_TILE
+LOOP_PATHS = ("per_step", "persistent")
+PATH_ENV = "STAA_TRITON_PATH"
+
+
+def loop_path(C: int, P: int, path: Optional[str] = None) -> str:
+    """Which time-loop path the launchers run for a ``[C, P]`` plane: ``"persistent"`` (one
+    program per sample runs all steps) or ``"per_step"`` (two launches per step).
+
+    ``path`` (the launcher's argument) wins, then the ``STAA_TRITON_PATH`` environment
+    variable (``auto``, ``per_step`` or ``persistent``); ``auto`` picks ``"persistent"``
+    when ``C * P <= PERSISTENT_MAX_PLANE`` (8192 elements, e.g. ``[512, 4, 4]``).
+    """
+    choice = path if path is not None else os.environ.get(PATH_ENV, "auto")
+    if choice == "auto" or choice == "":
+        return "persistent" if C * P <= PERSISTENT_MAX_PLANE else "per_step"
+    if choice not in LOOP_PATHS:
+        src = "path" if path is not None else PATH_ENV
+        raise ValueError(f"{src} must be 'auto', 'per_step' or 'persistent', got {choice!r}")
+    return choice
+
+
+def persistent_warps(tc: TileConfig) -> int:
+    """Warps of a persistent program (both directions): twice the per-step tile's (at most 16). The
+    program is alone on its SM, so more warps hide more latency; at 8 warps the
+    ``[512, 8]`` tile spilled (benchmarks/results/kernel_compile_sm90_persistent.md)."""
+    return min(16, 2 * tc.num_warps)
 
 
 # Set by benchmarks/compile_kernels.py to record launches instead of running them.
@@ -198,6 +233,7 @@ def staa_lif_forward(
     detach_reset: bool,
     surrogate_width: float,
     store_v_seq: bool,
+    path: Optional[str] = None,
 ):
     """Multi-step STAA-LIF forward with the Triton kernels.
 
@@ -207,6 +243,8 @@ def staa_lif_forward(
         drop: bool TSRD mask ``[T]`` (True: aggregator skipped, V_t = I_t + H_{t-1}).
         pos: position encoding ``[T_pos >= T, C]`` or ``None``.
         gcx, gch: GC1 / GC2 weight 8-tuples or ``None``; sa: SA weight 4-tuple or ``None``.
+        path: ``"per_step"``, ``"persistent"`` or ``"auto"``/``None`` (see ``loop_path``);
+            both give the same results.
 
     Returns:
         ``(spikes [T, B, C, P] x.dtype, h_last [B, C, P], v_seq [T, B, C, P] or None,
@@ -214,6 +252,7 @@ def staa_lif_forward(
     """
     _check(x, drop, pos, gcx, gch, sa)
     T, B, C, P = x.shape
+    persistent = loop_path(C, P, path) == "persistent"
     cd, CD = _compute_dtype(x.dtype)
     dev = x.device
     x = x.contiguous()
@@ -258,6 +297,19 @@ def staa_lif_forward(
     g2 = gch if gch is not None else [dummy] * 8
     s4 = sa if sa is not None else [dummy] * 4
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
+    if persistent:
+        _run(staa_fwd_persistent_kernel, (B,),
+            x, posc if posc is not None else dummy, d1 if d1 is not None else dummy,
+            xmean if xmean is not None else dummy, d2 if d2 is not None else dummy, gate, u, spikes,
+            v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum, drop8,
+            g2[0], g2[1], g2[2], g2[3], g2[4], g2[5], g2[6], g2[7],
+            s4[0], s4[1], s4[2], s4[3],
+            T, B, C, P, tc.NP, chg, chs, float(alpha), float(v_threshold), vr, h0,
+            HAS_POS=posc is not None, **flags, HARD=v_reset is not None, STORE_V=store_v_seq,
+            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs,
+            CD=CD, num_warps=persistent_warps(tc),
+        )
+        return spikes, h_last, v_seq, u, gate
     for t in range(T):
         if gch is not None or sa is not None:
             _run(staa_fwd_mlp_kernel, (B,),
@@ -316,6 +368,7 @@ def staa_lif_backward(
     v_reset: Optional[float],
     detach_reset: bool,
     surrogate_width: float,
+    path: Optional[str] = None,
 ):
     """Backward of ``staa_lif_forward`` through the rectangular surrogate, in reverse time.
 
@@ -323,6 +376,8 @@ def staa_lif_backward(
         grad_spikes: dL/dspikes ``[T, B, C, P]``.
         x, drop, pos, gcx, gch, sa: the forward's inputs.
         u, gate: the tensors saved by the forward (``[T, B, C, P]``, ``[T, B, C]``).
+        path: ``"per_step"``, ``"persistent"`` or ``"auto"``/``None`` (see ``loop_path``);
+            both give the same gradients, whichever path the forward took.
 
     Returns:
         ``(grad_x [T, B, C, P] x.dtype, grad_pos [T_pos, C] or None, grad_gcx 8-tuple or None,
@@ -341,6 +396,7 @@ def staa_lif_backward(
     h0 = 0.0 if v_reset is None else float(v_reset)
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
     has_mlp = gcx is not None or gch is not None or sa is not None
+    persistent = loop_path(C, P, path) == "persistent"
     if x.numel() == 0:
         def zeros(blk):
             return None if blk is None else tuple(torch.zeros_like(p) for p in blk)
@@ -379,7 +435,8 @@ def staa_lif_backward(
             acts["sa"] = (pooled, hid.contiguous())
 
     grad_x = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
-    gv_bufs = [torch.empty((B, C, P), dtype=cd, device=dev) for _ in range(2)]
+    gv = torch.empty((2, B, C, P), dtype=cd, device=dev)  # dL/dV of two consecutive steps
+    gv_bufs = [gv[0], gv[1]]
     part_a = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
     part_b = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
     vecs = [torch.empty((B, C), dtype=cd, device=dev) for _ in range(3)]  # gm, gctx1, gctx2
@@ -415,21 +472,37 @@ def staa_lif_backward(
             BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
         )
 
-    elem(T, False, True, gv_bufs[1], gv_bufs[0])  # dL/dV_{T-1} (nothing flows into H_{T-1})
-    for t in range(T - 1, -1, -1):
-        k = (T - 1 - t) % 2
-        if has_mlp:
-            _run(staa_bwd_mlp_kernel, (B,),
-                part_a, part_b, gate, drop8,
-                hid_t, s4[0], s4[2],
-                a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],
-                a2[1], a2[0], a2[2], g2[4], g2[2], g2[6],
-                vecs[0], vecs[1], vecs[2], gz, gsum,
-                t, B, C, tc.NP, chs, chg1, chg2, float(alpha),
-                **flags, BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
-                CD=CD, num_warps=mlp_warps,
-            )
-        elem(t, True, t > 0, gv_bufs[k], gv_bufs[1 - k])
+    if persistent:
+        _run(staa_bwd_persistent_kernel, (B,),
+            grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8, gv,
+            vecs[0], vecs[1], vecs[2], grad_x, g1[0], g1[1], g2[0], g2[1], acc[0], acc[1], acc[2], acc[3],
+            gpos_part if gpos_part is not None else dummy, part_a, part_b,
+            hid_t, s4[0], s4[2],
+            a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],
+            a2[1], a2[0], a2[2], g2[4], g2[2], g2[6],
+            gz if gz is not None else dummy, gsum if gsum is not None else dummy,
+            T, B, C, P, tc.NP, chs, chg1, chg2, float(alpha), *scal,
+            HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
+            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P,
+            BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
+            CD=CD, num_warps=persistent_warps(tc),
+        )
+    else:
+        elem(T, False, True, gv_bufs[1], gv_bufs[0])  # dL/dV_{T-1} (nothing flows into H_{T-1})
+        for t in range(T - 1, -1, -1):
+            k = (T - 1 - t) % 2
+            if has_mlp:
+                _run(staa_bwd_mlp_kernel, (B,),
+                    part_a, part_b, gate, drop8,
+                    hid_t, s4[0], s4[2],
+                    a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],
+                    a2[1], a2[0], a2[2], g2[4], g2[2], g2[6],
+                    vecs[0], vecs[1], vecs[2], gz, gsum,
+                    t, B, C, tc.NP, chs, chg1, chg2, float(alpha),
+                    **flags, BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
+                    CD=CD, num_warps=mlp_warps,
+                )
+            elem(t, True, t > 0, gv_bufs[k], gv_bufs[1 - k])
 
     # Weight gradients: one fixed-order reduction over all (t, b) per parameter.
     grad_pos = None

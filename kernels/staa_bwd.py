@@ -17,6 +17,10 @@ stays sequential is the gradient flowing into the membrane state, dL/dH_{t-1}; p
   and the reset, and its per-tile sums for the next MLP kernel). Key-weight and
   position-encoding gradients are per-tile partials reduced by the launcher, so every
   reduction has a fixed order (no atomics).
+
+For small planes (``launch.loop_path``) ``staa_bwd_persistent_kernel`` (grid ``[B]``) runs
+that whole launch sequence for one sample in one program, the two kernels' bodies
+(``_bwd_mlp_sample``, ``_bwd_elem_tile``) separated by CTA barriers.
 """
 from __future__ import annotations
 
@@ -53,7 +57,25 @@ def staa_bwd_mlp_kernel(
     BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
     CD: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    _bwd_mlp_sample(
+        tl.program_id(0), t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, hid_ptr, f1w_ptr, f2w_ptr,
+        n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
+        gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, B, C, NP, CHS, CHG1, CHG2, alpha,
+        HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HS, BLOCK_HG1, BLOCK_HG2, CD,
+    )
+
+
+@triton.jit
+def _bwd_mlp_sample(
+    b, t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, hid_ptr, f1w_ptr, f2w_ptr,
+    n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
+    gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, B, C, NP, CHS, CHG1, CHG2, alpha,
+    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    CD: tl.constexpr,
+):
+    """The channel-MLP backward of one sample b at step t (body of ``staa_bwd_mlp_kernel``,
+    also run in place by the persistent kernel)."""
     alpha = tl.cast(tl.cast(alpha, tl.float32), CD)
     dropped = tl.load(drop_ptr + t) != 0
     row = t * B + b
@@ -158,8 +180,28 @@ def staa_bwd_elem_kernel(
     HARD: tl.constexpr, DETACH: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    j = tl.program_id(1)
+    _bwd_elem_tile(
+        tl.program_id(0), tl.program_id(1), t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
+        gv_in_ptr, gv_out_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+        acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
+        B, C, P, NP, v_th, v_reset, h0, width, FINISH, START, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH,
+        BLOCK_C, BLOCK_P, CD,
+    )
+
+
+@triton.jit
+def _bwd_elem_tile(
+    b, j, t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
+    gv_in_ptr, gv_out_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
+    B, C, P, NP, v_th, v_reset, h0, width,
+    FINISH: tl.constexpr, START: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HARD: tl.constexpr, DETACH: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
+):
+    """Tile j of sample b at step t (body of ``staa_bwd_elem_kernel``, also run in place by
+    the persistent kernel)."""
     v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
     v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
     h0 = tl.cast(tl.cast(h0, tl.float32), CD)
@@ -247,3 +289,71 @@ def staa_bwd_elem_kernel(
         if HAS_SA:
             tl.store(part_a_ptr + part + offs_c, tl.sum(gvp * up, axis=1), mask=mc)
         tl.store(part_b_ptr + part + offs_c, tl.sum(gvp, axis=1), mask=mc)
+
+
+@triton.jit(do_not_specialize=["T"])
+def staa_bwd_persistent_kernel(
+    gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
+    gv_ptr,  # [2, B, C, P] CD scratch: dL/dV of the current and the previous step (ping-pong)
+    gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
+    hid_ptr, f1w_ptr, f2w_ptr,
+    n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
+    gz_ptr, gsum_ptr,
+    T, B, C, P, NP, CHS, CHG1, CHG2, alpha, v_th, v_reset, h0, width,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HARD: tl.constexpr, DETACH: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    CD: tl.constexpr,
+):
+    """The whole reverse time loop of one sample b (grid ``[B]``), for small planes: the
+    per-step path's launch sequence (START-only elementwise pass, then per step the MLP
+    backward and the elementwise pass over the plane's ``NP`` tiles) run in one program, with
+    CTA barriers (``tl.debug_barrier``) where the per-step path has kernel boundaries. Every
+    scratch row it reads back was written by this program; weight-gradient partials are
+    per (sample, tile) or per (step, sample), as in the per-step path."""
+    b = tl.program_id(0)
+    plane = (b.to(tl.int64) * 0 + B) * C * P  # elements of one [B, C, P] gv buffer, in int64
+    # dL/dV_{T-1} into buffer 0 (nothing flows into H_{T-1}).
+    for j in range(0, NP):
+        _bwd_elem_tile(
+            b, j, T, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr, gv_ptr + plane, gv_ptr,
+            gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+            acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
+            B, C, P, NP, v_th, v_reset, h0, width, False, True, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH,
+            BLOCK_C, BLOCK_P, CD,
+        )
+    tl.debug_barrier()
+    for k in range(1, T + 1):
+        t = T - k  # T-1 down to 0; step t reads dL/dV_t from buffer (k-1) % 2
+        par = (k - 1) % 2
+        gv_in = gv_ptr + par * plane
+        gv_out = gv_ptr + (1 - par) * plane
+        if HAS_GCX or HAS_GCH or HAS_SA:
+            _bwd_mlp_sample(
+                b, t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, hid_ptr, f1w_ptr, f2w_ptr,
+                n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr,
+                vw2_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, B, C, NP, CHS, CHG1, CHG2, alpha,
+                HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HS, BLOCK_HG1, BLOCK_HG2, CD,
+            )
+            tl.debug_barrier()
+        if k < T:
+            for j in range(0, NP):
+                _bwd_elem_tile(
+                    b, j, t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr, gv_in, gv_out,
+                    gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+                    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
+                    B, C, P, NP, v_th, v_reset, h0, width, True, True, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD,
+                    DETACH, BLOCK_C, BLOCK_P, CD,
+                )
+        else:
+            for j in range(0, NP):
+                _bwd_elem_tile(
+                    b, j, t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr, gv_in, gv_out,
+                    gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
+                    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
+                    B, C, P, NP, v_th, v_reset, h0, width, True, False, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD,
+                    DETACH, BLOCK_C, BLOCK_P, CD,
+                )
+        tl.debug_barrier()

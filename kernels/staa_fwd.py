@@ -10,6 +10,10 @@ Two kernels run once per time step t (see ``launch.staa_lif_forward``):
   ``u_t``, gates, fires, resets, writes ``u``, spikes (and H), then reduces H_t over its
   tile for the next step's MLP kernel.
 
+For small planes (``launch.loop_path``) ``staa_fwd_persistent_kernel`` (grid ``[B]``)
+instead runs the whole time loop of one sample in one program: per step the same MLP code,
+a CTA barrier, the elementwise pass over the plane's tiles, and another barrier.
+
 All arithmetic is in ``CD`` (float32, or float64 for float64 input); scalars are cast.
 """
 from __future__ import annotations
@@ -48,7 +52,23 @@ def staa_fwd_mlp_kernel(
     BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr,
     CD: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    _fwd_mlp_sample(
+        tl.program_id(0), t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr,
+        qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
+        B, C, P, NP, CHG, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HG, BLOCK_HS, CD,
+    )
+
+
+@triton.jit
+def _fwd_mlp_sample(
+    b, t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr,
+    qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
+    B, C, P, NP, CHG, CHS, alpha,
+    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr, CD: tl.constexpr,
+):
+    """The channel MLPs of one sample b at step t (body of ``staa_fwd_mlp_kernel``, also
+    run in place by the persistent kernel)."""
     alpha = tl.cast(tl.cast(alpha, tl.float32), CD)
     dropped = tl.load(drop_ptr + t) != 0
     vec = (t * B + b).to(tl.int64) * C  # offset of the [t, b, :] channel vector
@@ -188,6 +208,98 @@ def staa_fwd_elem_kernel(
             tl.store(part_ctx_ptr + part + offs_c, tl.sum(hz * w[None, :], axis=1), mask=mc)
         if HAS_SA:
             tl.store(part_hsum_ptr + part + offs_c, tl.sum(hz, axis=1), mask=mc)
+
+
+@triton.jit(do_not_specialize=["T"])
+def staa_fwd_persistent_kernel(
+    x_ptr, pos_ptr, d1_ptr, xmean_ptr,  # as in the per-step kernels
+    d2_ptr,  # [B, C] scratch: GC2 delta of the current step (only this program's row)
+    gate_ptr, u_ptr, s_ptr, vseq_ptr, hlast_ptr,  # outputs, as in ``staa_fwd_elem_kernel``
+    part_ctx_ptr, part_hsum_ptr,  # [B, NP, C] scratch: tile reductions of H_{t-1} (row b)
+    drop_ptr,  # [T] int8
+    kw_ptr, kb_ptr, qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr,  # GC2 weights
+    f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
+    T, B, C, P, NP, CHG, CHS, alpha, v_th, v_reset, h0,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HARD: tl.constexpr, STORE_V: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr, CD: tl.constexpr,
+):
+    """The whole time loop of one sample b (grid ``[B]``), for small planes.
+
+    Per step: the channel MLPs (``_fwd_mlp_sample``, exactly the per-step MLP kernel), then
+    the elementwise pass over the plane's ``NP`` tiles, each as ``staa_fwd_elem_kernel``
+    computes it. The scratch rows it reads back were written by this same program;
+    ``tl.debug_barrier`` (a CTA barrier, which also makes the block's global writes visible
+    to all its threads) stands in for the kernel boundary of the per-step path.
+    """
+    b = tl.program_id(0)
+    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
+    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
+    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+    offs_c = tl.arange(0, BLOCK_C)
+    mc = offs_c < C
+
+    for t in range(0, T):
+        if HAS_GCH or HAS_SA:
+            _fwd_mlp_sample(
+                b, t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr,
+                qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
+                B, C, P, NP, CHG, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HG, BLOCK_HS, CD,
+            )
+            tl.debug_barrier()
+        cur = (t * B + b).to(tl.int64) * C
+        prev = (tl.maximum(t - 1, 0) * B + b).to(tl.int64) * C  # a valid row, unused, at t = 0
+        dropped = tl.load(drop_ptr + t) != 0
+        g = tl.load(gate_ptr + cur + offs_c, mask=mc, other=0.0)
+        # Step conditions as [BLOCK_C] tensors (t is a plain int under the interpreter).
+        has_prev = (offs_c * 0 + t) > 0
+        is_last = (offs_c * 0 + t) == T - 1
+        gp = tl.load(gate_ptr + prev + offs_c, mask=mc & has_prev, other=0.0)
+        if HAS_POS:
+            pe = tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)
+        if HAS_GCX:
+            d1 = tl.load(d1_ptr + cur + offs_c, mask=mc, other=0.0)
+        if HAS_GCH:
+            d2 = tl.load(d2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)
+        for j in range(0, NP):
+            offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
+            mp = offs_p < P
+            m = mc[:, None] & mp[None, :]
+            tile = offs_c[:, None] * P + offs_p[None, :]
+            cur_plane = cur * P + tile
+            i = tl.load(x_ptr + cur_plane, mask=m, other=0.0).to(CD)
+            up = tl.load(u_ptr + prev * P + tile, mask=m & has_prev[:, None], other=0.0)
+            _, hp = _reset(up * gp[:, None], v_th, v_reset, HARD)
+            h = tl.where(has_prev[:, None], hp, h0)
+            xx = i  # the same additions in the same order as the per-step kernel
+            if HAS_POS:
+                xx = xx + pe[:, None]
+            if HAS_GCX:
+                xx = xx + d1[:, None]
+            hh = h
+            if HAS_GCH:
+                hh = hh + d2[:, None]
+            u = tl.where(dropped, i + h, xx + hh)
+            s, hn = _reset(u * g[:, None], v_th, v_reset, HARD)
+
+            tl.store(u_ptr + cur_plane, u, mask=m)
+            tl.store(s_ptr + cur_plane, tl.where(s, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=m)
+            if STORE_V:
+                tl.store(vseq_ptr + cur_plane, hn, mask=m)
+            tl.store(hlast_ptr + b.to(tl.int64) * C * P + tile, hn, mask=m & is_last[:, None])
+            if HAS_GCH or HAS_SA:
+                part = (b * NP + j).to(tl.int64) * C
+                hz = tl.where(m, hn, 0.0)
+                if HAS_GCH:
+                    kw = tl.load(kw_ptr + offs_c, mask=mc, other=0.0).to(CD)
+                    kb = tl.load(kb_ptr).to(CD)
+                    w = _sigmoid(tl.sum(hz * kw[:, None], axis=0) + kb)
+                    w = tl.where(mp, w, 0.0)
+                    tl.store(part_ctx_ptr + part + offs_c, tl.sum(hz * w[None, :], axis=1), mask=mc)
+                if HAS_SA:
+                    tl.store(part_hsum_ptr + part + offs_c, tl.sum(hz, axis=1), mask=mc)
+        tl.debug_barrier()
 
 
 @triton.jit

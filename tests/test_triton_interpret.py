@@ -51,11 +51,63 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_parity(worker, name):
+    # These planes are small enough for the persistent kernels; force the per-step ones.
     T, B, C, P, opts = CASES[name]
-    rep = worker.call("parity", T=T, B=B, C=C, P=P, **opts)
+    rep = worker.call("parity", T=T, B=B, C=C, P=P, fwd_path="per_step", bwd_path="per_step", **opts)
     _check(rep)
+    assert "staa_fwd_elem_kernel" in rep["fwd_kernels"] and "staa_fwd_persistent_kernel" not in rep["fwd_kernels"]
+    assert "staa_bwd_elem_kernel" in rep["bwd_kernels"] and "staa_bwd_persistent_kernel" not in rep["bwd_kernels"]
     if opts.get("max_tile"):
         assert rep["np"] > 1  # the plane really is split across programs
+
+
+PERSISTENT_CASES = {
+    "T5-oddC-drops-hard": (5, 2, 7, 5, dict(drop=[2, 4])),
+    "T1-P1-soft": (1, 2, 5, 1, dict(v_reset=None)),
+    "bf16-tiles-soft-detach": (5, 1, 12, 33, dict(dtype="bfloat16", max_tile=64, v_reset=None, detach_reset=True,
+                                                  drop=[1, 3])),
+    "fp64-gc-only-P1-neg-reset": (4, 1, 3, 1, dict(dtype="float64", v_reset=-0.25, sa=False, pe=False, drop=[3])),
+    "sa-only-width": (3, 2, 9, 4, dict(gc=False, v_threshold=0.75, surrogate_width=0.5, drop=[1])),
+    "if-neuron": (3, 1, 4, 6, dict(gc=False, sa=False, pe=False, store_v_seq=False)),
+}
+
+
+@pytest.mark.parametrize("name", list(PERSISTENT_CASES))
+def test_parity_persistent(worker, name):
+    T, B, C, P, opts = PERSISTENT_CASES[name]
+    rep = worker.call("parity", T=T, B=B, C=C, P=P, fwd_path="persistent", bwd_path="persistent", **opts)
+    _check(rep)
+    fwd, bwd = set(rep["fwd_kernels"]), set(rep["bwd_kernels"])
+    assert "staa_fwd_persistent_kernel" in fwd and not fwd & {"staa_fwd_elem_kernel", "staa_fwd_mlp_kernel"}
+    assert "staa_bwd_persistent_kernel" in bwd and not bwd & {"staa_bwd_elem_kernel", "staa_bwd_mlp_kernel"}
+    if opts.get("max_tile"):
+        assert rep["np"] > 1  # the program loops over several tiles of its plane
+
+
+@pytest.mark.parametrize("case", [
+    dict(T=5, B=2, C=7, P=5, drop=[2, 4]),
+    dict(T=4, B=1, C=12, P=33, dtype="bfloat16", max_tile=64, v_reset=None, drop=[1]),
+    dict(T=1, B=1, C=3, P=1, gc=False),
+])
+def test_paths_agree_bitwise(worker, case):
+    # Same arithmetic in the same order: under the interpreter the two paths agree exactly,
+    # forward outputs and every gradient.
+    rep = worker.call("path_equivalence", **case)
+    assert rep["fwd_equal"] == {"spikes": True, "h_last": True, "v_seq": True, "u": True, "gate": True}, rep
+    assert rep["n_grads"] >= 2 and rep["grads_equal"] == [True] * rep["n_grads"], rep
+    assert rep["kernels"]["persistent"] != rep["kernels"]["per_step"]
+
+
+def test_path_rule(worker):
+    rep = worker.call("path_rule")
+    assert rep["auto"] == {"512x16": "persistent", "1000x1": "persistent", "128x1024": "per_step",
+                           "512x64": "per_step", "8192x1": "persistent", "8193x1": "per_step"}
+    assert rep["env_per_step"] == "per_step" and rep["env_persistent_big"] == "persistent"
+    assert rep["arg_over_env"] == "persistent"
+    assert "STAA_TRITON_PATH" in rep["bad_env"] and "'fast'" in rep["bad_env"]
+    assert "path" in rep["bad_arg"]
+    assert rep["env_forced_kernels"] == ["staa_fwd_elem_kernel", "staa_fwd_mlp_kernel", "staa_plane_reduce_kernel"]
+    assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_plane_reduce_kernel"]
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -64,16 +116,20 @@ def test_parity(worker, name):
     gc=st.booleans(), sa=st.booleans(), pe=st.booleans(), hard=st.booleans(), detach=st.booleans(),
     drop_bits=st.integers(0, 7), dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
     max_tile=st.sampled_from([None, 16]), seed=st.integers(0, 50),
+    fwd_path=st.sampled_from(["persistent", "per_step"]), bwd_path=st.sampled_from(["persistent", "per_step"]),
 )
-def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, hard, detach, drop_bits, dtype, max_tile, seed):
+def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, hard, detach, drop_bits, dtype, max_tile, seed, fwd_path,
+                           bwd_path):
     drop = [t for t in range(1, T) if drop_bits >> (t - 1) & 1]
     rep = worker.call("parity", T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=0.0 if hard else None,
-                      detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile, seed=seed)
+                      detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile, seed=seed, fwd_path=fwd_path,
+                      bwd_path=bwd_path)
     _check(rep)
 
 
-def test_nan_poison_is_live_and_catches_unwritten_elements(worker):
-    rep = worker.call("poison_sanity")
+@pytest.mark.parametrize("path", ["per_step", "persistent"])
+def test_nan_poison_is_live_and_catches_unwritten_elements(worker, path):
+    rep = worker.call("poison_sanity", path=path)
     assert rep["fresh_all_nan"] and rep["fresh_like_all_nan"]
     # A launch grid one tile short leaves the last positions unwritten: they must read NaN.
     assert rep["unwritten_nan"]

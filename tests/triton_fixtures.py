@@ -211,10 +211,13 @@ def _compare(name, got, want, tol, report):
         report["failures"].append(f"{name}: {exc}")
 
 
-def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=True, device="cpu", **case):
+def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=True, device="cpu", fwd_path=None,
+           bwd_path=None, **case):
     """Launchers vs the reference: forward outputs (and saved u, gate), then every gradient.
 
-    Returns ``{"margin", "spike_mismatches", "nan_outputs", "failures", "max_err", "np"}``.
+    ``fwd_path`` / ``bwd_path`` are passed to the launchers as ``path`` (None: their rule).
+    Returns ``{"margin", "spike_mismatches", "nan_outputs", "failures", "max_err", "np",
+    "fwd_kernels", "bwd_kernels"}``; the last two name the kernels each launcher ran.
     """
     torch = _torch()
     from staa.kernels import launch
@@ -222,6 +225,13 @@ def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=Tr
 
     if max_tile is not None:
         launch.MAX_TILE = max_tile
+    run = launch._run
+    launched = []
+
+    def recording_run(kernel, grid, *args, **kwargs):
+        launched.append(kernel.__name__)
+        return run(kernel, grid, *args, **kwargs)
+
     try:
         x, params, drop, kw, margin, v_ref = build_case(T, B, C, P, **case)
         if device != "cpu":
@@ -233,9 +243,12 @@ def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=Tr
         leaves = [x.requires_grad_(True)] + [p.requires_grad_(True) for p in _flat(params)]
         ref_s, ref_h = staa_lif_reference(x, params, drop, **kw, return_states=True)
 
+        launch._run = recording_run
         with _Poison() if poison else _nullctx():
             out = launch.staa_lif_forward(x.detach(), drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw,
-                                          store_v_seq=store_v_seq)
+                                          store_v_seq=store_v_seq, path=fwd_path)
+        launch._run = run
+        report["fwd_kernels"] = sorted(set(launched))
         spikes, h_last, v_seq, u, gate = out
         report["nan_outputs"] = [n for n, t in zip(("spikes", "h_last", "v_seq", "u", "gate"), out)
                                  if t is not None and bool(torch.isnan(t).any())]
@@ -255,9 +268,13 @@ def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=Tr
         g = torch.Generator().manual_seed(123)
         gs = torch.randn(ref_s.shape, generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
         want = torch.autograd.grad(ref_s, leaves, gs)
+        launched.clear()
+        launch._run = recording_run
         with _Poison() if poison else _nullctx():
             gx, gpos, ggcx, ggch, gsa = launch.staa_lif_backward(
-                gs, x.detach(), drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate, **kw)
+                gs, x.detach(), drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate, **kw, path=bwd_path)
+        launch._run = run
+        report["bwd_kernels"] = sorted(set(launched))
         got = [gx] + ([gpos] if gpos is not None else [])
         names = ["x"] + (["pos"] if gpos is not None else [])
         for bname, blk, ref_blk in (("gcx", ggcx, params.gc_x), ("gch", ggch, params.gc_h), ("sa", gsa, params.sa)):
@@ -274,6 +291,7 @@ def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=Tr
             _compare(f"grad {n}", a, b, tol["grad_x" if n == "x" else "grad"], report)
         return report
     finally:
+        launch._run = run
         launch.MAX_TILE = _DEFAULT_TILE[0]
 
 
@@ -310,7 +328,75 @@ def determinism(T, B, C, P, *, device="cpu", **case):
     return dict(identical=all(torch.equal(a, b) for a, b in zip(*runs)), n=len(runs[0]))
 
 
-def poison_sanity(T=2, B=1, C=5, P=9):
+def path_equivalence(T, B, C, P, *, max_tile=None, **case):
+    """Forward and backward with ``path="persistent"`` and ``path="per_step"`` on the same
+    inputs: which outputs and gradients are bitwise equal, and which kernels each path ran."""
+    torch = _torch()
+    from staa.kernels import launch
+
+    x, params, drop, kw, _, _ = build_case(T, B, C, P, **case)
+    if max_tile is not None:
+        launch.MAX_TILE = max_tile
+    run = launch._run
+    outs, grads, kernels = {}, {}, {}
+    gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(x.dtype)
+    try:
+        for path in ("persistent", "per_step"):
+            names = []
+            launch._run = lambda k, g, *a, _n=names, **kwa: (_n.append(k.__name__), run(k, g, *a, **kwa))[1]
+            with _Poison():
+                outs[path] = launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw,
+                                                     store_v_seq=True, path=path)
+                u, gate = outs[path][3:]
+                g = launch.staa_lif_backward(gs, x, drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate,
+                                             **kw, path=path)
+            grads[path] = [g[0]] + ([g[1]] if g[1] is not None else []) + [
+                t for blk in g[2:] if blk is not None for t in blk]
+            kernels[path] = sorted(set(names))
+    finally:
+        launch._run = run
+        launch.MAX_TILE = _DEFAULT_TILE[0]
+    equal = {n: bool(torch.equal(a, b)) for n, a, b in
+             zip(("spikes", "h_last", "v_seq", "u", "gate"), outs["persistent"], outs["per_step"])}
+    grads_equal = [bool(torch.equal(a, b)) for a, b in zip(grads["persistent"], grads["per_step"])]
+    return dict(fwd_equal=equal, grads_equal=grads_equal, n_grads=len(grads["per_step"]), kernels=kernels)
+
+
+def path_rule():
+    """``launch.loop_path``: the automatic rule, the environment variable, the argument,
+    and the errors for unknown values; plus which kernels the launchers run when the variable
+    forces the per-step path."""
+    from staa.kernels import launch
+
+    env = launch.PATH_ENV
+    saved = os.environ.pop(env, None)
+    out = {}
+    try:
+        out["auto"] = {f"{c}x{p}": launch.loop_path(c, p) for c, p in
+                       ((512, 16), (1000, 1), (128, 1024), (512, 64), (8192, 1), (8193, 1))}
+        os.environ[env] = "per_step"
+        out["env_per_step"] = launch.loop_path(512, 16)
+        out["arg_over_env"] = launch.loop_path(512, 16, "persistent")
+        rep = parity(2, 1, 4, 3)
+        out["env_forced_kernels"] = rep["fwd_kernels"]
+        out["env_forced_bwd_kernels"] = rep["bwd_kernels"]
+        os.environ[env] = "persistent"
+        out["env_persistent_big"] = launch.loop_path(128, 1024)
+        os.environ[env] = "fast"
+        for key, args in (("bad_env", ()), ("bad_arg", ("auto-ish",))):
+            try:
+                launch.loop_path(4, 4, *args)
+                out[key] = None
+            except ValueError as exc:
+                out[key] = str(exc)
+    finally:
+        os.environ.pop(env, None)
+        if saved is not None:
+            os.environ[env] = saved
+    return out
+
+
+def poison_sanity(T=2, B=1, C=5, P=9, path=None):
     """The poison is live, and it catches an element the kernels never write: with a tiling
     that drops the last plane tile, the unwritten outputs must come back NaN."""
     torch = _torch()
@@ -326,7 +412,7 @@ def poison_sanity(T=2, B=1, C=5, P=9):
     try:
         with _Poison():
             _, h_last, _, u, _ = launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa,
-                                                         **kw, store_v_seq=False)
+                                                         **kw, store_v_seq=False, path=path)
     finally:
         launch.tile_config = orig
         launch.MAX_TILE = _DEFAULT_TILE[0]
