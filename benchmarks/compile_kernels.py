@@ -198,6 +198,11 @@ def main(argv=None) -> int:
             ck = compile_launch(kernel, args, kwargs, target)
             use = ptxas_usage(ck.asm["ptx"], ns.arch)
             status = "ok"
+            if "persistent" in kernel.__name__ and "ld.global.nc" in ck.asm["ptx"]:
+                # A persistent program reads back its own global writes after a CTA barrier;
+                # the non-coherent (read-only) load path would not see them.
+                failures += 1
+                status = "FAILED: non-coherent load (ld.global.nc) in a persistent kernel"
         except Exception as exc:  # report every failure, then fail the run
             failures += 1
             use = dict(regs=-1, spill_stores=-1, spill_loads=-1)

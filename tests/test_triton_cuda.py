@@ -43,21 +43,31 @@ SMALL = {
 }
 
 
+PATHS = [("per_step", "per_step"), ("persistent", "persistent"), ("persistent", "per_step")]
+
+
+@pytest.mark.parametrize("paths", PATHS, ids=["-".join(p) for p in PATHS])
 @pytest.mark.parametrize("name", list(SMALL))
-def test_cuda_parity_small(name):
+def test_cuda_parity_small(name, paths):
     T, B, C, P, opts = SMALL[name]
-    _check(F.parity(T, B, C, P, device="cuda", **opts))
+    rep = F.parity(T, B, C, P, device="cuda", fwd_path=paths[0], bwd_path=paths[1], **opts)
+    _check(rep)
+    assert any(k.startswith("staa_fwd_persistent") for k in rep["fwd_kernels"]) == (paths[0] == "persistent")
+    assert any(k.startswith("staa_bwd_persistent") for k in rep["bwd_kernels"]) == (paths[1] == "persistent")
 
 
 # The goal layers at batch 2, in float64: with ~1e-15 relative agreement a margin of 1e-8
 # is still seven orders of magnitude above any numerical difference, and unlike 1e-4 it is
 # attainable for 10^5-10^6 potentials.
+@pytest.mark.parametrize("path", ["per_step", "persistent"])
 @pytest.mark.parametrize("shape", [(4, 2, 128, 1024), (4, 2, 512, 16)])
-def test_cuda_parity_goal_shapes_fp64(shape):
+def test_cuda_parity_goal_shapes_fp64(shape, path):
     T, B, C, P = shape
-    _check(F.parity(T, B, C, P, device="cuda", dtype="float64", drop=[2], margin=1e-8), margin=1e-8)
+    _check(F.parity(T, B, C, P, device="cuda", dtype="float64", drop=[2], margin=1e-8, fwd_path=path, bwd_path=path),
+           margin=1e-8)
 
 
-def test_cuda_gradients_are_deterministic():
-    rep = F.determinism(4, 2, 128, 256, device="cuda", drop=[1], margin=0.0)  # no comparison: any inputs
+@pytest.mark.parametrize("shape,path", [((4, 2, 128, 256), "per_step"), ((4, 3, 512, 16), "persistent")])
+def test_cuda_gradients_are_deterministic(shape, path):
+    rep = F.determinism(*shape, device="cuda", drop=[1], margin=0.0, path=path)  # no comparison: any inputs
     assert rep["identical"] and rep["n"] >= 20

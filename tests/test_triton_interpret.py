@@ -169,9 +169,10 @@ def test_import_does_not_load_triton():
     assert res.returncode == 0, res.stderr
 
 
-def test_backward_is_repeatable(worker):
+@pytest.mark.parametrize("path", ["per_step", "persistent"])
+def test_backward_is_repeatable(worker, path):
     # On the GPU the same check runs on a larger plane; here it also exercises the helper.
-    rep = worker.call("determinism", T=3, B=2, C=5, P=6, drop=[1], margin=0.0)
+    rep = worker.call("determinism", T=3, B=2, C=5, P=6, drop=[1], margin=0.0, path=path)
     assert rep["identical"] and rep["n"] == 22  # grad_x, pos, 8 + 8 GC, 4 SA
 
 

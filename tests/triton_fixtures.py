@@ -306,8 +306,9 @@ class _nullctx:
 _DEFAULT_TILE = [None]
 
 
-def determinism(T, B, C, P, *, device="cpu", **case):
-    """Backward twice on the same inputs: are all gradients bitwise identical?"""
+def determinism(T, B, C, P, *, device="cpu", path=None, **case):
+    """Backward twice on the same inputs (both launchers given ``path``): are all gradients
+    bitwise identical?"""
     torch = _torch()
     from staa.kernels import launch
 
@@ -316,11 +317,12 @@ def determinism(T, B, C, P, *, device="cpu", **case):
     params = type(params)(*[None if b is None else b.to(device) if isinstance(b, torch.Tensor)
                             else type(b)(*[w.to(device) for w in b]) for b in params])
     _, _, _, u, gate = launch.staa_lif_forward(x, drop, params.pos, params.gc_x, params.gc_h, params.sa, **kw,
-                                               store_v_seq=False)
+                                               store_v_seq=False, path=path)
     gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=x.dtype)
     runs = []
     for _ in range(2):
-        out = launch.staa_lif_backward(gs, x, drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate, **kw)
+        out = launch.staa_lif_backward(gs, x, drop, params.pos, params.gc_x, params.gc_h, params.sa, u, gate, **kw,
+                                       path=path)
         flat = [out[0]] + ([out[1]] if out[1] is not None else [])
         for blk in out[2:]:
             flat += list(blk) if blk is not None else []
