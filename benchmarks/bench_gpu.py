@@ -30,7 +30,8 @@ import time
 
 SHAPES = {"early [4,64,128,32,32]": (4, 64, 128, 32, 32), "deep [4,64,512,4,4]": (4, 64, 512, 4, 4)}
 DTYPES = ("float32", "bfloat16")
-PROVIDERS = ("staa-triton", "staa-torch", "reference-eager", "sj-lif", "reference-compile")
+PROVIDERS = ("staa-triton", "staa-triton-per_step", "staa-triton-persistent", "staa-torch", "reference-eager",
+             "sj-lif", "reference-compile")
 GOALS = (
     ("staa-triton vs reference-eager", "reference-eager", ">= 10x faster"),
     ("staa-triton vs reference-compile", "reference-compile", ">= 3x faster"),
@@ -50,6 +51,25 @@ def make_provider(name, shape, dtype, torch, dev="cuda"):
     T, B, C, H, W = shape
     x = torch.randn(shape, device=dev, dtype=torch.float32).mul_(0.8).add_(0.35).to(dtype).requires_grad_(True)
     gy = torch.randn(shape, device=dev, dtype=dtype)
+    if name in ("staa-triton-per_step", "staa-triton-persistent"):
+        # Force one of the two loop structures of the kernels (STAA_TRITON_PATH), to see which wins per shape.
+        import os
+
+        path = name.rsplit("-", 1)[1]
+        m = staa.STAALIF(C, T, backend="triton", device=dev).train()
+
+        def run():
+            old = os.environ.get("STAA_TRITON_PATH")
+            os.environ["STAA_TRITON_PATH"] = path
+            try:
+                m.reset()
+                m(x).backward(gy)
+            finally:
+                if old is None:
+                    os.environ.pop("STAA_TRITON_PATH")
+                else:
+                    os.environ["STAA_TRITON_PATH"] = old
+        return run
     if name.startswith("staa-"):
         m = staa.STAALIF(C, T, backend=name.split("-")[1], device=dev).train()
 

@@ -73,7 +73,7 @@ def test_benchmark_script_runs_end_to_end_on_cpu(tmp_path):
     script = os.path.join(ROOT, "benchmarks", "bench_gpu.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--cpu-smoke", "--rounds", "3",
-                          "--warmup", "1", "--providers", "reference-eager,staa-triton"],
+                          "--warmup", "1", "--providers", "reference-eager,staa-triton,staa-triton-persistent"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     table = (tmp_path / "gpu_neuron.md").read_text()
