@@ -287,8 +287,9 @@ def render(runs: List[dict], plot_name: str = "accuracy.png", plotted: bool = Tr
         text = [_step_text(a, b, summary[(task, a)], summary[(task, b)])
                 for a, b in steps if (task, a) in summary and (task, b) in summary]
         if text:
-            lines += ["Differences of the means (standard error from the two seed spreads; with three seeds it is itself "
-                      "rough, so read twice the standard error as a screening line, not a significance test):", ""]
+            n_max = max(summary[(task, v)]["n"] for v in variants if (task, v) in summary)
+            lines += [f"Differences of the means (standard error from the two seed spreads; with {n_max} seeds it is "
+                      "itself rough, so read twice the standard error as a screening line, not a significance test):", ""]
             lines += text + [""]
     if missing:
         lines += ["## Missing runs", "", "These planned runs have not finished; they are not in the tables:", ""]
