@@ -115,3 +115,15 @@ def test_multistep_lif_matches_spikingjelly_lifnode():
     x = torch.randn(5, 3, 4, 2, 2) * 2
     sj = neuron.LIFNode(tau=2.0, v_reset=0.0, step_mode="m")
     assert torch.equal(_demo.MultiStepLIF()(x), sj(x))
+
+
+def test_profile_does_not_depend_on_the_timing_rounds(capsys):
+    """Timing and memory measurement run training forwards (BatchNorm statistics, TSRD draws);
+    the profile that follows must see the network as it was before them."""
+    totals = []
+    for repeat in ("1", "3"):
+        args = [a if a != "1" else repeat for a in SMALL] + ["--json"]
+        assert main(args) == 0
+        result = json.loads(capsys.readouterr().out)
+        totals.append({k: v["totals"] for k, v in result["profile"].items()})
+    assert totals[0] == totals[1]

@@ -9,6 +9,7 @@ that ran. ``--json`` prints the same as one JSON object. Progress goes to stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="channels of the first stage; then 2x, 4x (default 16)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=staa._backend.BACKENDS, help="STAALIF backend (default auto)")
-    p.add_argument("--repeat", type=int, default=5, help="timed rounds after one warm-up, LIF and STAALIF interleaved; the median is shown (default 5)")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds after one warm-up, LIF and STAALIF interleaved; the median is shown (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and the random input images (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     return p
@@ -54,6 +55,19 @@ class _Progress:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _state_kept(*models):
+    """Put parameters, buffers (BatchNorm's running statistics, which training-mode forwards
+    update), gradients and the RNG back as they were, so the profile that follows does not
+    depend on what was measured before it."""
+    saved = [{n: t.clone() for n, t in m.state_dict().items()} for m in models]
+    with torch.random.fork_rng(devices=[]):
+        yield
+    for m, sd in zip(models, saved):
+        m.load_state_dict(sd)
+        m.zero_grad(set_to_none=True)
 
 
 def _interleaved_median_ms(fns: dict, repeat: int, device: torch.device) -> dict:
@@ -87,8 +101,9 @@ def _timings(models: dict, img, labels, repeat, device) -> dict:
             F.cross_entropy(model(img), labels).backward()
         return run
 
-    fwd = _interleaved_median_ms({k: forward(m) for k, m in models.items()}, repeat, device)
-    bwd = _interleaved_median_ms({k: train_step(m) for k, m in models.items()}, repeat, device)
+    with _state_kept(*models.values()):
+        fwd = _interleaved_median_ms({k: forward(m) for k, m in models.items()}, repeat, device)
+        bwd = _interleaved_median_ms({k: train_step(m) for k, m in models.items()}, repeat, device)
     return {k: {"forward_ms": fwd[k], "forward_backward_ms": bwd[k]} for k in models}
 
 
@@ -190,7 +205,8 @@ def run(args) -> dict:
     progress("timing both networks in interleaved rounds (forward, forward+backward)")
     result["time_ms"] = _timings({"lif": lif, "staa": snn}, img, labels, args.repeat, device)
     progress("measuring memory saved for backward")
-    result["saved_for_backward"] = {"lif": _saved_bytes(lif, img), "staa": _saved_bytes(snn, img)}
+    with _state_kept(lif, snn):
+        result["saved_for_backward"] = {"lif": _saved_bytes(lif, img), "staa": _saved_bytes(snn, img)}
     progress("profiling both networks (eval)")
     reports = {"lif": profile(lif, img), "staa": profile(snn, img)}
     result["profile"] = {k: r.to_dict() for k, r in reports.items()}
