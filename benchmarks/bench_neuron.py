@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import staa  # noqa: E402
 from staa.reference import staa_lif_reference  # noqa: E402
+from staa._memory import saved_tensor_bytes  # noqa: E402
 
 SHAPES = {
     "cifar": (4, 32, 64, 16, 16),  # a CIFAR ResNet/VGG stage-2 layer
@@ -135,20 +136,8 @@ def time_once(p: Provider, x, gout, mode, device):
 
 
 def saved_bytes(p: Provider, x):
-    seen, total = set(), 0
-    skip = {w.untyped_storage().data_ptr() for w in p.params}
-
-    def pack(t):
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in seen and ptr not in skip:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        p.fn(x)
-    return total
+    """Bytes saved for backward by one forward of provider ``p`` (parameters excluded)."""
+    return saved_tensor_bytes(p.fn, x, exclude=p.params)[1]
 
 
 _PEAK_CHILD = r"""

@@ -6,6 +6,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import staa
+from staa._memory import saved_tensor_bytes
 from staa.ops import _op, flatten_params, staa_lif_op
 from staa.reference import STAAParams, global_context, staa_lif_reference, step_attention
 
@@ -243,34 +244,16 @@ def test_opcheck():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
-def _saved_bytes(fn, *inputs, exclude=()):
-    """Bytes autograd saves during ``fn(*inputs)``: each storage once, ``exclude`` storages skipped."""
-    seen, total = set(), 0
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-
-    def pack(t):
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in seen and ptr not in skip:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*inputs)
-    return out, total
-
-
 def test_saved_memory_per_neuron_step():
     T, B, C, P = 4, 2, 16, 64
     m = make_neuron(C, T, seed=0, tsrd=0.0)
     x = torch.randn(T, B, C, P, requires_grad=True)
     drop = torch.zeros(T, dtype=torch.bool)
-    spikes, nbytes = _saved_bytes(_op_fn(m, drop), x, exclude=list(m.parameters()))
+    spikes, nbytes = saved_tensor_bytes(_op_fn(m, drop), x, exclude=list(m.parameters()))
     per = nbytes / (T * B * C * P)
     # x (4 bytes) + u (4 bytes) + the [T, B, C] gate and the bool mask
     assert per <= 8 + 4 / P + 1e-3, per
-    _, ref_bytes = _saved_bytes(_ref_fn(m, drop), x, exclude=list(m.parameters()))
+    _, ref_bytes = saved_tensor_bytes(_ref_fn(m, drop), x, exclude=list(m.parameters()))
     assert ref_bytes > 2 * nbytes
 
     # Nothing but save_for_backward holds tensors: the node's attributes carry only scalars.
