@@ -42,9 +42,10 @@ QUICK = [((128, 32, 32), OPTIONS[0], "float32"), ((512, 4, 4), OPTIONS[0], "bflo
 
 
 def _params(C, opt, torch):
+    from staa._blocks import hidden_features
     from staa.reference import GCParams, SAParams
 
-    ch = max(C // 4, 4)
+    ch = hidden_features(C, 4)
 
     def gc():
         return GCParams(torch.zeros(1, C), torch.zeros(1), torch.zeros(ch, C), torch.zeros(ch),

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import compute_dtype
 from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel
 from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persistent_kernel,
                        staa_plane_reduce_kernel)
@@ -114,7 +115,9 @@ def _run(kernel, grid, *args, **kwargs):
 
 
 def _compute_dtype(dtype: torch.dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+    """(torch, triton) compute dtype for an input dtype, by the reference's rule."""
+    cd = compute_dtype(dtype)
+    return cd, (tl.float64 if cd == torch.float64 else tl.float32)
 
 
 def _check(x: Tensor, drop: Optional[Tensor], pos, gcx, gch, sa):

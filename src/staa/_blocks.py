@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedParameter, UninitializedTensorMixin
 
 from .reference import GCParams, SAParams, global_context, step_attention
+
+
+def is_uninitialized(p: torch.Tensor) -> bool:
+    """True for a lazy parameter not yet sized. An isinstance check rather than
+    ``torch.nn.parameter.is_lazy``, because ``torch.compile`` traces it without a graph break."""
+    return isinstance(p, UninitializedTensorMixin)
 
 
 def hidden_features(channels: int, r: int) -> int:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import nn
 
+from ._blocks import is_uninitialized
 from .neuron import STAALIF
 
 __all__ = ["convert", "ConvertReport", "ReplacedNode", "SkippedNode"]
@@ -399,7 +400,7 @@ def _factory(model: nn.Module, parents: Dict[int, nn.Module], node: nn.Module, s
     for scope in (node, parents.get(id(node)), model):
         if scope is None:
             continue
-        p = next((p for p in scope.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
+        p = next((p for p in scope.parameters() if p.is_floating_point() and not is_uninitialized(p)), None)
         if p is not None:
             device, dtype = p.device, p.dtype
             break
@@ -408,10 +409,6 @@ def _factory(model: nn.Module, parents: Dict[int, nn.Module], node: nn.Module, s
         if dtype is None and seen[0].dtype in (torch.float32, torch.float64):
             dtype = seen[0].dtype
     return device, dtype
-
-
-def _is_lazy(p) -> bool:
-    return isinstance(p, nn.parameter.UninitializedParameter)
 
 
 # ---------------------------------------------------------------------------------- convert

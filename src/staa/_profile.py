@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 
+from ._blocks import is_uninitialized
 from .neuron import STAALIF
 
 Tensor = torch.Tensor
@@ -460,7 +460,7 @@ def profile(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"profile expects an nn.Module, got {type(model).__name__}")
-    if any(is_lazy(p) for p in model.parameters()):
+    if any(is_uninitialized(p) for p in model.parameters()):
         raise ValueError(
             "the model has uninitialized (lazy) parameters, e.g. STAALIF(channels=None); "
             "run one forward on an input of the right shape before profiling it"

@@ -6,10 +6,10 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.nn.parameter import UninitializedParameter, UninitializedTensorMixin
+from torch.nn.parameter import UninitializedParameter
 
 from ._backend import check_backend_name
-from ._blocks import GlobalContext, StepAttention, hidden_features
+from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
 from .functional import NeuronConfig, staa_lif_multistep
 from .reference import STAAParams, compute_dtype, staa_lif_reference
 
@@ -202,8 +202,7 @@ class STAALIF(nn.Module):
 
     # ------------------------------------------------------------------ sizing
     def has_uninitialized_params(self) -> bool:
-        # isinstance rather than torch.nn.parameter.is_lazy: torch.compile traces the former.
-        return any(isinstance(p, UninitializedTensorMixin) for p in self.parameters())
+        return any(is_uninitialized(p) for p in self.parameters())
 
     def _materialize(self, channels: int, T: Optional[int]) -> None:
         if self.channels is None:
@@ -212,9 +211,9 @@ class STAALIF(nn.Module):
             self.T = T
         hidden = hidden_features(self.channels, self.r)
         for block in (self.gc_x, self.gc_h, self.sa):
-            if block is not None and any(isinstance(p, UninitializedTensorMixin) for p in block.parameters()):
+            if block is not None and any(is_uninitialized(p) for p in block.parameters()):
                 block.materialize(self.channels, hidden)
-        if self.pos is not None and isinstance(self.pos, UninitializedTensorMixin):
+        if self.pos is not None and is_uninitialized(self.pos):
             if self.T is None:
                 raise ValueError(
                     "STAALIF with pe=True needs T to size the position encoding; pass T=... to the "

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..reference import compute_dtype
 from . import torch_impl
 
 Tensor = torch.Tensor
@@ -26,10 +27,6 @@ N_PARAMS = 21  # pos + 8 + 8 + 4
 _GCX = slice(1, 9)
 _GCH = slice(9, 17)
 _SA = slice(17, 21)
-
-
-def _cd(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _expand(params: Sequence[Tensor], present: Sequence[bool]) -> List[Optional[Tensor]]:
@@ -76,14 +73,14 @@ def lif_forward(
             surrogate_width=surrogate_width, store_v_seq=store_v_seq,
         )
     if v_seq is None:
-        v_seq = x.new_empty((0,), dtype=_cd(x.dtype))
+        v_seq = x.new_empty((0,), dtype=compute_dtype(x.dtype))
     return spikes, h_last, v_seq, u, gate
 
 
 @lif_forward.register_fake
 def _(x, drop, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate_width, store_v_seq, use_triton):
     T, B, C, P = x.shape
-    cd = _cd(x.dtype)
+    cd = compute_dtype(x.dtype)
     return (
         torch.empty_like(x),
         x.new_empty((B, C, P), dtype=cd),

@@ -24,15 +24,13 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..reference import compute_dtype
+
 Tensor = torch.Tensor
 
 __all__ = ["staa_lif_forward", "staa_lif_backward"]
 
 _LN_EPS = 1e-5
-
-
-def _cd(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _cast(ws: Optional[Sequence[Tensor]], cd: torch.dtype):
@@ -174,7 +172,7 @@ def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int, with_mean: boo
     """X = I + PE for all steps (``[T, B, C, P]`` cd, a fresh tensor unless it is ``x``
     itself), GC1's cache over all ``T * B`` samples and, with ``with_mean``, mean_p X."""
     _, B, C, P = x.shape
-    cd = _cd(x.dtype)
+    cd = compute_dtype(x.dtype)
     if pos is not None:
         xx = x.to(cd) + pos[:T].to(cd)[:, None, :, None]
     else:
@@ -213,7 +211,7 @@ def staa_lif_forward(
     """
     del detach_reset, surrogate_width  # backward-only settings
     T, B, C, P = x.shape
-    cd = _cd(x.dtype)
+    cd = compute_dtype(x.dtype)
     dev = x.device
     gcx, gch, sa = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
     dropped = drop.tolist()
@@ -305,7 +303,7 @@ def staa_lif_backward(
     summed over all steps with one matmul each after the loop.
     """
     T, B, C, P = x.shape
-    cd = _cd(x.dtype)
+    cd = compute_dtype(x.dtype)
     dev = x.device
     dropped = drop.tolist()
     wx, wh, ws = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
