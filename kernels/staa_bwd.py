@@ -27,7 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .staa_fwd import _reset, _sigmoid
+from .staa_fwd import _reset, _sigmoid, _sum_partials
 
 
 @triton.jit
@@ -96,9 +96,7 @@ def _bwd_mlp_sample(
         for c0 in range(0, C, BLOCK_CC):
             offs_c = c0 + tl.arange(0, BLOCK_CC)
             mc = offs_c < C
-            ga = tl.zeros([BLOCK_CC], dtype=CD)
-            for j in range(0, NP):
-                ga += tl.load(part_a_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+            ga = _sum_partials(part_a_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
             g = tl.load(gate_ptr + vec + offs_c, mask=mc, other=0.0)
             gz = tl.where(dropped, 0.0, ga * g * (1.0 - g))
             tl.store(gz_ptr + vec + offs_c, gz, mask=mc)
@@ -114,9 +112,7 @@ def _bwd_mlp_sample(
     for c0 in range(0, C, BLOCK_CC):
         offs_c = c0 + tl.arange(0, BLOCK_CC)
         mc = offs_c < C
-        gb = tl.zeros([BLOCK_CC], dtype=CD)
-        for j in range(0, NP):
-            gb += tl.load(part_b_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+        gb = _sum_partials(part_b_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
         if HAS_SA:
             g = tl.load(gate_ptr + vec + offs_c, mask=mc, other=0.0)
             w1 = tl.load(f1w_ptr + offs_hs[:, None] * C + offs_c[None, :], mask=mhs[:, None] & mc[None, :], other=0.0)

@@ -28,6 +28,16 @@ def _sigmoid(z):
 
 
 @triton.jit
+def _sum_partials(ptr, NP, C, offs_c, mc, BLOCK_CC: tl.constexpr, CD: tl.constexpr):
+    """Sum over a sample's NP plane tiles of the per-tile partial C-vectors at ``ptr`` (layout
+    [NP, C]), for the channels ``offs_c``, in tile order (deterministic)."""
+    acc = tl.zeros([BLOCK_CC], dtype=CD)
+    for j in range(0, NP):
+        acc += tl.load(ptr + j * C + offs_c, mask=mc, other=0.0)
+    return acc
+
+
+@triton.jit
 def _reset(v, v_th, v_reset, HARD: tl.constexpr):
     """H = reset(V): spike where V >= v_th; hard reset to v_reset or soft reset by v_th."""
     s = v >= v_th
@@ -85,9 +95,7 @@ def _fwd_mlp_sample(
         for c0 in range(0, C, BLOCK_CC):
             offs_c = c0 + tl.arange(0, BLOCK_CC)
             mc = offs_c < C
-            ctx = tl.zeros([BLOCK_CC], dtype=CD)
-            for j in range(0, NP):
-                ctx += tl.load(part_ctx_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+            ctx = _sum_partials(part_ctx_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
             w = tl.load(qw_ptr + offs_hg[:, None] * C + offs_c[None, :], mask=mhg[:, None] & mc[None, :], other=0.0)
             q += tl.sum(w.to(CD) * ctx[None, :], axis=1)
         q += tl.load(qb_ptr + offs_hg, mask=mhg, other=0.0).to(CD)
@@ -109,9 +117,7 @@ def _fwd_mlp_sample(
             d2 = tl.sum(wv.to(CD) * r[:, None], axis=0) + tl.load(vb_ptr + offs_c, mask=mc, other=0.0).to(CD)
             tl.store(d2_ptr + b.to(tl.int64) * C + offs_c, d2, mask=mc)
         if HAS_SA:
-            hsum = tl.zeros([BLOCK_CC], dtype=CD)
-            for j in range(0, NP):
-                hsum += tl.load(part_hsum_ptr + part + j * C + offs_c, mask=mc, other=0.0)
+            hsum = _sum_partials(part_hsum_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
             gx = tl.load(xmean_ptr + vec + offs_c, mask=mc, other=0.0)
             if HAS_GCX:
                 gx = gx + tl.load(d1_ptr + vec + offs_c, mask=mc, other=0.0)
