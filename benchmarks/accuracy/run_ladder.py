@@ -37,7 +37,8 @@ if HERE not in sys.path:
 
 import fmnist_events  # noqa: E402
 from staa import STAALIF  # noqa: E402
-from staa.reference import rect_spike, staa_lif_reference  # noqa: E402
+from staa._demo import MultiStepLIF  # noqa: E402  (the same LIF baseline as python -m staa)
+from staa.reference import staa_lif_reference  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_OUT = os.path.join(REPO, "docs", "results", "accuracy-runs")
@@ -58,28 +59,6 @@ _STAA_BLOCKS = {
 
 
 # ----------------------------------------------------------------------------- model
-class MultiStepLIF(nn.Module):
-    """Multi-step LIF baseline on ``[T, B, ...]``: H_t = V_{t-1} + (X_t - (V_{t-1} - v_reset)) / tau,
-    S_t = [H_t >= v_th] (rectangular surrogate of width 1), hard reset to ``v_reset``."""
-
-    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float = 0.0, surrogate_width: float = 1.0):
-        super().__init__()
-        self.tau, self.v_threshold, self.v_reset, self.surrogate_width = tau, v_threshold, v_reset, surrogate_width
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = torch.full_like(x[0], self.v_reset)
-        spikes = []
-        for t in range(x.shape[0]):
-            h = v + (x[t] - (v - self.v_reset)) / self.tau
-            s = rect_spike(h, self.v_threshold, self.surrogate_width)
-            v = self.v_reset * s + h * (1.0 - s)
-            spikes.append(s)
-        return torch.stack(spikes)
-
-
 class ReferenceSTAALIF(STAALIF):
     """STAALIF whose multi-step forward runs the plain reference (:mod:`staa.reference`) on the
     same weights: the same neuron, the spec's implementation (``--impl reference``)."""
@@ -88,10 +67,7 @@ class ReferenceSTAALIF(STAALIF):
         if self.step_mode != "m" or self.has_uninitialized_params():
             return super().forward(x)
         T = x.shape[0]
-        drop = torch.zeros(T, dtype=torch.bool)
-        if self.training and self.tsrd > 0.0:
-            drop = torch.rand(T) < self.tsrd
-            drop[0] = False
+        drop = self._draw_drop(T, 0, x.device)
         x4 = x.reshape(T, x.shape[1], x.shape[2], -1)
         return staa_lif_reference(x4, self.params(), drop, **self.cfg._asdict()).reshape(x.shape)
 
