@@ -4,24 +4,48 @@
 >>> lif = staa.STAALIF(16, T=4)
 >>> spikes = lif(torch.randn(4, 2, 16, 8, 8))   # [T, B, C, H, W]
 
-``import staa`` imports torch only: triton and spikingjelly are imported on first use.
+Public names: ``STAALIF``, ``backend_for``; ``convert`` with its ``ConvertReport``,
+``ReplacedNode`` and ``SkippedNode``; ``profile`` with its ``ProfileReport`` and
+``LayerStats`` and the per-step cost formula ``staa_step_macs``; ``MultiStepLIF``, the
+plain LIF baseline of ``python -m staa``. ``python -m staa selftest`` checks the Triton
+kernels against the torch path on this machine.
+
+``import staa`` imports torch only: triton and spikingjelly are imported on first use,
+and the names above that live in their own modules load when first looked up.
 """
 from ._backend import backend_for
 from .neuron import STAALIF
 
 __version__ = "0.1.0"
 
-__all__ = ["STAALIF", "backend_for", "convert", "profile", "__version__"]
+# name -> module that defines it; loaded on first attribute access.
+_LAZY = {
+    "convert": "._convert",
+    "ConvertReport": "._convert",
+    "ReplacedNode": "._convert",
+    "SkippedNode": "._convert",
+    "profile": "._profile",
+    "ProfileReport": "._profile",
+    "LayerStats": "._profile",
+    "staa_step_macs": "._profile",
+    "MultiStepLIF": "._demo",
+}
+
+__all__ = ["STAALIF", "backend_for", *_LAZY, "__version__"]
 
 
 def __getattr__(name):
-    # convert and profile live in private modules and load on first use.
-    if name == "convert":
-        from ._convert import convert
+    """Load the lazily exported names (``convert``, ``profile``, their report classes, ...)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'staa' has no attribute {name!r}")
+    import importlib
 
-        return convert
-    if name == "profile":
-        from ._profile import profile
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
-        return profile
-    raise AttributeError(f"module 'staa' has no attribute {name!r}")
+
+def __dir__():
+    """Every public name, loaded or not, plus the module's own attributes."""
+    return sorted(set(globals()) | set(__all__))

@@ -5,11 +5,16 @@ multi-step LIF and with STAALIF (same conv, BN and head weights), and prints: th
 parameters STAA adds, forward and forward+backward time on this machine, the bytes saved
 for backward per neuron-step, ``staa.profile`` of both networks and the STAALIF backend
 that ran. ``--json`` prints the same as one JSON object. Progress goes to stderr.
+
+``python -m staa selftest`` runs the Triton kernels against the torch path on this
+machine's GPU (or, with ``--interpret``, on the CPU under ``TRITON_INTERPRET=1``) and
+exits non-zero when they disagree; see :func:`selftest`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -31,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m staa",
         description="Compare STAALIF with a plain LIF in a small spiking ResNet (3x32x32 input): parameters, "
         "time, memory saved for backward, firing rates, ACs/MACs and energy.",
+        epilog="'python -m staa selftest --help': check the Triton kernels against the torch path on this machine.",
     )
     p.add_argument("--T", type=int, default=4, help="time steps (default 4)")
     p.add_argument("--batch", type=int, default=4, help="images per batch for timing and profiling (default 4)")
@@ -258,7 +264,248 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ selftest
+#
+# The Triton kernels against the torch path, through the public module: two STAALIF layers
+# with the same weights, one with backend="triton" and one with backend="torch", the same
+# input and the same TSRD draw (same seed), in training mode. Compared: spikes (exactly), the
+# last membrane state, and the gradient of the input and of every weight.
+#
+# Two float32 implementations may round V differently, and where V is within rounding of
+# the threshold a spike then flips and the difference spreads through GC2 and SA to the
+# whole sample. So, as in the parity tests, a reduced-precision case only counts when no V
+# is within MARGIN of the threshold or of the surrogate window's edges. With soft reset
+# V_t = H_t + v_threshold * S_t, so V comes exactly from a float64 run with store_v_seq;
+# reduced-precision cases therefore use soft reset and small shapes (inputs are redrawn
+# until the margin holds). float64 cases, where the two paths agree to ~1e-15 and a flip
+# is not a practical risk, use layer-sized shapes and both resets.
+
+MARGIN = 1e-4
+# name, shape [T, B, C, ...], input dtype, reset, detach_reset
+SELFTEST_CASES = [
+    ("conv", [4, 8, 64, 16, 16], "float64", "hard", False),
+    ("deep", [4, 8, 256, 4, 4], "float64", "soft", True),
+    ("fc", [4, 8, 512], "float64", "hard", False),
+    ("conv-small", [4, 2, 16, 4, 4], "float32", "soft", False),
+    ("fc-small", [4, 4, 64], "float32", "soft", True),
+    ("conv-small", [4, 2, 16, 3, 3], "bfloat16", "soft", False),
+]
+TINY_CASES = [
+    ("conv", [3, 2, 6, 3, 3], "float64", "hard", False),
+    ("fc", [4, 1, 5], "float64", "soft", True),
+    ("conv", [3, 2, 6, 3, 3], "float32", "soft", False),
+    ("conv", [2, 2, 5, 2, 2], "bfloat16", "soft", False),
+]
+PATHS = ("per_step", "persistent")
+# rtol against the largest reference magnitude of each compared tensor, and atol
+_TOL = {"float64": (1e-9, 1e-12), "float32": (1e-4, 1e-6), "bfloat16": (1e-4, 1e-6), "float16": (1e-4, 1e-6)}
+# the input gradient comes back in the input dtype: one rounding of a value that differs by float32 noise
+_TOL_GRAD_X = {"bfloat16": (2.0**-7, 1e-6), "float16": (2.0**-10, 1e-7)}
+
+
+def _selftest_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m staa selftest",
+        description="Run STAALIF with backend='triton' against backend='torch' (same weights, input and TSRD "
+        "draw) on this machine: spikes, last state and every gradient, both time-loop paths of the kernels. "
+        "Prints one line per case with the largest differences and the time of one forward+backward of each "
+        "backend; exit status 0 when every case agrees, 1 on a mismatch, 2 when the kernels cannot run here.",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--interpret", action="store_true",
+                   help="on the CPU, run the kernels in the Triton interpreter (TRITON_INTERPRET=1; slow, tiny shapes)")
+    p.add_argument("--tiny", action="store_true", help="only the tiny cases (the default under --interpret)")
+    p.add_argument("--dtypes", default=None, help="comma-separated subset of float64,float32,bfloat16 (default: all)")
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of per_step,persistent (default: both)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
+    return p
+
+
+def _max_diff(got, want, tol):
+    """(passes, largest |got - want|, largest |want|) with the max-norm rule |d| <= atol + rtol * max|want|."""
+    if got is None or want is None:
+        return got is None and want is None, 0.0, 0.0
+    d = (got.double() - want.double()).abs()
+    err = d.max().item() if d.numel() else 0.0
+    scale = want.double().abs().max().item() if want.numel() else 0.0
+    ok = bool(torch.isfinite(got).all()) and err <= tol[1] + tol[0] * scale
+    return ok, err, scale
+
+
+def _selftest_pair(C, T, reset, detach, device, param_dtype, seed):
+    kw = dict(tsrd=0.5, v_reset=None if reset == "soft" else 0.0, detach_reset=detach)
+    torch.manual_seed(seed)
+    ref = staa.STAALIF(C, T, backend="torch", **kw).to(device=device, dtype=param_dtype)
+    with torch.no_grad():
+        for p in ref.parameters():  # non-zero value layers, so that every block contributes
+            p.add_(torch.randn_like(p) * 0.3)
+    tri = staa.STAALIF(C, T, backend="triton", **kw).to(device=device, dtype=param_dtype)
+    tri.load_state_dict(ref.state_dict())
+    return ref, tri
+
+
+def _soft_reset_margin(ref, x, seed) -> float:
+    """Distance of the closest V to the threshold or to the surrogate window's edges, from a
+    float64 run of ``ref`` (soft reset, so V_t = H_t + v_threshold * S_t)."""
+    m = copy.deepcopy(ref).double()
+    m.store_v_seq = True
+    m.train()
+    m.reset()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        s = m(x.double())
+    v = m.v_seq + m.v_threshold * s
+    a = float(getattr(m, "surrogate_width", None) or 1.0)
+    th = m.v_threshold
+    return min((v - p).abs().min().item() for p in (th, th - a / 2, th + a / 2))
+
+
+def _selftest_run(m, x, gy, seed):
+    m.reset()
+    m.train()
+    xx = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the same TSRD draw for both modules
+    y = m(xx)
+    grads = torch.autograd.grad(y, [xx, *m.parameters()], gy, allow_unused=True)
+    return y.detach(), m.v.detach().clone(), grads
+
+
+def _selftest_case(case, path, device, seed, timed):
+    name, shape, dtype_name, reset, detach = case
+    dtype = getattr(torch, dtype_name)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    T, C = shape[0], shape[2]
+    ref, tri = _selftest_pair(C, T, reset, detach, device, param_dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    margin = None
+    for _ in range(40):
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(device=device, dtype=dtype)
+        if reset != "soft":
+            break
+        margin = _soft_reset_margin(ref, x, seed + 2)
+        if margin >= MARGIN:
+            break
+    row = {"case": name, "shape": shape, "dtype": dtype_name, "reset": reset + (", detach_reset" if detach else ""),
+           "path": path, "margin": margin}
+    if margin is not None and margin < MARGIN:
+        row.update(ok=False, why=f"no input in 40 draws kept every V {MARGIN:g} away from the threshold")
+        return row
+    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    saved = os.environ.get("STAA_TRITON_PATH")
+    os.environ["STAA_TRITON_PATH"] = path
+    try:
+        t0 = time.perf_counter()
+        y_t, v_t, g_t = _selftest_run(tri, x, gy, seed + 2)
+        _sync(device)
+        ms_t = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        y_r, v_r, g_r = _selftest_run(ref, x, gy, seed + 2)
+        _sync(device)
+        ms_r = (time.perf_counter() - t0) * 1e3
+        if timed:  # a second, warm round (the first one compiled the kernels)
+            ms = {}
+            for key, m in (("triton", tri), ("torch", ref)):
+                _sync(device)
+                t0 = time.perf_counter()
+                _selftest_run(m, x, gy, seed + 2)
+                _sync(device)
+                ms[key] = (time.perf_counter() - t0) * 1e3
+            ms_t, ms_r = ms["triton"], ms["torch"]
+    finally:
+        if saved is None:
+            os.environ.pop("STAA_TRITON_PATH", None)
+        else:
+            os.environ["STAA_TRITON_PATH"] = saved
+    tol = _TOL[dtype_name]
+    ok_v, err_v, _ = _max_diff(v_t, v_r, tol)
+    ok_x, err_x, _ = _max_diff(g_t[0], g_r[0], _TOL_GRAD_X.get(dtype_name, tol))
+    worst, ok_w = ("-", 0.0, 0.0), True
+    for pname, a, b in zip([n for n, _ in ref.named_parameters()], g_t[1:], g_r[1:]):
+        ok, err, scale = _max_diff(a, b, tol)
+        ok_w &= ok
+        rel = err / scale if scale else err
+        if rel >= worst[2]:
+            worst = (pname, err, rel)
+    flips = int((y_t != y_r).sum())
+    row.update(ok=bool(flips == 0 and ok_v and ok_x and ok_w and y_t.dtype == dtype), spikes=int(y_r.numel()),
+               spike_mismatches=flips, firing_rate=float(y_r.double().mean()), max_dv=err_v, max_dgrad_x=err_x,
+               worst_weight_grad=worst[0], max_dgrad_w=worst[1], max_rel_dgrad_w=worst[2],
+               triton_ms=ms_t, torch_ms=ms_r)
+    return row
+
+
+def selftest(device=None, interpret=False, tiny=False, dtypes=None, paths=PATHS, seed=0, out=print):
+    """Run every self-test case; returns the list of result rows (dicts with ``ok``)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and not interpret:
+        raise RuntimeError("no CUDA device: the Triton kernels run on a GPU; pass --interpret to run them "
+                           "(slowly) in the Triton interpreter on the CPU")
+    probe = torch.empty(0, device=device)
+    staa.backend_for(probe, "triton")  # raises, saying why, when the kernels cannot run here
+    cases = TINY_CASES if (tiny or device.type == "cpu") else SELFTEST_CASES
+    if dtypes:
+        cases = [c for c in cases if c[2] in dtypes]
+    out(f"staa {staa.__version__} selftest: backend='triton' vs backend='torch' on {_machine(device)}")
+    if device.type == "cpu":
+        out("kernels run in the Triton interpreter (TRITON_INTERPRET=1): this checks their logic, not a GPU compile")
+    out(f"tolerance: |difference| <= atol + rtol * max|torch|; rtol 1e-9 (float64), 1e-4 (float32; bfloat16 "
+        f"weights), 2^-7 (bfloat16 input gradient); spikes must match exactly")
+    rows = []
+    for case in cases:
+        for path in paths:
+            row = _selftest_case(case, path, device, seed, timed=device.type == "cuda")
+            rows.append(row)
+            out(_selftest_line(row))
+    return rows
+
+
+def _selftest_line(r) -> str:
+    head = (f"{'PASS' if r['ok'] else 'FAIL'}  {r['case']:<10} {'x'.join(map(str, r['shape'])):<13} "
+            f"{r['dtype']:<8} {r['reset']:<19} {r['path']:<10}")
+    if "spikes" not in r:
+        return f"{head} {r['why']}"
+    margin = "-" if r["margin"] is None else f"{r['margin']:.1e}"
+    return (f"{head} spikes {r['spike_mismatches']}/{r['spikes']} differ (rate {r['firing_rate']:.2f}, margin "
+            f"{margin})  max|dv| {r['max_dv']:.1e}  max|dgrad_x| {r['max_dgrad_x']:.1e}  max|dgrad_w| "
+            f"{r['max_dgrad_w']:.1e} (rel {r['max_rel_dgrad_w']:.1e}, {r['worst_weight_grad']})  "
+            f"fwd+bwd triton {r['triton_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms")
+
+
+def selftest_main(argv) -> int:
+    args = _selftest_parser().parse_args(argv)
+    if args.interpret:
+        if any(m == "triton" or m.startswith("triton.") for m in sys.modules):
+            print("python -m staa selftest: error: --interpret must be set before triton is imported",
+                  file=sys.stderr)
+            return 2
+        os.environ["TRITON_INTERPRET"] = "1"
+    dtypes = None if args.dtypes is None else [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    for d in dtypes or ():
+        if d not in _TOL:
+            print(f"python -m staa selftest: error: unknown dtype {d!r}", file=sys.stderr)
+            return 2
+    for p in paths:
+        if p not in PATHS:
+            print(f"python -m staa selftest: error: unknown path {p!r}; expected per_step or persistent", file=sys.stderr)
+            return 2
+    t0 = time.perf_counter()
+    try:
+        rows = selftest(args.device, args.interpret, args.tiny, dtypes, paths, args.seed)
+    except (RuntimeError, ValueError) as exc:
+        print(f"python -m staa selftest: cannot run: {exc}", file=sys.stderr)
+        return 2
+    bad = sum(not r["ok"] for r in rows)
+    print(f"{len(rows) - bad} of {len(rows)} cases agree ({time.perf_counter() - t0:.1f} s)"
+          + ("" if not bad else f"; {bad} FAILED: the Triton kernels disagree with the torch path here, "
+             "use backend='torch' (or STAA_BACKEND=torch) and report the output"))
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["selftest"]:
+        return selftest_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         result = run(args)
