@@ -2,8 +2,10 @@
 
 ``staa_lif_forward`` / ``staa_lif_backward`` take and return exactly what the torch
 implementation of the custom op does (see ``staa.ops``): inputs ``x [T, B, C, P]``, the bool
-TSRD mask ``drop [T]``, the position encoding and the GC/SA weight tuples; saved tensors
-``u [T, B, C, P]`` and ``gate [T, B, C]`` in the compute dtype.
+TSRD mask ``drop [T]``, the initial state ``h0 [B, C, P]`` (or None: the rest constant), the
+position encoding and the GC/SA weights as ``staa.reference.GCParams`` / ``SAParams``; saved
+tensors ``u [T, B, C, P]`` and ``gate [T, B, C]`` in the compute dtype. The surrogate kind
+only changes the backward kernels (a compile-time switch).
 
 Work that does not depend on the membrane state (position encoding, GC1 on every step,
 X's share of SA's spatial mean, and in backward every forward activation, since H_t is a
@@ -22,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import compute_dtype
+from ..reference import GCParams, SAParams, compute_dtype
+from ..surrogate import SURROGATE_KINDS
 from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel
 from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persistent_kernel,
                        staa_plane_reduce_kernel)
@@ -120,7 +123,7 @@ def _compute_dtype(dtype: torch.dtype):
     return cd, (tl.float64 if cd == torch.float64 else tl.float32)
 
 
-def _check(x: Tensor, drop: Optional[Tensor], pos, gcx, gch, sa):
+def _check(x: Tensor, drop: Optional[Tensor], h0: Optional[Tensor], pos, gcx, gch, sa):
     if x.dim() != 4:
         raise ValueError(f"x must be [T, B, C, P], got shape {tuple(x.shape)}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -128,11 +131,20 @@ def _check(x: Tensor, drop: Optional[Tensor], pos, gcx, gch, sa):
     T, B, C, P = x.shape
     if drop is not None and tuple(drop.shape) != (T,):
         raise ValueError(f"drop must be a bool mask of shape [{T}], got {tuple(drop.shape)}")
+    if h0 is not None and tuple(h0.shape) != (B, C, P):
+        raise ValueError(f"h0 must be [B, C, P] = [{B}, {C}, {P}] or None, got {tuple(h0.shape)}")
     if pos is not None and (pos.dim() != 2 or pos.shape[0] < T or pos.shape[1] != C):
         raise ValueError(f"pos must be [T_pos >= {T}, {C}], got {tuple(pos.shape)}")
-    for name, blk, n in (("gcx", gcx, 8), ("gch", gch, 8), ("sa", sa, 4)):
-        if blk is not None and len(blk) != n:
-            raise ValueError(f"{name} must be a tuple of {n} tensors or None, got {len(blk)}")
+    for name, blk, cls in (("gcx", gcx, GCParams), ("gch", gch, GCParams), ("sa", sa, SAParams)):
+        if blk is not None and not isinstance(blk, cls):
+            raise TypeError(f"{name} must be a staa.reference.{cls.__name__} or None, got {type(blk).__name__}")
+
+
+def _surrogate_index(surrogate: str) -> int:
+    """The kernels' ``SURROGATE`` constexpr: the kind's index in ``SURROGATE_KINDS``."""
+    if surrogate not in SURROGATE_KINDS:
+        raise ValueError(f"surrogate must be one of {', '.join(map(repr, SURROGATE_KINDS))}, got {surrogate!r}")
+    return SURROGATE_KINDS.index(surrogate)
 
 
 def _drop_i8(drop: Optional[Tensor], T: int, device) -> Tensor:
@@ -145,6 +157,19 @@ def _vec(p: Tensor) -> Tensor:
     return p.detach().contiguous()
 
 
+def _block(blk, cls, dummy: Tensor):
+    """The block's weights detached and contiguous (same named tuple), or ``dummy`` in every
+    field for a disabled block (its pointers are never dereferenced)."""
+    if blk is None:
+        return cls(*([dummy] * len(cls._fields)))
+    return cls(*(_vec(w) for w in blk))
+
+
+def _rest(v_reset: Optional[float]) -> float:
+    """The constant H_{-1} when no initial state is given: v_reset (hard reset) or 0 (soft)."""
+    return 0.0 if v_reset is None else float(v_reset)
+
+
 def gc_context(z: Tensor, key_w: Tensor, key_b: Tensor) -> Tensor:
     """GC's attention-weighted context ``sum_p sigmoid(key(z_p)) z_p``: ``[N, C, P] -> [N, C]``."""
     cd = z.dtype
@@ -152,56 +177,66 @@ def gc_context(z: Tensor, key_w: Tensor, key_b: Tensor) -> Tensor:
     return torch.einsum("ncp,np->nc", z, torch.sigmoid(logits))
 
 
-def gc_mlp(ctx: Tensor, gc: Sequence[Tensor], eps: float = 1e-5):
+def gc_mlp(ctx: Tensor, gc: GCParams, eps: float = 1e-5):
     """GC's channel MLP ``value(relu(LN(query(ctx))))`` on ``[N, C]``.
 
     Returns ``(delta, qhat, n, rstd)``: the output ``[N, C]``, the normalised query
     ``[N, Ch]``, the LayerNorm output before the relu ``[N, Ch]`` and ``1/std`` ``[N]``.
     """
     cd = ctx.dtype
-    qw, qb, nw, nb, vw, vb = (p.to(cd) for p in gc[2:])
-    q = torch.nn.functional.linear(ctx, qw, qb)
+    q = torch.nn.functional.linear(ctx, gc.query_weight.to(cd), gc.query_bias.to(cd))
     mu = q.mean(-1, keepdim=True)
     var = (q - mu).square().mean(-1, keepdim=True)
     rstd = torch.rsqrt(var + eps)
     qhat = (q - mu) * rstd
-    n = qhat * nw + nb
-    delta = torch.nn.functional.linear(torch.relu(n), vw, vb)
+    n = qhat * gc.norm_weight.to(cd) + gc.norm_bias.to(cd)
+    delta = torch.nn.functional.linear(torch.relu(n), gc.value_weight.to(cd), gc.value_bias.to(cd))
     return delta, qhat, n, rstd[..., 0]
 
 
-def plane_reductions(src: Tensor, pos, gate, key, *, from_u: bool, want_sum: bool, v_threshold: float,
-                     v_reset: Optional[float], CD):
-    """GC context (``key`` given) and spatial sum of every (t, b) plane, each ``[T*B, C]`` or None.
+def plane_partials(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bool, want_sum: bool,
+                   v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD):
+    """Per-tile GC context (``gc`` given: its key) and spatial sum (``want_sum``) of every (t, b)
+    plane, each ``[T*B, NP, C]`` in the layout the MLP kernels read, or None.
 
     The plane is ``X = src + pos`` or, with ``from_u``, ``H_{t-1} = reset(u_{t-1} * gate_{t-1})``
-    (``src = u``). One read of ``src``; the per-tile partials are summed in a fixed order.
+    (``src = u``; H_{-1} is ``h0``, a ``[B, C, P]`` tensor, or the rest constant). One read of ``src``.
     """
     T, B, C, P = src.shape
     cd = torch.float64 if CD == tl.float64 else torch.float32
     tc = tile_config(C, P)
-    part_ctx = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if key is not None else None
+    part_ctx = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if gc is not None else None
     part_sum = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if want_sum else None
     dummy = part_ctx if part_ctx is not None else part_sum
-    h0 = 0.0 if v_reset is None else float(v_reset)
+    rest = _rest(v_reset)
+    has_h0 = from_u and h0 is not None
     _run(staa_plane_reduce_kernel, (T * B, tc.NP),
          src, pos if pos is not None else dummy, gate if gate is not None else dummy,
-         key[0] if key is not None else dummy, key[1] if key is not None else dummy,
+         gc.key_weight if gc is not None else dummy, gc.key_bias if gc is not None else dummy,
          part_ctx if part_ctx is not None else dummy, part_sum if part_sum is not None else dummy,
-         B, C, P, tc.NP, float(v_threshold), h0, h0,
-         FROM_U=from_u, HAS_POS=pos is not None, HAS_CTX=key is not None, HAS_SUM=want_sum,
+         h0 if has_h0 else dummy,
+         B, C, P, tc.NP, float(v_threshold), rest, rest,
+         FROM_U=from_u, HAS_H0=has_h0, HAS_POS=pos is not None, HAS_CTX=gc is not None, HAS_SUM=want_sum,
          HARD=v_reset is not None, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
+    return part_ctx, part_sum
+
+
+def plane_reductions(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bool, want_sum: bool,
+                     v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD):
+    """``plane_partials`` summed over the tiles in a fixed order: ``[T*B, C]`` each, or None."""
+    part_ctx, part_sum = plane_partials(src, pos, gate, gc, from_u=from_u, want_sum=want_sum,
+                                        v_threshold=v_threshold, v_reset=v_reset, h0=h0, CD=CD)
     return (part_ctx.sum(1) if part_ctx is not None else None), (part_sum.sum(1) if part_sum is not None else None)
 
 
-def _initial_parts(h0: float, C: int, P: int, NP: int, B: int, gch, cd, device):
-    """Partial reductions of the constant initial state H_{-1} = h0, as the kernels lay them out."""
+def _initial_parts(rest: float, C: int, P: int, NP: int, B: int, gch: Optional[GCParams], cd, device):
+    """Partial reductions of the constant initial state H_{-1} = rest, as the kernels lay them out."""
     part_ctx = torch.zeros(B, NP, C, dtype=cd, device=device)
     part_hsum = torch.zeros(B, NP, C, dtype=cd, device=device)
-    if h0 != 0.0:
-        plane = torch.full((1, C, P), h0, dtype=cd, device=device)
+    if rest != 0.0:
+        plane = torch.full((1, C, P), rest, dtype=cd, device=device)
         if gch is not None:
-            part_ctx[:, 0, :] = gc_context(plane, gch[0], gch[1])[0]
+            part_ctx[:, 0, :] = gc_context(plane, gch.key_weight, gch.key_bias)[0]
         part_hsum[:, 0, :] = plane.sum(-1)[0]
     return part_ctx, part_hsum
 
@@ -211,7 +246,7 @@ def _on_device(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        i = 0 if fn.__name__ == "staa_lif_forward" else 1
+        i = 0 if fn.__name__ == "staa_lif_forward" else 2  # backward: (grad_spikes, grad_h_last, x, ...)
         x = args[i] if len(args) > i else kwargs["x"]
         if x.device.type == "cuda":
             with torch.cuda.device(x.device):
@@ -221,20 +256,23 @@ def _on_device(fn):
     return wrapper
 
 
+
 @_on_device
 def staa_lif_forward(
     x: Tensor,
     drop: Optional[Tensor],
+    h0: Optional[Tensor],
     pos: Optional[Tensor],
-    gcx: Optional[Sequence[Tensor]],
-    gch: Optional[Sequence[Tensor]],
-    sa: Optional[Sequence[Tensor]],
+    gcx: Optional[GCParams],
+    gch: Optional[GCParams],
+    sa: Optional[SAParams],
     *,
     alpha: float,
     v_threshold: float,
     v_reset: Optional[float],
     detach_reset: bool,
-    surrogate_width: float,
+    surrogate: str,
+    surrogate_param: float,
     store_v_seq: bool,
     path: Optional[str] = None,
 ):
@@ -243,39 +281,45 @@ def staa_lif_forward(
     Args:
         x: input currents ``[T, B, C, P]`` (fp16/bf16/fp32/fp64), on CUDA or on the CPU
             under ``TRITON_INTERPRET=1``.
-        drop: bool TSRD mask ``[T]`` (True: aggregator skipped, V_t = I_t + H_{t-1}).
-        pos: position encoding ``[T_pos >= T, C]`` or ``None``.
-        gcx, gch: GC1 / GC2 weight 8-tuples or ``None``; sa: SA weight 4-tuple or ``None``.
+        drop: bool TSRD mask ``[T]`` (True: aggregator skipped, V_t = I_t + H_{t-1}); any step,
+            the first included.
+        h0: initial state H_{-1} ``[B, C, P]`` or ``None`` (v_reset for hard reset, 0 for soft).
+        pos: position encoding ``[T_pos >= T, C]`` (row t at local step t) or ``None``.
+        gcx, gch: GC1 / GC2 ``GCParams`` or ``None``; sa: ``SAParams`` or ``None``.
+        surrogate, surrogate_param: checked, otherwise unused (only the backward depends on them).
         path: ``"per_step"``, ``"persistent"`` or ``"auto"``/``None`` (see ``loop_path``);
             both give the same results.
 
     Returns:
         ``(spikes [T, B, C, P] x.dtype, h_last [B, C, P], v_seq [T, B, C, P] or None,
-        u [T, B, C, P], gate [T, B, C])``, all but spikes in the compute dtype.
+        u [T, B, C, P], gate [T, B, C])``, all but spikes in the compute dtype. Spikes are NaN
+        where V is not finite.
     """
-    _check(x, drop, pos, gcx, gch, sa)
+    _check(x, drop, h0, pos, gcx, gch, sa)
+    _surrogate_index(surrogate)
     T, B, C, P = x.shape
     persistent = loop_path(C, P, path) == "persistent"
     cd, CD = _compute_dtype(x.dtype)
     dev = x.device
     x = x.contiguous()
     drop8 = _drop_i8(drop, T, dev)
-    h0 = 0.0 if v_reset is None else float(v_reset)
-    vr = 0.0 if v_reset is None else float(v_reset)
-    gcx = None if gcx is None else [_vec(p) for p in gcx]
-    gch = None if gch is None else [_vec(p) for p in gch]
-    sa = None if sa is None else [_vec(p) for p in sa]
+    rest = _rest(v_reset)
+    h0c = h0.detach().to(cd).contiguous() if h0 is not None else None
+    gcx = None if gcx is None else _block(gcx, GCParams, None)
+    gch = None if gch is None else _block(gch, GCParams, None)
+    sa = None if sa is None else _block(sa, SAParams, None)
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
-    if x.numel() == 0:  # nothing to launch; the state after zero steps is H_{-1}
-        return (torch.empty_like(x), torch.full((B, C, P), h0, dtype=cd, device=dev),
+    if x.numel() == 0:  # nothing to launch; the state after zero steps is H_{-1} (a fresh tensor)
+        h_last = (h0c.clone() if h0c is not None else torch.full((B, C, P), rest, dtype=cd, device=dev))
+        return (torch.empty_like(x), h_last,
                 torch.zeros((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None,
                 torch.zeros((T, B, C, P), dtype=cd, device=dev), torch.ones((T, B, C), dtype=cd, device=dev))
+    red = dict(v_threshold=v_threshold, v_reset=v_reset, CD=CD)
 
     # H-independent work for all steps at once.
     d1 = xmean = None
     if gcx is not None or sa is not None:
-        ctx1, xsum = plane_reductions(x, posc, None, gcx[:2] if gcx is not None else None, from_u=False,
-                                      want_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, CD=CD)
+        ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red)
         if gcx is not None:
             d1 = gc_mlp(ctx1, gcx)[0].reshape(T, B, C).contiguous()
         if sa is not None:
@@ -291,26 +335,35 @@ def staa_lif_forward(
     else:
         gate = torch.ones((T, B, C), dtype=cd, device=dev)
     d2 = torch.empty((B, C), dtype=cd, device=dev) if gch is not None else None
-    part_ctx, part_hsum = _initial_parts(h0, C, P, tc.NP, B, gch, cd, dev)
+    # The reductions of H_{-1} that step 0's MLP kernel reads.
+    if h0c is None or (gch is None and sa is None):
+        part_ctx, part_hsum = _initial_parts(rest, C, P, tc.NP, B, gch, cd, dev)
+    else:
+        part_ctx, part_hsum = plane_partials(h0c[None], None, None, gch, from_u=False, want_sum=sa is not None,
+                                             h0=None, **red)
+        part_ctx = part_ctx if part_ctx is not None else torch.zeros_like(part_hsum)
+        part_hsum = part_hsum if part_hsum is not None else torch.zeros_like(part_ctx)
 
-    chg = gch[2].shape[0] if gch is not None else 1
-    chs = sa[0].shape[0] if sa is not None else 1
+    chg = gch.query_weight.shape[0] if gch is not None else 1
+    chs = sa.fc1_weight.shape[0] if sa is not None else 1
     block_cc, (block_hg, block_hs), mlp_warps = mlp_config(C, chg, chs)
     dummy = u  # stands in for pointers of disabled blocks; never dereferenced
-    g2 = gch if gch is not None else [dummy] * 8
-    s4 = sa if sa is not None else [dummy] * 4
+    g2 = _block(gch, GCParams, dummy)
+    s4 = _block(sa, SAParams, dummy)
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
+    scal = (float(v_threshold), rest, rest)  # v_th, v_reset, the constant H_{-1}
     if persistent:
         _run(staa_fwd_persistent_kernel, (B,),
             x, posc if posc is not None else dummy, d1 if d1 is not None else dummy,
             xmean if xmean is not None else dummy, d2 if d2 is not None else dummy, gate, u, spikes,
             v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum, drop8,
-            g2[0], g2[1], g2[2], g2[3], g2[4], g2[5], g2[6], g2[7],
-            s4[0], s4[1], s4[2], s4[3],
-            T, B, C, P, tc.NP, chg, chs, float(alpha), float(v_threshold), vr, h0,
-            HAS_POS=posc is not None, **flags, HARD=v_reset is not None, STORE_V=store_v_seq,
-            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs,
-            CD=CD, num_warps=persistent_warps(tc),
+            h0c if h0c is not None else dummy,
+            g2.key_weight, g2.key_bias, g2.query_weight, g2.query_bias, g2.norm_weight, g2.norm_bias,
+            g2.value_weight, g2.value_bias, s4.fc1_weight, s4.fc1_bias, s4.fc2_weight, s4.fc2_bias,
+            T, B, C, P, tc.NP, chg, chs, float(alpha), *scal,
+            HAS_H0=h0c is not None, HAS_POS=posc is not None, **flags, HARD=v_reset is not None,
+            STORE_V=store_v_seq, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, BLOCK_CC=block_cc, BLOCK_HG=block_hg,
+            BLOCK_HS=block_hs, CD=CD, num_warps=persistent_warps(tc),
         )
         return spikes, h_last, v_seq, u, gate
     for t in range(T):
@@ -319,8 +372,8 @@ def staa_lif_forward(
                 part_ctx, part_hsum,
                 d1 if d1 is not None else dummy, xmean if xmean is not None else dummy,
                 d2 if d2 is not None else dummy, gate, drop8,
-                g2[2], g2[3], g2[4], g2[5], g2[6], g2[7],
-                s4[0], s4[1], s4[2], s4[3],
+                g2.query_weight, g2.query_bias, g2.norm_weight, g2.norm_bias, g2.value_weight, g2.value_bias,
+                s4.fc1_weight, s4.fc1_bias, s4.fc2_weight, s4.fc2_bias,
                 t, B, C, P, tc.NP, chg, chs, float(alpha),
                 **flags, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs, CD=CD,
                 num_warps=mlp_warps,
@@ -329,17 +382,18 @@ def staa_lif_forward(
             x, posc if posc is not None else dummy, d1 if d1 is not None else dummy,
             d2 if d2 is not None else dummy, gate, u, spikes,
             v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum,
-            g2[0], g2[1], drop8,
-            t, B, C, P, tc.NP, float(v_threshold), vr, h0,
-            FIRST=t == 0, LAST=t == T - 1, HAS_POS=posc is not None, **flags,
+            g2.key_weight, g2.key_bias, drop8, h0c if h0c is not None and t == 0 else dummy,
+            t, B, C, P, tc.NP, *scal,
+            FIRST=t == 0, LAST=t == T - 1, HAS_H0=h0c is not None and t == 0, HAS_POS=posc is not None, **flags,
             HARD=v_reset is not None, STORE_V=store_v_seq,
             BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
         )
     return spikes, h_last, v_seq, u, gate
 
 
-def gc_mlp_weight_grads(gsum: Tensor, acts, gc: Sequence[Tensor]) -> tuple:
-    """Gradients of GC's query/LayerNorm/value weights given dL/d(delta) for every (t, b).
+def gc_mlp_weight_grads(gsum: Tensor, acts, gc: GCParams) -> tuple:
+    """Gradients of GC's query/LayerNorm/value weights given dL/d(delta) for every (t, b):
+    ``(query_weight, query_bias, norm_weight, norm_bias, value_weight, value_bias)``.
 
     ``gsum [T, B, C]`` (zero at dropped steps), ``acts = (ctx, qhat, n, rstd)`` from ``gc_mlp``.
     Plain matrix products: each is one fixed-order reduction over all T*B rows.
@@ -347,22 +401,33 @@ def gc_mlp_weight_grads(gsum: Tensor, acts, gc: Sequence[Tensor]) -> tuple:
     ctx, qhat, n, rstd = acts
     cd = ctx.dtype
     gd = gsum.reshape(ctx.shape)
-    nw, vw = gc[4].to(cd), gc[6].to(cd)
+    nw, vw = gc.norm_weight.to(cd), gc.value_weight.to(cd)
     gn = (gd @ vw) * (n > 0)
     gqh = gn * nw
     gq = rstd[:, None] * (gqh - gqh.mean(-1, keepdim=True) - qhat * (gqh * qhat).mean(-1, keepdim=True))
     return (gq.T @ ctx, gq.sum(0), (gn * qhat).sum(0), gn.sum(0), gd.T @ torch.relu(n), gd.sum(0))
 
 
+def _like(grads, blk):
+    """``grads`` (in field order) as ``blk``'s named tuple, each in its parameter's dtype."""
+    return type(blk)(*(g.to(p.dtype) for g, p in zip(grads, blk)))
+
+
+def _zero_grads(blk):
+    return None if blk is None else type(blk)(*(torch.zeros_like(p) for p in blk))
+
+
 @_on_device
 def staa_lif_backward(
     grad_spikes: Tensor,
+    grad_h_last: Optional[Tensor],
     x: Tensor,
     drop: Optional[Tensor],
+    h0: Optional[Tensor],
     pos: Optional[Tensor],
-    gcx: Optional[Sequence[Tensor]],
-    gch: Optional[Sequence[Tensor]],
-    sa: Optional[Sequence[Tensor]],
+    gcx: Optional[GCParams],
+    gch: Optional[GCParams],
+    sa: Optional[SAParams],
     u: Tensor,
     gate: Tensor,
     *,
@@ -370,53 +435,66 @@ def staa_lif_backward(
     v_threshold: float,
     v_reset: Optional[float],
     detach_reset: bool,
-    surrogate_width: float,
+    surrogate: str,
+    surrogate_param: float,
     path: Optional[str] = None,
 ):
-    """Backward of ``staa_lif_forward`` through the rectangular surrogate, in reverse time.
+    """Backward of ``staa_lif_forward`` in reverse time, through the ``surrogate`` kind's dS/dV
+    (``staa.surrogate``) with parameter ``surrogate_param``.
 
     Args:
         grad_spikes: dL/dspikes ``[T, B, C, P]``.
-        x, drop, pos, gcx, gch, sa: the forward's inputs.
+        grad_h_last: dL/dH_{T-1} ``[B, C, P]`` or ``None`` (the last state is not used).
+        x, drop, h0, pos, gcx, gch, sa: the forward's inputs.
         u, gate: the tensors saved by the forward (``[T, B, C, P]``, ``[T, B, C]``).
         path: ``"per_step"``, ``"persistent"`` or ``"auto"``/``None`` (see ``loop_path``);
             both give the same gradients, whichever path the forward took.
 
     Returns:
-        ``(grad_x [T, B, C, P] x.dtype, grad_pos [T_pos, C] or None, grad_gcx 8-tuple or None,
-        grad_gch 8-tuple or None, grad_sa 4-tuple or None)``; parameter gradients are in the
-        parameters' dtypes, rows ``>= T`` of grad_pos are zero.
+        ``(grad_x [T, B, C, P] x.dtype, grad_h0 [B, C, P] h0.dtype or None, grad_pos (pos's
+        shape) or None, grad_gcx GCParams or None, grad_gch GCParams or None, grad_sa SAParams
+        or None)``; parameter gradients are in the parameters' dtypes, rows ``>= T`` of
+        grad_pos are zero.
     """
-    _check(x, drop, pos, gcx, gch, sa)
+    _check(x, drop, h0, pos, gcx, gch, sa)
+    kind = _surrogate_index(surrogate)
     T, B, C, P = x.shape
+    if grad_h_last is not None and tuple(grad_h_last.shape) != (B, C, P):
+        raise ValueError(f"grad_h_last must be [B, C, P] = [{B}, {C}, {P}] or None, got {tuple(grad_h_last.shape)}")
     cd, CD = _compute_dtype(x.dtype)
     dev = x.device
+    if x.numel() == 0:  # H_{T-1} is H_{-1}: grad_h0 is grad_h_last
+        grad_h0 = None
+        if h0 is not None:
+            grad_h0 = (grad_h_last.detach().to(h0.dtype, copy=True) if grad_h_last is not None
+                       else torch.zeros_like(h0))
+        return (torch.zeros_like(x), grad_h0, torch.zeros_like(pos) if pos is not None else None,
+                _zero_grads(gcx), _zero_grads(gch), _zero_grads(sa))
     x = x.contiguous()
     u = u.detach().to(cd).contiguous()
     gate = gate.detach().to(cd).contiguous()
     grad_spikes = grad_spikes.contiguous()
     drop8 = _drop_i8(drop, T, dev)
-    h0 = 0.0 if v_reset is None else float(v_reset)
+    rest = _rest(v_reset)
+    h0c = h0.detach().to(cd).contiguous() if h0 is not None else None
+    ghl = grad_h_last.detach().to(cd).contiguous() if grad_h_last is not None else None
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
+    gcx = None if gcx is None else _block(gcx, GCParams, None)
+    gch = None if gch is None else _block(gch, GCParams, None)
+    sa = None if sa is None else _block(sa, SAParams, None)
     has_mlp = gcx is not None or gch is not None or sa is not None
     persistent = loop_path(C, P, path) == "persistent"
-    if x.numel() == 0:
-        def zeros(blk):
-            return None if blk is None else tuple(torch.zeros_like(p) for p in blk)
-        return (torch.zeros_like(x), torch.zeros_like(pos) if pos is not None else None, zeros(gcx), zeros(gch),
-                zeros(sa))
     tc = tile_config(C, P)
+    red = dict(v_threshold=v_threshold, v_reset=v_reset, CD=CD)
 
     # Recompute every forward activation of the channel MLPs, batched over all steps.
     # H_{t-1} = reset(u_{t-1} * gate_{t-1}) needs no recurrence.
     acts = {}
     with torch.no_grad():
         if gcx is not None or sa is not None:
-            ctx1, xsum = plane_reductions(x, posc, None, gcx[:2] if gcx is not None else None, from_u=False,
-                                          want_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, CD=CD)
+            ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red)
         if gch is not None or sa is not None:
-            ctx2, hsum = plane_reductions(u, None, gate, gch[:2] if gch is not None else None, from_u=True,
-                                          want_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, CD=CD)
+            ctx2, hsum = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None, h0=h0c, **red)
         if sa is not None:
             xmean, hmean = xsum / P, hsum / P
         pooled_x = xmean if sa is not None else None
@@ -432,12 +510,12 @@ def staa_lif_backward(
             if sa is not None:
                 pooled_h = pooled_h + d2
         if sa is not None:
-            w1, b1 = (p.to(cd) for p in sa[:2])
             pooled = float(alpha) * (pooled_x + pooled_h)
-            hid = torch.relu(torch.nn.functional.linear(pooled, w1, b1))
+            hid = torch.relu(torch.nn.functional.linear(pooled, sa.fc1_weight.to(cd), sa.fc1_bias.to(cd)))
             acts["sa"] = (pooled, hid.contiguous())
 
     grad_x = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
+    grad_h0 = torch.empty((B, C, P), dtype=cd, device=dev) if h0c is not None else None
     gv = torch.empty((2, B, C, P), dtype=cd, device=dev)  # dL/dV of two consecutive steps
     gv_bufs = [gv[0], gv[1]]
     part_a = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
@@ -450,56 +528,62 @@ def staa_lif_backward(
            torch.zeros((B, tc.NP, C), dtype=cd, device=dev), torch.zeros((B, tc.NP), dtype=cd, device=dev)]
 
     dummy = u
-    chs = sa[0].shape[0] if sa is not None else 1
-    chg1 = gcx[2].shape[0] if gcx is not None else 1
-    chg2 = gch[2].shape[0] if gch is not None else 1
+    chs = sa.fc1_weight.shape[0] if sa is not None else 1
+    chg1 = gcx.query_weight.shape[0] if gcx is not None else 1
+    chg2 = gch.query_weight.shape[0] if gch is not None else 1
     block_cc, (block_hs, block_h1, block_h2), mlp_warps = mlp_config(C, chs, chg1, chg2)
-    g1 = [_vec(p) for p in gcx] if gcx is not None else [dummy] * 8
-    g2 = [_vec(p) for p in gch] if gch is not None else [dummy] * 8
-    s4 = [_vec(p) for p in sa] if sa is not None else [dummy] * 4
+    g1 = _block(gcx, GCParams, dummy)
+    g2 = _block(gch, GCParams, dummy)
+    s4 = _block(sa, SAParams, dummy)
     a1 = acts["gcx"][1:] if gcx is not None else (dummy,) * 3
     a2 = acts["gch"][1:] if gch is not None else (dummy,) * 3
     hid_t = acts["sa"][1] if sa is not None else dummy
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
-    scal = (float(v_threshold), 0.0 if v_reset is None else float(v_reset), h0, float(surrogate_width))
+    scal = (float(v_threshold), rest, rest, float(surrogate_param))  # v_th, v_reset, constant H_{-1}, p
+    states = (h0c if h0c is not None else dummy, grad_h0 if grad_h0 is not None else dummy,
+              ghl if ghl is not None else dummy)
 
     def elem(t, finish, start, gv_in, gv_out):
+        # Specialise only where it matters: the surrogate where a step starts, h0 at t = 0,
+        # grad_h_last at t = T.
         _run(staa_bwd_elem_kernel, (B, tc.NP),
             grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8,
             gv_in, gv_out, vecs[0], vecs[1], vecs[2], grad_x,
-            g1[0], g1[1], g2[0], g2[1], acc[0], acc[1], acc[2], acc[3],
-            gpos_part if gpos_part is not None else dummy, part_a, part_b,
+            g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias, acc[0], acc[1], acc[2], acc[3],
+            gpos_part if gpos_part is not None else dummy, part_a, part_b, *states,
             t, B, C, P, tc.NP, *scal,
-            FINISH=finish, START=start, HAS_POS=posc is not None, **flags,
-            HARD=v_reset is not None, DETACH=bool(detach_reset),
+            FINISH=finish, START=start, SURROGATE=kind if start else 0,
+            HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish,
+            HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
             BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
         )
 
     if persistent:
         _run(staa_bwd_persistent_kernel, (B,),
             grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8, gv,
-            vecs[0], vecs[1], vecs[2], grad_x, g1[0], g1[1], g2[0], g2[1], acc[0], acc[1], acc[2], acc[3],
-            gpos_part if gpos_part is not None else dummy, part_a, part_b,
-            hid_t, s4[0], s4[2],
-            a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],
-            a2[1], a2[0], a2[2], g2[4], g2[2], g2[6],
-            gz if gz is not None else dummy, gsum if gsum is not None else dummy,
+            vecs[0], vecs[1], vecs[2], grad_x, g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias,
+            acc[0], acc[1], acc[2], acc[3], gpos_part if gpos_part is not None else dummy, part_a, part_b,
+            hid_t, s4.fc1_weight, s4.fc2_weight,
+            a1[1], a1[0], a1[2], g1.norm_weight, g1.query_weight, g1.value_weight,
+            a2[1], a2[0], a2[2], g2.norm_weight, g2.query_weight, g2.value_weight,
+            gz if gz is not None else dummy, gsum if gsum is not None else dummy, *states,
             T, B, C, P, tc.NP, chs, chg1, chg2, float(alpha), *scal,
+            SURROGATE=kind, HAS_H0=h0c is not None, HAS_GHL=ghl is not None,
             HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
             BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P,
             BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
             CD=CD, num_warps=persistent_warps(tc),
         )
     else:
-        elem(T, False, True, gv_bufs[1], gv_bufs[0])  # dL/dV_{T-1} (nothing flows into H_{T-1})
+        elem(T, False, True, gv_bufs[1], gv_bufs[0])  # dL/dV_{T-1} (dL/dH_{T-1} = grad_h_last or 0)
         for t in range(T - 1, -1, -1):
             k = (T - 1 - t) % 2
             if has_mlp:
                 _run(staa_bwd_mlp_kernel, (B,),
                     part_a, part_b, gate, drop8,
-                    hid_t, s4[0], s4[2],
-                    a1[1], a1[0], a1[2], g1[4], g1[2], g1[6],
-                    a2[1], a2[0], a2[2], g2[4], g2[2], g2[6],
+                    hid_t, s4.fc1_weight, s4.fc2_weight,
+                    a1[1], a1[0], a1[2], g1.norm_weight, g1.query_weight, g1.value_weight,
+                    a2[1], a2[0], a2[2], g2.norm_weight, g2.query_weight, g2.value_weight,
                     vecs[0], vecs[1], vecs[2], gz, gsum,
                     t, B, C, tc.NP, chs, chg1, chg2, float(alpha),
                     **flags, BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
@@ -515,16 +599,16 @@ def staa_lif_backward(
     grad_gcx = grad_gch = grad_sa = None
     with torch.no_grad():
         if gcx is not None:
-            kw = acc[0].sum((0, 1))[None, :]
-            kb = acc[1].sum().reshape(1)
-            grad_gcx = tuple(g.to(p.dtype) for g, p in zip((kw, kb) + gc_mlp_weight_grads(gsum, acts["gcx"], gcx), gcx))
+            key = (acc[0].sum((0, 1))[None, :], acc[1].sum().reshape(1))
+            grad_gcx = _like(key + gc_mlp_weight_grads(gsum, acts["gcx"], gcx), gcx)
         if gch is not None:
-            kw = acc[2].sum((0, 1))[None, :]
-            kb = acc[3].sum().reshape(1)
-            grad_gch = tuple(g.to(p.dtype) for g, p in zip((kw, kb) + gc_mlp_weight_grads(gsum, acts["gch"], gch), gch))
+            key = (acc[2].sum((0, 1))[None, :], acc[3].sum().reshape(1))
+            grad_gch = _like(key + gc_mlp_weight_grads(gsum, acts["gch"], gch), gch)
         if sa is not None:
             pooled, hid = acts["sa"]
             gzf = gz.reshape(T * B, C)
-            ghid = (gzf @ sa[2].to(cd)) * (hid > 0)
-            grad_sa = tuple(g.to(p.dtype) for g, p in zip((ghid.T @ pooled, ghid.sum(0), gzf.T @ hid, gzf.sum(0)), sa))
-    return grad_x, grad_pos, grad_gcx, grad_gch, grad_sa
+            ghid = (gzf @ sa.fc2_weight.to(cd)) * (hid > 0)
+            grad_sa = _like((ghid.T @ pooled, ghid.sum(0), gzf.T @ hid, gzf.sum(0)), sa)
+    if grad_h0 is not None:
+        grad_h0 = grad_h0.to(h0.dtype)
+    return grad_x, grad_h0, grad_pos, grad_gcx, grad_gch, grad_sa

@@ -1,4 +1,4 @@
-"""Backward Triton kernels of the STAA-LIF recurrence (rectangular surrogate, reverse time).
+"""Backward Triton kernels of the STAA-LIF recurrence (reverse time).
 
 Every forward activation is a pure function of the saved ``u``/``gate`` and the input, so
 the launcher recomputes the channel-MLP activations for all steps at once with torch. What
@@ -21,6 +21,12 @@ stays sequential is the gradient flowing into the membrane state, dL/dH_{t-1}; p
 For small planes (``launch.loop_path``) ``staa_bwd_persistent_kernel`` (grid ``[B]``) runs
 that whole launch sequence for one sample in one program, the two kernels' bodies
 (``_bwd_mlp_sample``, ``_bwd_elem_tile``) separated by CTA barriers.
+
+The surrogate derivative dS/dV is a compile-time switch ``SURROGATE`` (the index of the kind
+in ``staa.surrogate.SURROGATE_KINDS``) with one parameter ``sg_param``; only the elementwise
+passes that start a step use it. With ``HAS_H0`` the initial state is a tensor: it is read
+at step 0 and dL/dH_{-1} is written to ``grad_h0``; with ``HAS_GHL`` an incoming dL/dH_{T-1}
+starts the reverse loop.
 """
 from __future__ import annotations
 
@@ -147,6 +153,25 @@ def _bwd_mlp_sample(
 
 
 @triton.jit
+def _surrogate_bwd(gs, x, p, SURROGATE: tl.constexpr):
+    """dL/dV = gs * dS/dV at ``x = V - v_th`` for the surrogate kind ``SURROGATE`` with
+    parameter ``p`` (see ``staa.surrogate``): 0 rect (width p), 1 atan, 2 sigmoid (alpha p),
+    3 fast_sigmoid (slope p). ``x`` and ``p`` are in the compute dtype."""
+    if SURROGATE == 0:
+        g = tl.where(tl.abs(x) < p * 0.5, gs / p, 0.0)
+    elif SURROGATE == 1:
+        kx = (1.5707963267948966 * p) * x  # pi/2 p x
+        g = gs * (p / (2.0 * (1.0 + kx * kx)))
+    elif SURROGATE == 2:
+        sg = _sigmoid(p * x)
+        g = gs * (p * sg * (1.0 - sg))
+    else:
+        d = p * tl.abs(x) + 1.0
+        g = gs * (1.0 / (d * d))
+    return g
+
+
+@triton.jit
 def _gc_key_bwd(z, gctx, kw, kb, mp):
     """Gradient into GC's input ``z`` [BLOCK_C, BLOCK_P] from dL/dcontext ``gctx`` [BLOCK_C]
     (context = sum_p sigmoid(kw . z_p + kb) z_p), not counting the residual.
@@ -170,9 +195,11 @@ def staa_bwd_elem_kernel(
     acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr,  # [B, NP, C], [B, NP]: key-grad partials
     gpos_ptr,  # [T, B, NP, C] out: per-tile sum_p dL/dX_t
     part_a_ptr, part_b_ptr,  # [B, NP, C] out: per-tile sum_p gV_{t-1} u_{t-1}, sum_p gV_{t-1}
-    t, B, C, P, NP, v_th, v_reset, h0, width,
-    FINISH: tl.constexpr, START: tl.constexpr,
-    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    h0_ptr, gh0_ptr,  # [B, C, P] CD: initial state H_{-1} and dL/dH_{-1} out (only with HAS_H0)
+    ghl_ptr,  # [B, C, P] CD: incoming dL/dH_{T-1} (only with HAS_GHL)
+    t, B, C, P, NP, v_th, v_reset, h0, sg_param,
+    FINISH: tl.constexpr, START: tl.constexpr, SURROGATE: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_GHL: tl.constexpr, HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, DETACH: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
 ):
@@ -180,8 +207,8 @@ def staa_bwd_elem_kernel(
         tl.program_id(0), tl.program_id(1), t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
         gv_in_ptr, gv_out_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
         acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
-        B, C, P, NP, v_th, v_reset, h0, width, FINISH, START, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH,
-        BLOCK_C, BLOCK_P, CD,
+        h0_ptr, gh0_ptr, ghl_ptr, B, C, P, NP, v_th, v_reset, h0, sg_param, FINISH, START, SURROGATE, HAS_H0, HAS_GHL,
+        HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH, BLOCK_C, BLOCK_P, CD,
     )
 
 
@@ -190,18 +217,19 @@ def _bwd_elem_tile(
     b, j, t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
     gv_in_ptr, gv_out_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
     acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
-    B, C, P, NP, v_th, v_reset, h0, width,
-    FINISH: tl.constexpr, START: tl.constexpr,
-    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    h0_ptr, gh0_ptr, ghl_ptr, B, C, P, NP, v_th, v_reset, h0, sg_param,
+    FINISH: tl.constexpr, START: tl.constexpr, SURROGATE: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_GHL: tl.constexpr, HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, DETACH: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
 ):
     """Tile j of sample b at step t (body of ``staa_bwd_elem_kernel``, also run in place by
-    the persistent kernel)."""
+    the persistent kernel). FINISH: step t's gradients down to dL/dH_{t-1} (written to
+    ``grad_h0`` at t = 0 with HAS_H0); START: dL/dV_{t-1} through the surrogate and the reset."""
     v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
     v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
     h0 = tl.cast(tl.cast(h0, tl.float32), CD)
-    width = tl.cast(tl.cast(width, tl.float32), CD)
+    sg_param = tl.cast(tl.cast(sg_param, tl.float32), CD)
 
     offs_c = tl.arange(0, BLOCK_C)
     offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -219,6 +247,8 @@ def _bwd_elem_tile(
         gp = tl.load(gate_ptr + prev + offs_c, mask=mc, other=0.0)
         vp = up * gp[:, None]
         sp, hp = _reset(vp, v_th, v_reset, HARD)
+    elif HAS_H0:
+        hp = tl.load(h0_ptr + state, mask=m, other=0.0)
     else:
         hp = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0
     hp = tl.where(m, hp, 0.0)
@@ -263,19 +293,23 @@ def _bwd_elem_tile(
             akw2 = tl.load(acc_kw2_ptr + part + offs_c, mask=mc, other=0.0)
             tl.store(acc_kw2_ptr + part + offs_c, akw2 + tl.sum(hp * gl2[None, :], axis=1), mask=mc)
             tl.store(acc_kb2_ptr + part_s, tl.load(acc_kb2_ptr + part_s) + tl.sum(gl2, axis=0))
+        if HAS_H0:
+            if not START:  # t = 0: dL/dH_{-1}
+                tl.store(gh0_ptr + state, gh, mask=m)
+    elif HAS_GHL:  # t = T: dL/dH_{T-1} comes from the caller
+        gh = tl.load(ghl_ptr + state, mask=m, other=0.0).to(CD)
     else:
         gh = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD)
 
     if START:
-        # dL/dV_{t-1}: spikes and reset through the rectangular surrogate, the rest of H_{t-1}.
+        # dL/dV_{t-1}: spikes and reset through the surrogate, the rest of H_{t-1}.
         gs = tl.load(gs_ptr + prev * P + tile, mask=m, other=0.0).to(CD)
         if not DETACH:
             if HARD:
                 gs = gs + gh * (v_reset - vp)
             else:
                 gs = gs - gh * v_th
-        win = tl.abs(vp - v_th) < width * 0.5
-        gvp = tl.where(win, gs / width, 0.0)
+        gvp = _surrogate_bwd(gs, vp - v_th, sg_param, SURROGATE)
         if HARD:
             gvp = gvp + tl.where(sp, 0.0, gh)
         else:
@@ -296,8 +330,9 @@ def staa_bwd_persistent_kernel(
     hid_ptr, f1w_ptr, f2w_ptr,
     n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
     gz_ptr, gsum_ptr,
-    T, B, C, P, NP, CHS, CHG1, CHG2, alpha, v_th, v_reset, h0, width,
-    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    h0_ptr, gh0_ptr, ghl_ptr,  # as in ``staa_bwd_elem_kernel``
+    T, B, C, P, NP, CHS, CHG1, CHG2, alpha, v_th, v_reset, h0, sg_param,
+    SURROGATE: tl.constexpr, HAS_H0: tl.constexpr, HAS_GHL: tl.constexpr, HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, DETACH: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
@@ -311,14 +346,14 @@ def staa_bwd_persistent_kernel(
     per (sample, tile) or per (step, sample), as in the per-step path."""
     b = tl.program_id(0)
     plane = (b.to(tl.int64) * 0 + B) * C * P  # elements of one [B, C, P] gv buffer, in int64
-    # dL/dV_{T-1} into buffer 0 (nothing flows into H_{T-1}).
+    # dL/dV_{T-1} into buffer 0 (dL/dH_{T-1} is grad_h_last with HAS_GHL, else 0).
     for j in range(0, NP):
         _bwd_elem_tile(
             b, j, T, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr, gv_ptr + plane, gv_ptr,
             gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
             acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
-            B, C, P, NP, v_th, v_reset, h0, width, False, True, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH,
-            BLOCK_C, BLOCK_P, CD,
+            h0_ptr, gh0_ptr, ghl_ptr, B, C, P, NP, v_th, v_reset, h0, sg_param, False, True, SURROGATE, HAS_H0,
+            HAS_GHL, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH, BLOCK_C, BLOCK_P, CD,
         )
     tl.debug_barrier()
     for k in range(1, T + 1):
@@ -340,8 +375,8 @@ def staa_bwd_persistent_kernel(
                     b, j, t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr, gv_in, gv_out,
                     gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
                     acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
-                    B, C, P, NP, v_th, v_reset, h0, width, True, True, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD,
-                    DETACH, BLOCK_C, BLOCK_P, CD,
+                    h0_ptr, gh0_ptr, ghl_ptr, B, C, P, NP, v_th, v_reset, h0, sg_param, True, True, SURROGATE, HAS_H0,
+                    HAS_GHL, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH, BLOCK_C, BLOCK_P, CD,
                 )
         else:
             for j in range(0, NP):
@@ -349,7 +384,7 @@ def staa_bwd_persistent_kernel(
                     b, j, t, gs_ptr, x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr, gv_in, gv_out,
                     gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
                     acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
-                    B, C, P, NP, v_th, v_reset, h0, width, True, False, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD,
-                    DETACH, BLOCK_C, BLOCK_P, CD,
+                    h0_ptr, gh0_ptr, ghl_ptr, B, C, P, NP, v_th, v_reset, h0, sg_param, True, False, SURROGATE, HAS_H0,
+                    HAS_GHL, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH, BLOCK_C, BLOCK_P, CD,
                 )
         tl.debug_barrier()

@@ -15,6 +15,8 @@ instead runs the whole time loop of one sample in one program: per step the same
 a CTA barrier, the elementwise pass over the plane's tiles, and another barrier.
 
 All arithmetic is in ``CD`` (float32, or float64 for float64 input); scalars are cast.
+The initial state H_{-1} is either the rest constant ``h0`` (``HAS_H0`` off: nothing to load)
+or a ``[B, C, P]`` tensor (``HAS_H0``). A non-finite V gives a NaN spike and a NaN state.
 """
 from __future__ import annotations
 
@@ -39,13 +41,23 @@ def _sum_partials(ptr, NP, C, offs_c, mc, BLOCK_CC: tl.constexpr, CD: tl.constex
 
 @triton.jit
 def _reset(v, v_th, v_reset, HARD: tl.constexpr):
-    """H = reset(V): spike where V >= v_th; hard reset to v_reset or soft reset by v_th."""
+    """H = reset(V): spike where V >= v_th; hard reset to v_reset or soft reset by v_th.
+
+    ``V - V`` is 0 where V is finite and NaN where it is not, so H is NaN wherever V is not
+    finite, as the multiplicative reset formula with a NaN spike gives (see ``_spike_value``).
+    """
     s = v >= v_th
     if HARD:
-        h = tl.where(s, v_reset, v)
+        h = tl.where(s, v_reset, v) + (v - v)
     else:
-        h = tl.where(s, v - v_th, v)
+        h = tl.where(s, v - v_th, v) + (v - v)
     return s, h
+
+
+@triton.jit
+def _spike_value(s, v):
+    """The stored spike: 1.0 / 0.0 from the comparison ``s``, NaN where V is not finite."""
+    return tl.where(s, 1.0, 0.0) + (v - v)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -153,8 +165,9 @@ def staa_fwd_elem_kernel(
     part_ctx_ptr, part_hsum_ptr,  # [B, NP, C] out: reductions of H_t over this tile
     kw_ptr, kb_ptr,  # GC2 key weight [C] and bias [1]
     drop_ptr,  # [T] int8
+    h0_ptr,  # [B, C, P] CD initial state H_{-1} (read at the first step, only with HAS_H0)
     t, B, C, P, NP, v_th, v_reset, h0,
-    FIRST: tl.constexpr, LAST: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, STORE_V: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
@@ -177,7 +190,10 @@ def staa_fwd_elem_kernel(
 
     i = tl.load(x_ptr + cur_plane, mask=m, other=0.0).to(CD)
     if FIRST:
-        h = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0
+        if HAS_H0:
+            h = tl.load(h0_ptr + b.to(tl.int64) * C * P + tile, mask=m, other=0.0)
+        else:
+            h = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0
     else:
         # H_{t-1} is recomputed exactly as step t-1 produced it: V = u * gate, then reset.
         prev = ((t - 1) * B + b).to(tl.int64) * C
@@ -195,10 +211,11 @@ def staa_fwd_elem_kernel(
         hh = hh + tl.load(d2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)[:, None]
     u = tl.where(dropped, i + h, xx + hh)
     g = tl.load(gate_ptr + cur + offs_c, mask=mc, other=0.0)
-    s, hn = _reset(u * g[:, None], v_th, v_reset, HARD)
+    v = u * g[:, None]
+    s, hn = _reset(v, v_th, v_reset, HARD)
 
     tl.store(u_ptr + cur_plane, u, mask=m)
-    tl.store(s_ptr + cur_plane, tl.where(s, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=m)
+    tl.store(s_ptr + cur_plane, _spike_value(s, v).to(s_ptr.dtype.element_ty), mask=m)
     if STORE_V:
         tl.store(vseq_ptr + cur_plane, hn, mask=m)
     if LAST:
@@ -223,9 +240,11 @@ def staa_fwd_persistent_kernel(
     gate_ptr, u_ptr, s_ptr, vseq_ptr, hlast_ptr,  # outputs, as in ``staa_fwd_elem_kernel``
     part_ctx_ptr, part_hsum_ptr,  # [B, NP, C] scratch: tile reductions of H_{t-1} (row b)
     drop_ptr,  # [T] int8
+    h0_ptr,  # [B, C, P] CD initial state H_{-1} (only with HAS_H0)
     kw_ptr, kb_ptr, qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr,  # GC2 weights
     f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
     T, B, C, P, NP, CHG, CHS, alpha, v_th, v_reset, h0,
+    HAS_H0: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, STORE_V: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -277,7 +296,11 @@ def staa_fwd_persistent_kernel(
             i = tl.load(x_ptr + cur_plane, mask=m, other=0.0).to(CD)
             up = tl.load(u_ptr + prev * P + tile, mask=m & has_prev[:, None], other=0.0)
             _, hp = _reset(up * gp[:, None], v_th, v_reset, HARD)
-            h = tl.where(has_prev[:, None], hp, h0)
+            if HAS_H0:
+                hi = tl.load(h0_ptr + b.to(tl.int64) * C * P + tile, mask=m & ~has_prev[:, None], other=0.0)
+                h = tl.where(has_prev[:, None], hp, hi)
+            else:
+                h = tl.where(has_prev[:, None], hp, h0)
             xx = i  # the same additions in the same order as the per-step kernel
             if HAS_POS:
                 xx = xx + pe[:, None]
@@ -287,10 +310,11 @@ def staa_fwd_persistent_kernel(
             if HAS_GCH:
                 hh = hh + d2[:, None]
             u = tl.where(dropped, i + h, xx + hh)
-            s, hn = _reset(u * g[:, None], v_th, v_reset, HARD)
+            v = u * g[:, None]
+            s, hn = _reset(v, v_th, v_reset, HARD)
 
             tl.store(u_ptr + cur_plane, u, mask=m)
-            tl.store(s_ptr + cur_plane, tl.where(s, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=m)
+            tl.store(s_ptr + cur_plane, _spike_value(s, v).to(s_ptr.dtype.element_ty), mask=m)
             if STORE_V:
                 tl.store(vseq_ptr + cur_plane, hn, mask=m)
             tl.store(hlast_ptr + b.to(tl.int64) * C * P + tile, hn, mask=m & is_last[:, None])
@@ -315,13 +339,15 @@ def staa_plane_reduce_kernel(
     gate_ptr,  # [T, B, C] saved gate (FROM_U=True)
     kw_ptr, kb_ptr,  # GC key weight [C] and bias [1]
     part_ctx_ptr, part_sum_ptr,  # [T*B, NP, C] out: per-tile GC context and spatial sum
+    h0_ptr,  # [B, C, P] CD initial state H_{-1} (FROM_U with HAS_H0)
     B, C, P, NP, v_th, v_reset, h0,
-    FROM_U: tl.constexpr, HAS_POS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_SUM: tl.constexpr,
-    HARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
+    FROM_U: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_SUM: tl.constexpr, HARD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CD: tl.constexpr,
 ):
     """Per-tile reductions of one plane for every (t, b) at once (the H-independent work):
     X_t = I_t + PE_t, or, with FROM_U, the state H_{t-1} = reset(u_{t-1} * gate_{t-1})
-    (H_{-1} = h0). Writes sum_p sigmoid(kw . z_p + kb) z_p and sum_p z_p per tile."""
+    (H_{-1}: the constant ``h0``, or the tensor at ``h0_ptr`` with HAS_H0).
+    Writes sum_p sigmoid(kw . z_p + kb) z_p and sum_p z_p per tile."""
     r = tl.program_id(0)  # t * B + b
     j = tl.program_id(1)
     t = r // B
@@ -340,7 +366,12 @@ def staa_plane_reduce_kernel(
         up = tl.load(src_ptr + prev * P + tile, mask=m, other=0.0)
         gp = tl.load(gate_ptr + prev + offs_c, mask=mc, other=0.0)
         _, h = _reset(up * gp[:, None], v_th, v_reset, HARD)
-        z = tl.where(t > 0, h, h0)
+        if HAS_H0:
+            first = (offs_c * 0 + t) == 0  # t as a [BLOCK_C] tensor (a plain int under the interpreter)
+            hi = tl.load(h0_ptr + (r - t * B).to(tl.int64) * C * P + tile, mask=m & first[:, None], other=0.0)
+            z = tl.where(t > 0, h, hi)
+        else:
+            z = tl.where(t > 0, h, h0)
     else:
         z = tl.load(src_ptr + r.to(tl.int64) * C * P + tile, mask=m, other=0.0).to(CD)
         if HAS_POS:
