@@ -11,6 +11,7 @@ import fnmatch
 import inspect
 import math
 import sys
+import warnings
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -19,8 +20,9 @@ from torch import nn
 
 from ._blocks import is_uninitialized
 from .neuron import STAALIF
+from .surrogate import Surrogate
 
-__all__ = ["convert", "ConvertReport", "ReplacedNode", "SkippedNode"]
+__all__ = ["convert", "ConvertReport", "ReplacedNode", "SkippedNode", "FlatNode", "LINEAR_CHOICES"]
 
 # (module exporting the classes, class name, kind, fixed step mode or None = read node.step_mode)
 _NODE_CLASSES = (
@@ -39,13 +41,17 @@ _BASE_CLASSES = (
     ("spikingjelly.activation_based.neuron", "BaseNode"),
     ("spikingjelly.clock_driven.neuron", "BaseNode"),
 )
-_RECT = (
-    ("spikingjelly.activation_based.surrogate", "Rect"),
-    ("spikingjelly.clock_driven.surrogate", "Rect"),
-)
+# The surrogate modules: spikingjelly 2.x and 0.0.0.0.14 (activation_based) and the legacy API.
+_SURROGATE_MODULES = ("spikingjelly.activation_based.surrogate", "spikingjelly.clock_driven.surrogate")
 # Settings carried from the node; staalif_options may override them.
-_CARRIED = ("v_threshold", "v_reset", "detach_reset", "surrogate_width", "step_mode", "store_v_seq")
+_CARRIED = (
+    "v_threshold", "v_reset", "detach_reset", "surrogate", "surrogate_width", "surrogate_alpha", "step_mode",
+    "store_v_seq",
+)
+_SURROGATE_OPTIONS = ("surrogate", "surrogate_width", "surrogate_alpha")
 _NOT_OPTIONS = ("channels", "device", "dtype")
+#: Values of convert's ``linear`` option: what to do with nodes whose input has no spatial positions.
+LINEAR_CHOICES = ("keep", "convert")
 # Hook dictionaries that move to the new module (the same objects, so old handles still remove them).
 _HOOK_DICTS = (
     "_forward_pre_hooks",
@@ -88,7 +94,8 @@ def _known_classes() -> Dict[type, _Kind]:
 # ---------------------------------------------------------------------------------- report
 @dataclasses.dataclass(frozen=True)
 class ReplacedNode:
-    """One node swapped for STAALIF. ``channels``/``T`` are ``None`` where sizing is lazy."""
+    """One node swapped for STAALIF. ``channels``/``T`` are ``None`` where sizing is lazy;
+    ``surrogate`` is the new node's surrogate (e.g. ``"surrogate='atan', surrogate_alpha=2"``)."""
 
     name: str
     old_class: str
@@ -96,6 +103,7 @@ class ReplacedNode:
     T: Optional[int]
     step_mode: str
     dropped: Tuple[str, ...]
+    surrogate: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,16 +115,33 @@ class SkippedNode:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class FlatNode:
+    """A node whose input has no spatial positions (``[T, B, C]``, or ``[B, C]`` per step), as
+    after a ``Linear`` layer: ``added_params`` is what STAA adds (or would add) to it, and
+    ``converted`` says whether it became a STAALIF (``linear="convert"``) or stayed (``"keep"``)."""
+
+    name: str
+    cls: str
+    channels: int
+    added_params: int
+    converted: bool
+
+
 @dataclasses.dataclass
 class ConvertReport:
     """What :func:`staa.convert` replaced (or would replace, with ``dry_run``) and skipped.
 
-    ``print(report)`` shows it as a table.
+    ``print(report)`` shows it as a table. After several ``convert`` calls on one model,
+    ``model.staa_report`` holds every call's replaced nodes (``calls`` counts the calls) and
+    the latest call's skipped nodes (those are the spikingjelly nodes still in the model).
     """
 
     replaced: List[ReplacedNode]
     skipped: List[SkippedNode]
     dry_run: bool = False
+    flat: List[FlatNode] = dataclasses.field(default_factory=list)
+    calls: int = 1
 
     def __len__(self) -> int:
         return len(self.replaced)
@@ -126,19 +151,44 @@ class ConvertReport:
         if not self.replaced and not self.skipped:
             return "staa.convert: no spikingjelly LIFNode/ParametricLIFNode/IFNode found; the model is unchanged"
         lines = [f"staa.convert: {verb} {len(self.replaced)} node(s) with STAALIF, skipped {len(self.skipped)}"]
-        if not self.replaced:
+        if self.calls > 1:
+            lines[0] += f" (over {self.calls} convert calls)"
+        elif not self.replaced:
             lines[0] += "; the model is unchanged"
         if self.replaced:
-            rows = [("module", "old class", "C", "T", "step", "dropped settings")]
+            rows = [("module", "old class", "C", "T", "step", "surrogate", "dropped settings")]
             for r in self.replaced:
                 rows.append((
-                    r.name, _short(r.old_class), _lazy(r.channels), _lazy(r.T), r.step_mode, ", ".join(r.dropped) or "-",
+                    _display(r.name), _short(r.old_class), _lazy(r.channels), _lazy(r.T), r.step_mode,
+                    _short_sg(r.surrogate), ", ".join(r.dropped) or "-",
                 ))
             lines += _table(rows, right=(2, 3))
         if self.skipped:
             lines.append("skipped:")
-            lines += _table([("module", "class", "reason")] + [(s.name, _short(s.cls), s.reason) for s in self.skipped])
+            lines += _table([("module", "class", "reason")] + [(_display(s.name), _short(s.cls), s.reason) for s in self.skipped])
+        if self.flat:
+            lines.append("no spatial positions (input [T, B, C], e.g. after a Linear layer):")
+            rows = [("module", "C", "params STAA adds", "")]
+            for f in self.flat:
+                rows.append((_display(f.name), f.channels, f"{f.added_params:,}", "converted" if f.converted else "kept"))
+            lines += _table(rows, right=(1, 2))
         return "\n".join(lines)
+
+    def _merged_after(self, earlier: "ConvertReport") -> "ConvertReport":
+        names = {r.name for r in self.replaced}
+        flat = [f for f in earlier.flat if f.converted and f.name not in names] + list(self.flat)
+        return ConvertReport(list(earlier.replaced) + list(self.replaced), list(self.skipped), False, flat,
+                             earlier.calls + 1)
+
+
+def _short_sg(text: str) -> str:
+    # "surrogate='atan', surrogate_alpha=2" -> "atan(alpha=2)"
+    if not text:
+        return "-"
+    kind, _, param = text.partition(", ")
+    kind = kind.split("=", 1)[1].strip("'")
+    name, _, value = param.partition("=")
+    return f"{kind}({name.replace('surrogate_', '')}={value})"
 
 
 def _short(qualname: str) -> str:
@@ -197,26 +247,113 @@ def _scalar(node: nn.Module, attr: str, name: str):
     return value
 
 
-def _surrogate(node: nn.Module) -> Tuple[float, Optional[str]]:
-    """(surrogate_width, dropped-setting text or None)."""
+def _sg_class(sg) -> Optional[str]:
+    """The class name of a spikingjelly surrogate module (``"ATan"``), or None for anything else."""
+    cls = type(sg)
+    for module_name in _SURROGATE_MODULES:
+        module = sys.modules.get(module_name)
+        if module is not None and getattr(module, cls.__name__, None) is cls:
+            return cls.__name__
+    return None
+
+
+def _sg_param(sg, attr: str, default: float) -> float:
+    value = getattr(sg, attr, default)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return default
+    return value if math.isfinite(value) and value > 0 else default
+
+
+# Surrogates STAALIF has exactly: spikingjelly class -> STAALIF kind (the parameter is carried as is,
+# except Rect, whose alpha is 1 / width).
+_EXACT = {"Rect": "rect", "ATan": "atan", "Sigmoid": "sigmoid"}
+
+
+def _nearest(name: str, sg) -> Tuple[str, float, str]:
+    """(kind, param, why) for a spikingjelly surrogate STAALIF does not have: the kind closest in
+    shape, with the same peak dS/dV at the threshold (all of them integrate to 1 except where noted)."""
+    alpha = lambda d: _sg_param(sg, "alpha", d)  # noqa: E731
+    if name == "PiecewiseQuadratic":  # triangle, peak alpha, support |x| < 1/alpha
+        return "rect", 1.0 / alpha(1.0), "a triangle: the rectangle of the same peak"
+    if name == "PiecewiseExp":  # alpha/2 exp(-alpha|x|)
+        return "sigmoid", 2.0 * alpha(1.0), "exponential tails: the sigmoid of the same peak"
+    if name == "SoftSign":  # alpha / (2 (1 + alpha|x|)^2)
+        return "atan", alpha(2.0), "1/x^2 tails: the atan of the same peak"
+    if name == "SuperSpike":  # alpha / (1 + |x|)^2
+        return "atan", 2.0 * alpha(1.0), "1/x^2 tails: the atan of the same peak (area differs)"
+    if name == "Erf":  # alpha/sqrt(pi) exp(-(alpha x)^2)
+        return "sigmoid", 4.0 * alpha(2.0) / math.sqrt(math.pi), "Gaussian: the sigmoid of the same peak"
+    if name == "PiecewiseLeakyReLU":  # 1/(2w) for |x| < w, else c
+        return "rect", 2.0 * _sg_param(sg, "w", 1.0), "the rectangle of the same window, without the leak c"
+    return "sigmoid", 4.0, "no close kind: spikingjelly's default surrogate, Sigmoid(alpha=4)"
+
+
+def _surrogate(node: nn.Module) -> Tuple[Optional[Surrogate], Optional[str], Optional[str]]:
+    """(surrogate, report note or None, reason to skip the node or None) for a node's
+    ``surrogate_function``."""
     sg = getattr(node, "surrogate_function", None)
-    rect = tuple(cls for _, cls in _exported(_RECT))
-    if rect and type(sg) in rect:
-        alpha = float(sg.alpha)
-        if alpha > 0 and math.isfinite(alpha):
-            return 1.0 / alpha, None
     text = " ".join(repr(sg).split())
-    return 1.0, f"surrogate_function={text} (now rectangular, width 1)"
+    if getattr(sg, "spiking", True) is False:
+        return None, None, (
+            f"surrogate_function={text} has spiking=False: the node outputs a smooth function, not spikes"
+        )
+    name = _sg_class(sg)
+    if name in _EXACT:
+        kind = _EXACT[name]
+        alpha = _sg_param(sg, "alpha", -1.0)
+        if alpha > 0:
+            return Surrogate(kind, 1.0 / alpha if kind == "rect" else alpha), None, None
+    if name is None:
+        kind, param, why = "sigmoid", 4.0, "not a spikingjelly surrogate: spikingjelly's default, Sigmoid(alpha=4)"
+    else:
+        kind, param, why = _nearest(name, sg)
+    new = Surrogate(kind, param)
+    return new, f"surrogate_function={text} (no such kind in STAALIF; now {new.describe()}: {why})", None
 
 
-def _node_settings(node: nn.Module, kind: _Kind, name: str) -> Tuple[dict, List[str]]:
-    width, dropped_sg = _surrogate(node)
+def _surrogate_settings(sg: Surrogate) -> dict:
+    return {
+        "surrogate": sg.kind,
+        "surrogate_width": sg.param if sg.kind == "rect" else None,
+        "surrogate_alpha": None if sg.kind == "rect" else sg.param,
+    }
+
+
+def _user_surrogate(carried: dict, options: dict) -> dict:
+    """The surrogate settings when the caller passed any of ``surrogate``, ``surrogate_width``,
+    ``surrogate_alpha``: the caller's choice replaces the node's surrogate as a whole (a width
+    alone means the rectangle; an alpha alone sets the node's own smooth kind)."""
+    given = {k: options[k] for k in _SURROGATE_OPTIONS if k in options}
+    if not given:
+        return {}
+    if "surrogate" in given:
+        kind = given["surrogate"]
+    elif given.get("surrogate_width") is not None:
+        kind = "rect"
+    else:
+        kind = carried["surrogate"]
+    out = {"surrogate": kind, "surrogate_width": given.get("surrogate_width"),
+           "surrogate_alpha": given.get("surrogate_alpha")}
+    if kind == carried["surrogate"] and out["surrogate_width"] is None and out["surrogate_alpha"] is None:
+        out.update({k: carried[k] for k in _SURROGATE_OPTIONS[1:]})  # the node's kind, no parameter: keep its own
+    return out
+
+
+def _node_settings(node: nn.Module, kind: _Kind, name: str) -> Tuple[dict, List[str], Optional[str]]:
+    """(settings, dropped-setting notes, reason to skip the node or None)."""
+    sg, note, skip = _surrogate(node)
+    if skip is not None:
+        return {}, [], skip
     step_mode = kind.step_mode or getattr(node, "step_mode", "s")
     settings = {
         "v_threshold": float(_scalar(node, "v_threshold", name)),
         "v_reset": None if node.v_reset is None else float(_scalar(node, "v_reset", name)),
         "detach_reset": bool(node.detach_reset),
-        "surrogate_width": width,
+        **_surrogate_settings(sg),
         "step_mode": step_mode,
         "store_v_seq": bool(getattr(node, "store_v_seq", False)),
     }
@@ -229,12 +366,12 @@ def _node_settings(node: nn.Module, kind: _Kind, name: str) -> Tuple[dict, List[
         dropped.append(f"learnable tau (was {_fmt(tau)})")
     if kind.kind in ("lif", "plif"):
         dropped.append(f"decay_input={bool(getattr(node, 'decay_input', True))}")
-    if dropped_sg is not None:
-        dropped.append(dropped_sg)
+    if note is not None:
+        dropped.append(note)
     backend = getattr(node, "backend", "torch")
     if isinstance(backend, str) and backend != "torch":
         dropped.append(f"backend={backend!r}")
-    return settings, dropped
+    return settings, dropped, None
 
 
 def _fmt(x) -> str:
@@ -419,6 +556,7 @@ def convert(
     T: Optional[int] = None,
     include: Pattern = None,
     exclude: Pattern = None,
+    linear: str = "keep",
     dry_run: bool = False,
     **staalif_options,
 ):
@@ -431,14 +569,20 @@ def convert(
     (ILIF, LIAF, OTTT, SLTT, ...) and other spikingjelly neurons are left alone and reported.
 
     Carried over: ``v_threshold``, ``v_reset`` (``None`` = soft reset), ``detach_reset``, the
-    step mode, ``store_v_seq``, device, dtype, the training flag and the node's forward and
-    backward hooks; a ``Rect(alpha)`` surrogate becomes ``surrogate_width=1/alpha``, any other
-    surrogate width 1. Dropped (and listed in the report): ``tau``, ``decay_input``, PLIF's
-    learnable tau, other surrogates, a non-torch ``backend``. STAA's update has no leak, so a
-    converted LIF model starts from different dynamics and needs training.
+    step mode, ``store_v_seq``, device, dtype, the training flag, the node's forward and
+    backward hooks, and the surrogate: ``Rect(alpha)`` becomes ``surrogate="rect",
+    surrogate_width=1/alpha``; ``ATan(alpha)`` and ``Sigmoid(alpha)`` become ``"atan"`` and
+    ``"sigmoid"`` with ``surrogate_alpha=alpha``; other surrogates map to the nearest kind
+    (docs/convert.md has the table) with a line in the report. A node whose surrogate has
+    ``spiking=False`` is not a spiking neuron: it is skipped and reported. Dropped (and listed
+    in the report): ``tau``, ``decay_input``, PLIF's learnable tau, a non-torch ``backend``.
+    STAA's update has no leak, so a converted LIF model starts from different dynamics and
+    needs training.
 
     Args:
         model: the network; module names are kept, so the rest of its state dict is unchanged.
+            If ``model`` is itself a node, the new ``STAALIF`` is returned (a module cannot
+            replace itself in place); assign it: ``node = staa.convert(node, x)``.
         example_input: optional input for one sizing forward (a tensor such as
             ``[T, B, C, H, W]``, a tuple of positional inputs or a dict of keyword inputs).
             It runs in eval mode under ``no_grad`` and ``torch.random.fork_rng``, and training
@@ -451,13 +595,24 @@ def convert(
         include, exclude: which nodes to convert: a module-name glob (``"layer1.*"``; a plain
             name also covers everything below it), a list of them, or a predicate
             ``(name, module) -> bool``. Excluded nodes are listed as skipped.
+        linear: what to do with nodes whose input has no spatial positions (``[T, B, C]``, e.g.
+            after a ``Linear`` layer), as seen by the probe: ``"keep"`` (default) leaves them
+            as they are, ``"convert"`` converts them too. Either way the report lists them with
+            C and the parameters STAA adds (about 1.5 C^2). Needs ``example_input``; without
+            it every selected node is converted (lazily) and ``"keep"`` warns.
         dry_run: return the report without changing the model.
         **staalif_options: passed to every :class:`staa.STAALIF` (``r``, ``tsrd``, ``gc``,
-            ``pe``, ``sa``, ``backend``, ...); they override carried settings.
+            ``pe``, ``sa``, ``backend``, ...); they override carried settings. Any of
+            ``surrogate``, ``surrogate_width``, ``surrogate_alpha`` replaces the node's surrogate.
 
     Returns:
-        ``model`` (the same object) with the report as ``model.staa_report``; with
-        ``dry_run=True`` the :class:`ConvertReport` itself.
+        ``model`` (the same object; the new STAALIF when ``model`` is a node) with the report
+        as ``staa_report``; with ``dry_run=True`` the :class:`ConvertReport` itself. A second
+        ``convert`` on the same model adds to the first call's report.
+
+    New modules are initialised under ``torch.random.fork_rng``: the global RNG is left as it
+    was (different RNG states still give different initial weights). Lazy modules initialise
+    at their first forward, from the RNG as it is then.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"staa.convert expects a torch.nn.Module, got {type(model).__name__}")
@@ -468,7 +623,19 @@ def convert(
             f"remove {', '.join(repr(b) for b in bad)} from the options"
         )
     if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
-        raise ValueError(f"T must be a positive int or None, got {T!r}")
+        raise ValueError(f"staa.convert: T must be a positive int (1, 2, ...) or None, got {T!r}")
+    if not isinstance(dry_run, bool):
+        raise TypeError(f"staa.convert: dry_run must be True or False, got {dry_run!r}")
+    if not isinstance(linear, str) or linear not in LINEAR_CHOICES:
+        raise ValueError(
+            f"staa.convert: linear must be 'keep' (leave nodes after Linear layers as they are) or 'convert', "
+            f"got {linear!r}"
+        )
+    if example_input is not None and not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
+        raise TypeError(
+            f"staa.convert: example_input must be a tensor, a tuple/list of positional inputs, a dict of keyword "
+            f"inputs or None, got {type(example_input).__name__}"
+        )
     allowed = set(inspect.signature(STAALIF.__init__).parameters) - {"self", "channels", "T", "device", "dtype"}
     unknown = sorted(set(staalif_options) - allowed)
     if unknown:
@@ -476,16 +643,28 @@ def convert(
             f"staa.convert got unknown STAALIF option(s) {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(sorted(allowed))}"
         )
+    early = dict(staalif_options)
+    if "surrogate" not in early and early.get("surrogate_alpha") is not None and early.get("surrogate_width") is None:
+        early["surrogate"] = "atan"  # an alpha alone applies to each node's own smooth kind; check its value
+    _check_options(early, None)  # each value, also when there is no node to convert
     want = _matcher(include, "include")
     drop = _matcher(exclude, "exclude")
 
     known = _known_classes()
+    root_is_node = type(model) in known
+    # A node cannot replace itself: hold it in a container under the name "" and return the new module.
+    if root_is_node:
+        scope = nn.Sequential()
+        scope._modules[""] = model  # add_module refuses the empty name; the name shows as <model>
+    else:
+        scope = model
+
     other_bases = tuple(cls for _, cls in _exported(_BASE_CLASSES))
     # Every place a module is registered: (parent, attribute name, full name).
     places: Dict[int, List[Tuple[nn.Module, str, str]]] = OrderedDict()
     parents: Dict[int, nn.Module] = {}
     nodes: Dict[int, nn.Module] = {}
-    for parent_name, parent in model.named_modules(remove_duplicate=False):
+    for parent_name, parent in scope.named_modules(remove_duplicate=False):
         for child_name, child in parent._modules.items():
             if child is None:
                 continue
@@ -494,7 +673,6 @@ def convert(
             parents.setdefault(id(child), parent)
             nodes[id(child)] = child
 
-    replaced: List[ReplacedNode] = []
     skipped: List[SkippedNode] = []
     todo: List[Tuple[int, _Kind, str]] = []
     for key, child in nodes.items():
@@ -518,31 +696,45 @@ def convert(
             continue
         todo.append((key, known[cls], name))
 
-    if not todo:
-        report = ConvertReport([], skipped, dry_run)
-        if not dry_run:
-            model.staa_report = report
-        return report if dry_run else model
-
     settings = {}
+    kept_todo = []
     for key, kind, name in todo:
-        s, dropped = _node_settings(nodes[key], kind, name)
-        overridden = [k for k in _CARRIED if k in staalif_options and staalif_options[k] != s[k]]
-        dropped += [f"{k}={s[k]!r} (overridden by the option {k}={staalif_options[k]!r})" for k in overridden]
+        s, dropped, skip = _node_settings(nodes[key], kind, name)
+        if skip is not None:
+            skipped.append(SkippedNode(name, kind.exported_as, skip))
+            continue
+        carried = dict(s)
         s.update(staalif_options)
-        settings[key] = (s, dropped)
+        s.update(_user_surrogate(carried, staalif_options))
+        overridden = [k for k in _CARRIED if k in staalif_options and s[k] != carried[k]]
+        if any(k in _SURROGATE_OPTIONS for k in overridden):
+            old = Surrogate(carried["surrogate"], carried["surrogate_width"] or carried["surrogate_alpha"])
+            dropped.append(f"{old.describe()} (overridden by the options)")
+        dropped += [f"{k}={carried[k]!r} (overridden by the option {k}={s[k]!r})"
+                    for k in overridden if k not in _SURROGATE_OPTIONS]
         _check_options(s, name)
         if s["step_mode"] == "s" and T is None and s.get("pe", True):
             raise ValueError(
                 f"staa.convert: node '{_display(name)}' runs in single-step mode, so STAALIF cannot learn T from "
                 f"the input; pass T=<number of time steps> (or pe=False)"
             )
+        settings[key] = (s, dropped)
+        kept_todo.append((key, kind, name))
+    todo = kept_todo
 
     seen: Dict[int, List[_Seen]] = {key: [] for key, _, _ in todo}
-    if example_input is not None:
-        seen = _probe(model, example_input, {key: name for key, _, name in todo})
+    if todo and example_input is not None:
+        seen = _probe(scope, example_input, {key: name for key, _, name in todo})
+    elif todo and linear == "keep":
+        warnings.warn(
+            f"staa.convert without example_input cannot see which nodes receive [T, B, C] inputs (after Linear "
+            f"layers), so linear='keep' cannot apply: all {len(todo)} selected node(s) become lazy STAALIF. Pass "
+            f"example_input, or linear='convert' to convert them all without this warning",
+            stacklevel=2,
+        )
 
     builds = []
+    flat: List[FlatNode] = []
     for key, kind, name in todo:
         node = nodes[key]
         s, dropped = settings[key]
@@ -550,23 +742,38 @@ def convert(
         if reason is not None:
             skipped.append(SkippedNode(name, kind.exported_as, reason))
             continue
+        device, dtype = _factory(scope, parents, node, seen[key])
+        if seen[key] and _is_flat(s["step_mode"], seen[key]):
+            added = _added_params(node, channels, node_T, s)
+            flat.append(FlatNode(name, kind.exported_as, channels, added, linear == "convert"))
+            if linear == "keep":
+                skipped.append(SkippedNode(
+                    name, kind.exported_as,
+                    f"no spatial positions (input {_shape_text(seen[key][0].shape)}): kept by linear='keep'; "
+                    f"STAA would add {added:,} parameters",
+                ))
+                continue
         if example_input is not None and not seen[key]:
             dropped = dropped + ["(not reached by the probe: sized lazily at the first multi-step forward)"]
-        device, dtype = _factory(model, parents, node, seen[key])
         builds.append((key, kind, name, channels, node_T, s, dropped, device, dtype))
 
+    replaced: List[ReplacedNode] = []
     new_modules = {}
-    for key, kind, name, channels, node_T, s, dropped, device, dtype in builds:
-        if not dry_run:
-            try:
-                new = STAALIF(channels, node_T, device=device, dtype=dtype, **s)
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"staa.convert: cannot build STAALIF for node '{_display(name)}': {err}") from err
-            new.train(nodes[key].training)
-            new_modules[key] = new
-        replaced.append(ReplacedNode(name, kind.exported_as, channels, node_T, s["step_mode"], tuple(dropped)))
+    rng_devices = sorted({d.index or 0 for *_, d, _ in builds if d is not None and d.type == "cuda"})
+    with torch.random.fork_rng(devices=rng_devices):
+        for key, kind, name, channels, node_T, s, dropped, device, dtype in builds:
+            if not dry_run:
+                try:
+                    new = STAALIF(channels, node_T, device=device, dtype=dtype, **s)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"staa.convert: cannot build STAALIF for node '{_display(name)}': {err}") from err
+                new.train(nodes[key].training)
+                new_modules[key] = new
+            sg = Surrogate(s["surrogate"], s["surrogate_width"] if s["surrogate"] == "rect" else s["surrogate_alpha"])
+            replaced.append(ReplacedNode(name, kind.exported_as, channels, node_T, s["step_mode"], tuple(dropped),
+                                         _describe_sg(sg)))
 
-    report = ConvertReport(replaced, skipped, dry_run)
+    report = ConvertReport(replaced, skipped, dry_run, flat)
     if dry_run:
         return report
     for key, new in new_modules.items():
@@ -576,19 +783,48 @@ def convert(
                 new.__dict__[attr] = old.__dict__[attr]
         for parent, child_name, _ in places[key]:
             parent._modules[child_name] = new
-    _invalidate_reset_cache(model)
-    model.staa_report = report
-    return model
+    result = scope._modules[""] if root_is_node else model
+    earlier = model.__dict__.get("staa_report")
+    if isinstance(earlier, ConvertReport) and not earlier.dry_run:
+        report = report._merged_after(earlier)
+    _invalidate_reset_cache(result)
+    result.staa_report = report
+    return result
 
 
-def _check_options(settings: dict, name: str) -> None:
+def _describe_sg(sg: Surrogate) -> str:
+    # the parameter may be None (the kind's default): show the default
+    from .surrogate import DEFAULT_PARAM
+
+    return Surrogate(sg.kind, DEFAULT_PARAM[sg.kind] if sg.param is None else float(sg.param)).describe()
+
+
+def _is_flat(step_mode: str, seen: List[_Seen]) -> bool:
+    return len(seen[0].shape) == (3 if step_mode == "m" else 2)
+
+
+def _shape_text(shape) -> str:
+    return "[T, B, C]" if len(shape) == 3 else "[B, C]"
+
+
+def _added_params(node: nn.Module, channels: int, T: Optional[int], settings: dict) -> int:
+    """The parameters a STAALIF for this node has, less the node's own (PLIF's tau)."""
+    with torch.random.fork_rng(devices=[]):
+        probe = STAALIF(channels, T if T is not None else 1, device="meta", **settings)
+    own = sum(p.numel() for p in node.parameters())
+    return sum(p.numel() for p in probe.parameters()) - own
+
+
+def _check_options(settings: dict, name: Optional[str]) -> None:
     """Let STAALIF validate the settings before the probe runs (a lazy module allocates
     nothing; fork_rng keeps its initialisers from moving the RNG)."""
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. v_threshold <= v_reset: STAALIF warns once more when built
             STAALIF(None, None, device="meta", **settings)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"staa.convert: invalid STAALIF settings for node '{_display(name)}': {err}") from err
+        where = "" if name is None else f" for node '{_display(name)}'"
+        raise type(err)(f"staa.convert: invalid STAALIF settings{where}: {err}") from err
 
 
 def _qualname(cls: type) -> str:
