@@ -7,6 +7,11 @@ python -m pip install -q -e '.[test]'
 # spikingjelly 2.0's declared dependencies (torchvision, tensorboard, ...) are not needed by staa:
 python -m pip install -q --no-deps spikingjelly==2.0.0
 python -m pip install -q loguru tqdm packaging
+# snnTorch 1.0 for staa.convert's snnTorch tests. Its modules that convert and the tests use import only
+# torch and numpy (staa's own dependencies); --no-deps keeps pip from resolving anything else:
+python -m pip install -q --no-deps snntorch==1.0.0
+# Optional packages installed above must be present: their tests fail instead of skipping.
+export STAA_REQUIRE_OPTIONAL=1
 # The legacy spikingjelly 0.0.0.0.14 release (pure Python) for staa.convert's tests, kept out of
 # the environment and used from a subprocess:
 if [ ! -d .cache/sj0014/unpacked ]; then
