@@ -12,6 +12,9 @@ with triton's bundled ``ptxas -v`` to read registers and spills.
     python benchmarks/compile_kernels.py --persistent     # only the persistent kernels'
                                                           # configurations (their own table)
 
+The forward runs once per layer shape and option set; the backward once per surrogate kind
+(``staa.surrogate.SURROGATE_KINDS``), since only the backward kernels specialise on the kind.
+
 Exit status 1 when any configuration fails to compile. Must run without TRITON_INTERPRET.
 """
 from __future__ import annotations
@@ -37,8 +40,13 @@ OPTIONS = [
     dict(name="no-gc", gc=False, sa=True, pe=True, v_reset=0.0, detach=False),
     dict(name="no-sa", gc=True, sa=False, pe=False, v_reset=0.0, detach=False),
 ]
-# CI subset: the two goal layers of the GPU benchmark, default options, one dtype each.
-QUICK = [((128, 32, 32), OPTIONS[0], "float32"), ((512, 4, 4), OPTIONS[0], "bfloat16")]
+# The default layer carrying its state across calls: an initial state h0 and an incoming
+# dL/dH_{T-1} (the HAS_H0 / HAS_GHL variants). Only in the CI subset.
+H0_OPTION = dict(OPTIONS[0], name="default+h0", h0=True)
+# CI subset: the two goal layers of the GPU benchmark, default options, one dtype each, and
+# the first one again with h0.
+QUICK = [((128, 32, 32), OPTIONS[0], "float32"), ((512, 4, 4), OPTIONS[0], "bfloat16"),
+         ((128, 32, 32), H0_OPTION, "float32"), ((512, 4, 4), H0_OPTION, "bfloat16")]
 
 
 def _params(C, opt, torch):
@@ -51,22 +59,26 @@ def _params(C, opt, torch):
         return GCParams(torch.zeros(1, C), torch.zeros(1), torch.zeros(ch, C), torch.zeros(ch),
                         torch.ones(ch), torch.zeros(ch), torch.zeros(C, ch), torch.zeros(C))
 
-    gcx = tuple(gc()) if opt["gc"] else None
-    gch = tuple(gc()) if opt["gc"] else None
-    sa = tuple(SAParams(torch.zeros(ch, C), torch.zeros(ch), torch.zeros(C, ch), torch.zeros(C))) if opt["sa"] else None
+    gcx = gc() if opt["gc"] else None
+    gch = gc() if opt["gc"] else None
+    sa = SAParams(torch.zeros(ch, C), torch.zeros(ch), torch.zeros(C, ch), torch.zeros(C)) if opt["sa"] else None
     pos = torch.zeros(4, C) if opt["pe"] else None
     return pos, gcx, gch, sa
 
 
-def record_launches(combos, path=None, store_v=(False,), only=None):
+def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
     """Run the launchers on CPU tensors for each ``((C, H, W), options, dtype name)`` with
     launches recorded instead of run; returns the distinct launches.
 
     ``path`` is the launchers' ``path`` argument (None: their automatic rule),
-    ``store_v`` the ``store_v_seq`` values to run, ``only`` a set of kernel names to keep."""
+    ``store_v`` the ``store_v_seq`` values to run, ``only`` a set of kernel names to keep,
+    ``kinds`` the surrogate kinds the backward runs with (default: all)."""
     import torch
 
     from staa.kernels import launch
+    from staa.surrogate import DEFAULT_PARAM, SURROGATE_KINDS
+
+    kinds = SURROGATE_KINDS if kinds is None else kinds
 
     seen = {}
 
@@ -97,14 +109,18 @@ def record_launches(combos, path=None, store_v=(False,), only=None):
             pos, gcx, gch, sa = _params(C, opt, torch)
             x = torch.zeros(3, 1, C, P, dtype=getattr(torch, dtype))
             drop = torch.zeros(3, dtype=torch.bool)
-            kw = dict(alpha=2.0, v_threshold=1.0, v_reset=opt["v_reset"], detach_reset=opt["detach"],
-                      surrogate_width=1.0)
-            for sv in store_v:
-                _, _, _, u, gate = launch.staa_lif_forward(x, drop, pos, gcx, gch, sa, **kw, store_v_seq=sv,
-                                                           path=path)
+            cd = torch.float64 if dtype == "float64" else torch.float32
+            h0 = torch.zeros(1, C, P, dtype=cd) if opt.get("h0") else None
+            ghl = torch.zeros(1, C, P, dtype=cd) if opt.get("h0") else None
+            kw = dict(alpha=2.0, v_threshold=1.0, v_reset=opt["v_reset"], detach_reset=opt["detach"])
+            for sv in store_v:  # the forward does not depend on the surrogate
+                _, _, _, u, gate = launch.staa_lif_forward(x, drop, h0, pos, gcx, gch, sa, **kw, surrogate="rect",
+                                                           surrogate_param=1.0, store_v_seq=sv, path=path)
             u.zero_()
             gate.fill_(0.5)
-            launch.staa_lif_backward(torch.zeros_like(x), x, drop, pos, gcx, gch, sa, u, gate, **kw, path=path)
+            for kind in kinds:
+                launch.staa_lif_backward(torch.zeros_like(x), ghl, x, drop, h0, pos, gcx, gch, sa, u, gate, **kw,
+                                         surrogate=kind, surrogate_param=DEFAULT_PARAM[kind], path=path)
     finally:
         launch.launch_hook = None
     return list(seen.values())
@@ -147,8 +163,13 @@ def ptxas_usage(ptx: str, cc: int = 90) -> dict:
 
 
 def _flags(kwargs):
-    names = ("FIRST", "LAST", "FINISH", "START", "HAS_POS", "HAS_GCX", "HAS_GCH", "HAS_SA", "HARD", "DETACH", "STORE_V")
+    from staa.surrogate import SURROGATE_KINDS
+
+    names = ("FIRST", "LAST", "FINISH", "START", "HAS_H0", "HAS_GHL", "HAS_POS", "HAS_GCX", "HAS_GCH", "HAS_SA", "HARD",
+             "DETACH", "STORE_V")
     on = [n for n in names if kwargs.get(n) is True]
+    if "SURROGATE" in kwargs and kwargs.get("START", True):  # the per-step t = 0 pass has no surrogate
+        on.append(f"sg={SURROGATE_KINDS[kwargs['SURROGATE']]}")
     blocks = [f"{k}={v}" for k, v in kwargs.items() if k.startswith("BLOCK_")]
     cd = str(kwargs.get("CD", "")).replace("fp", "f")
     return " ".join(blocks), ",".join(on), cd

@@ -164,12 +164,16 @@ def test_store_v_seq():
     assert torch.equal(m.v, m.v_seq[-1])
 
 
-def test_state_rebuilt_on_batch_change_and_follows_dtype():
+def test_batch_change_mid_sequence_asks_for_reset_and_state_follows_dtype():
     m = make_neuron(3, 4, seed=1, step_mode="s").eval()
     m(torch.randn(5, 3, 2, 2))
     m(torch.randn(5, 3, 2, 2))
     assert m.t == 2
-    out = m(torch.randn(2, 3, 2, 2))  # new batch size: a new sequence starts
+    with pytest.raises(ValueError, match=r"shape \[2, 3, 2, 2\] does not match the stored state of shape \[5, 3, 2, 2\].*reset\(\)"):
+        m(torch.randn(2, 3, 2, 2))  # as in spikingjelly, a new batch needs reset()
+    assert m.t == 2 and m.v.shape == (5, 3, 2, 2)  # the failed call changed nothing
+    m.reset()
+    out = m(torch.randn(2, 3, 2, 2))
     assert out.shape == (2, 3, 2, 2) and m.t == 1 and m.v.shape == (2, 3, 2, 2)
     m.reset()
     m.double()

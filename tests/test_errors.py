@@ -10,9 +10,9 @@ import staa
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"tsrd": 1.0}, r"tsrd must be in \[0, 1\), got 1.0"),
-        ({"tsrd": -0.1}, r"tsrd must be in \[0, 1\), got -0.1"),
-        ({"surrogate_width": 0.0}, r"surrogate_width must be > 0, got 0.0"),
+        ({"tsrd": 1.0}, r"tsrd must be a probability in \[0, 1\) .*, got 1.0"),
+        ({"tsrd": -0.1}, r"tsrd must be a probability in \[0, 1\) .*, got -0.1"),
+        ({"surrogate_width": 0.0}, r"surrogate_width must be a positive finite number, got 0.0"),
         ({"r": 0}, r"r must be an int >= 1, got 0"),
         ({"backend": "cuda"}, r"unknown backend 'cuda'; expected one of 'auto', 'torch', 'triton'"),
         ({"step_mode": "multi"}, r"step_mode must be 's' .* or 'm' .*, got 'multi'"),

@@ -37,6 +37,27 @@ for dtype in (torch.float64, torch.float32):
             state=float((v1 - v2).abs().max()),
             grad=max(float(((a - b).abs() / (1 + a.abs())).max()) for a, b in zip(g1, g2)),
         )
+# Initial state (a leaf), the last state in the loss, a dropped first step, every surrogate kind.
+for kind in ("rect", "atan", "sigmoid", "fast_sigmoid"):
+    dtype = torch.float64
+    m = make_neuron(6, 3, seed=4, tsrd=0.0, v_reset=0.0 if kind != "sigmoid" else None, dtype=dtype, surrogate=kind)
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(3, 2, 6, 5, dtype=dtype, generator=gen) * 1.5 + 0.5).requires_grad_()
+    h0 = (torch.randn(2, 6, 5, dtype=dtype, generator=gen) * 0.5).requires_grad_()
+    drop = torch.tensor([True, False, False])
+    gout = torch.randn(x.shape, dtype=dtype, generator=gen)
+    ghl = torch.randn(h0.shape, dtype=dtype, generator=gen)
+    res = []
+    for use_triton in (False, True):
+        s, h, v = staa_lif_op(x, m.params(), drop, m.cfg, h0=h0, store_v_seq=True, use_triton=use_triton)
+        grads = torch.autograd.grad((s * gout).sum() + (h * ghl).sum(), [x, h0] + list(m.parameters()))
+        res.append((s, v, grads))
+    (s1, v1, g1), (s2, v2, g2) = res
+    out[f"{{dtype}}-h0-{{kind}}"] = dict(
+        spikes_equal=bool(torch.equal(s1, s2)),
+        state=float((v1 - v2).abs().max()),
+        grad=max(float(((a - b).abs() / (1 + a.abs())).max()) for a, b in zip(g1, g2)),
+    )
 print(json.dumps(out))
 """
 
@@ -49,6 +70,7 @@ def test_triton_route_matches_torch_route():
                          env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out) == 8
     for case, r in out.items():
         tol = 1e-10 if "float64" in case else 1e-4
         assert r["spikes_equal"], case

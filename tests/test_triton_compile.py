@@ -41,6 +41,17 @@ def test_quick_configurations_compile_for_sm90(tmp_path):
     for r in rows:
         cells = [c.strip() for c in r.split("|")[1:-1]]
         assert cells[-1] == "ok" and int(cells[5]) > 0, r  # registers were read back from ptxas
+    # One backward variant per surrogate kind, in both loop paths; the forward never has one.
+    flags = [(r.split("|")[1].strip(), r.split("|")[4]) for r in rows]
+    for kind in ("rect", "atan", "sigmoid", "fast_sigmoid"):
+        for kernel in ("staa_bwd_elem_kernel", "staa_bwd_persistent_kernel"):
+            assert any(k == kernel and f"sg={kind}" in f for k, f in flags), (kernel, kind)
+    assert not any(k.startswith("staa_fwd") and "sg=" in f for k, f in flags)
+    # The initial-state variants (h0 read at step 0, dL/dh0 written, dL/dH_{T-1} read).
+    for kernel in ("staa_fwd_elem_kernel", "staa_fwd_persistent_kernel", "staa_plane_reduce_kernel",
+                   "staa_bwd_elem_kernel", "staa_bwd_persistent_kernel"):
+        assert any(k == kernel and "HAS_H0" in f for k, f in flags), kernel
+    assert any(k == "staa_bwd_elem_kernel" and "HAS_GHL" in f for k, f in flags)
 
 
 def test_compile_script_refuses_interpreter_mode():

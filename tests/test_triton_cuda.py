@@ -40,6 +40,10 @@ SMALL = {
                                                   drop=[1, 3])),
     "fp16-TBC": (3, 2, 7, 1, dict(dtype="float16", v_reset=-0.25, drop=[1])),
     "fp32-T1-B1": (1, 1, 5, 1, dict(v_reset=None)),
+    "fp32-h0-atan-drop-first": (4, 2, 6, 7, dict(h0=True, grad_h_last=True, surrogate="atan", drop=[0, 2])),
+    "bf16-h0-split-fast-sigmoid": (3, 1, 12, 33, dict(dtype="bfloat16", max_tile=64, h0=True, grad_h_last=True,
+                                                      surrogate="fast_sigmoid", v_reset=None, drop=[1])),
+    "fp64-sigmoid-h0": (3, 2, 5, 4, dict(dtype="float64", h0=True, surrogate="sigmoid", drop=[0])),
 }
 
 
@@ -71,3 +75,12 @@ def test_cuda_parity_goal_shapes_fp64(shape, path):
 def test_cuda_gradients_are_deterministic(shape, path):
     rep = F.determinism(*shape, device="cuda", drop=[1], margin=0.0, path=path)  # no comparison: any inputs
     assert rep["identical"] and rep["n"] >= 20
+
+
+@pytest.mark.parametrize("path", ["per_step", "persistent"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_cuda_non_finite_input_gives_nan_spikes(path, value):
+    # Compiled code must keep V - V (no folding to 0): NaN spikes exactly where the reference has them.
+    rep = F.nan_inputs(path=path, value=float(value), device="cuda")
+    assert rep["same_as_reference"] and rep["spike_values_ok"] and rep["dtype_ok"], rep
+    assert rep["all_nan_rows"] == [[1, 1], [2, 1]] and rep["h_last_nan_samples"] == [1], rep

@@ -4,6 +4,9 @@ The kernels run in a worker subprocess (see tests/triton_fixtures.py for why); e
 asserts that no membrane potential of the reference lies within ``MARGIN`` of the threshold
 or of the surrogate window's edges, so a spike or surrogate flip cannot hide behind (or
 excuse) a tolerance. Fresh ``torch.empty`` allocations are NaN-poisoned in every case.
+
+Tolerances (``triton_fixtures.TOLERANCES``): float64 1e-12 (states) / 1e-10 (gradients);
+float32 1e-5 / 1e-4 relative; bf16/fp16 grad_x one rounding of the input dtype.
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from hypothesis import strategies as st
 from triton_fixtures import MARGIN, ROOT, InterpretWorker
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+SURROGATES = ["rect", "atan", "sigmoid", "fast_sigmoid"]
+BOTH_PATHS = ["per_step", "persistent"]
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +120,17 @@ def test_path_rule(worker):
 @given(
     T=st.integers(1, 4), B=st.integers(1, 2), C=st.integers(1, 10), P=st.integers(1, 12),
     gc=st.booleans(), sa=st.booleans(), pe=st.booleans(), hard=st.booleans(), detach=st.booleans(),
-    drop_bits=st.integers(0, 7), dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
+    drop_bits=st.integers(0, 15), dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
     max_tile=st.sampled_from([None, 16]), seed=st.integers(0, 50),
     fwd_path=st.sampled_from(["persistent", "per_step"]), bwd_path=st.sampled_from(["persistent", "per_step"]),
+    surrogate=st.sampled_from(SURROGATES), h0=st.booleans(), grad_h_last=st.booleans(),
 )
 def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, hard, detach, drop_bits, dtype, max_tile, seed, fwd_path,
-                           bwd_path):
-    drop = [t for t in range(1, T) if drop_bits >> (t - 1) & 1]
+                           bwd_path, surrogate, h0, grad_h_last):
+    drop = [t for t in range(T) if drop_bits >> t & 1]  # any step, the first included
     rep = worker.call("parity", T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=0.0 if hard else None,
                       detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile, seed=seed, fwd_path=fwd_path,
-                      bwd_path=bwd_path)
+                      bwd_path=bwd_path, surrogate=surrogate, h0=h0, grad_h_last=grad_h_last)
     _check(rep)
 
 
@@ -141,6 +148,9 @@ def test_launcher_shape_errors(worker):
     assert "[T, B, C, P]" in msgs["x3d"] and "(2, 1, 4)" in msgs["x3d"]
     assert "[2]" in msgs["drop"] and "(3,)" in msgs["drop"]
     assert "int32" in msgs["int"]
+    assert "h0" in msgs["h0"] and "(1, 4, 2)" in msgs["h0"]
+    assert "GCParams" in msgs["plain_tuple"]  # weights travel by field name, never as plain tuples
+    assert "'triangle'" in msgs["surrogate"] and "'fast_sigmoid'" in msgs["surrogate"]
 
 
 MODULE_CASES = {
@@ -154,6 +164,8 @@ def test_module_backend_triton_matches_torch(worker, name):
     pytest.importorskip("staa.ops")
     shape, opts = MODULE_CASES[name]
     rep = worker.call("module_parity", shape=shape, **opts)
+    if "skipped" in rep:
+        pytest.skip(rep["skipped"])
     assert rep["backend"] == "triton"
     assert rep["dropped"] >= 1  # TSRD really dropped a step
     assert rep["margin"] >= MARGIN
@@ -178,7 +190,135 @@ def test_backward_is_repeatable(worker, path):
 
 def test_zero_size_inputs(worker):
     rep = worker.call("empty_inputs")
-    assert rep["T0"]["shapes"] == [[0, 2, 4, 3], [2, 4, 3], [0, 2, 4, 3], [0, 2, 4, 3], [0, 2, 4]]
-    assert rep["B0"]["shapes"] == [[2, 0, 4, 3], [0, 4, 3], [2, 0, 4, 3], [2, 0, 4, 3], [2, 0, 4]]
-    for case in rep.values():
-        assert case["h_is_reset"] and case["grads_zero"] and case["grad_shapes_ok"]
+    for h in ("rest", "h0"):
+        assert rep[f"T0-{h}"]["shapes"] == [[0, 2, 4, 3], [2, 4, 3], [0, 2, 4, 3], [0, 2, 4, 3], [0, 2, 4]]
+        assert rep[f"B0-{h}"]["shapes"] == [[2, 0, 4, 3], [0, 4, 3], [2, 0, 4, 3], [2, 0, 4, 3], [2, 0, 4]]
+    for name, case in rep.items():
+        # h_last is the rest constant or a fresh copy of h0; grad_h0 is a copy of grad_h_last (or zeros).
+        assert case["h_ok"] and case["grads_zero"] and case["grad_shapes_ok"], name
+        if name.endswith("-h0"):
+            assert case["h_fresh"] and case["grad_h0_is_grad_h_last"] and case["grad_h0_fresh"], name
+            assert case["grad_h0_zero_without_grad_h_last"], name
+        else:
+            assert case["grad_h0_none"], name
+
+
+def _kernels_of(rep, path):
+    fwd, bwd = set(rep["fwd_kernels"]), set(rep["bwd_kernels"])
+    assert ("staa_fwd_persistent_kernel" in fwd) == (path == "persistent")
+    assert ("staa_bwd_persistent_kernel" in bwd) == (path == "persistent")
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_parity_surrogate_kinds(worker, surrogate, path):
+    # Every gradient through each kind (forward unchanged), float64 with a random h0, an
+    # incoming grad_h_last and the first step dropped; a non-default parameter per kind.
+    param = {"rect": 0.5, "atan": 3.0, "sigmoid": 5.0, "fast_sigmoid": 10.0}[surrogate]
+    rep = worker.call("parity", T=3, B=2, C=5, P=4, dtype="float64", surrogate=surrogate, surrogate_param=param,
+                      h0=True, grad_h_last=True, drop=[0, 2], fwd_path=path, bwd_path=path)
+    _check(rep)
+    _kernels_of(rep, path)
+    assert rep["grads"][:3] == ["x", "h0", "pos"] and len(rep["grads"]) == 23
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid"])
+def test_parity_surrogate_fp32_soft_detach(worker, surrogate):
+    rep = worker.call("parity", T=4, B=2, C=6, P=5, surrogate=surrogate, v_reset=None, detach_reset=True, drop=[1],
+                      fwd_path="per_step", bwd_path="persistent")
+    _check(rep)
+
+
+H0_CASES = {
+    # name: (T, B, C, P, options); every case has a random initial state h0.
+    "fp64-drop-first": (4, 2, 5, 3, dict(dtype="float64", drop=[0], grad_h_last=True)),
+    "fp64-drop-first-only-gc": (3, 1, 4, 6, dict(dtype="float64", drop=[0], sa=False, v_reset=-0.25)),
+    "fp64-T1": (1, 2, 3, 5, dict(dtype="float64", grad_h_last=True)),
+    "fp64-T1-dropped": (1, 2, 3, 5, dict(dtype="float64", drop=[0], grad_h_last=True)),
+    "fp32-no-grad-h-last-soft": (3, 2, 7, 5, dict(v_reset=None, drop=[2])),
+    "fp32-split-plane": (3, 1, 12, 33, dict(max_tile=64, grad_h_last=True, drop=[1])),
+    "bf16-sa-only": (3, 2, 6, 4, dict(dtype="bfloat16", gc=False, grad_h_last=True)),
+    "fp64-if-neuron": (3, 1, 4, 6, dict(dtype="float64", gc=False, sa=False, pe=False, grad_h_last=True)),
+}
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+@pytest.mark.parametrize("name", list(H0_CASES))
+def test_parity_initial_state(worker, name, path):
+    # grad_h0 against autograd of the reference with h0 a leaf.
+    T, B, C, P, opts = H0_CASES[name]
+    rep = worker.call("parity", T=T, B=B, C=C, P=P, h0=True, fwd_path=path, bwd_path=path, **opts)
+    _check(rep)
+    _kernels_of(rep, path)
+    assert "h0" in rep["grads"]
+    if opts.get("max_tile"):
+        assert rep["np"] > 1
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_grad_h_last_without_h0(worker, path):
+    rep = worker.call("parity", T=3, B=2, C=5, P=3, dtype="float64", grad_h_last=True, drop=[0],
+                      fwd_path=path, bwd_path=path)
+    _check(rep)
+    assert "h0" not in rep["grads"]
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_grad_h0_finite_difference(worker, path):
+    # Independent of the reference: d<h_last, w>/dh0 along a random direction, central
+    # difference with eps 1e-6 in float64 (detach_reset, so the backward's reset derivative is
+    # the true one), relative agreement 1e-6.
+    rep = worker.call("grad_h0_finite_difference", path=path)
+    assert rep["flips"] == 0 and rep["margin"] >= MARGIN
+    assert abs(rep["fd"] - rep["analytic"]) <= 1e-6 * max(1.0, abs(rep["analytic"])), rep
+
+
+@pytest.mark.parametrize("case", [
+    dict(T=4, B=2, C=5, P=3, surrogate="sigmoid", h0=True, grad_h_last=True, drop=[0, 2]),
+    dict(T=3, B=1, C=12, P=33, max_tile=64, surrogate="fast_sigmoid", h0=True, v_reset=None, drop=[1]),
+])
+def test_paths_agree_bitwise_with_h0(worker, case):
+    rep = worker.call("path_equivalence", **case)
+    assert all(rep["fwd_equal"].values()), rep
+    assert rep["n_grads"] >= 3 and rep["grads_equal"] == [True] * rep["n_grads"], rep
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_input_gives_nan_spikes(worker, path, value):
+    # x[1, 1, 2, 3] is NaN / +Inf: with GC and SA every V of sample 1 from step 1 on is
+    # non-finite, so its spikes are NaN there (as in the reference); sample 0 and 2 and step 0
+    # are untouched and still 0/1.
+    rep = worker.call("nan_inputs", path=path, value=float(value))
+    assert rep["same_as_reference"] and rep["spike_values_ok"] and rep["dtype_ok"], rep
+    assert rep["nan_rows"] == [[1, 1], [2, 1]] and rep["all_nan_rows"] == [[1, 1], [2, 1]], rep
+    assert rep["h_last_nan_samples"] == [1]
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_non_finite_input_if_neuron(worker, path):
+    # Without GC/SA only that neuron is affected: a NaN spike at step 1, then its NaN state.
+    rep = worker.call("nan_inputs", path=path, gc=False, sa=False, value=float("inf"), dtype="bfloat16")
+    assert rep["same_as_reference"] and rep["spike_values_ok"] and rep["dtype_ok"], rep
+    assert rep["nan_rows"] == [[1, 1], [2, 1]] and rep["all_nan_rows"] == [], rep
+
+
+TORCH_IMPL_CASES = {
+    "fp64-h0-drop-first-atan": (3, 2, 5, 4, dict(dtype="float64", h0=True, grad_h_last=True, drop=[0],
+                                                 surrogate="atan")),
+    "fp32-rect-soft": (3, 2, 6, 5, dict(v_reset=None, drop=[1], surrogate_width=0.5)),
+    "fp64-sigmoid-no-sa": (2, 1, 4, 3, dict(dtype="float64", sa=False, h0=True, surrogate="sigmoid")),
+    "fp32-fast-sigmoid-detach": (2, 2, 5, 3, dict(detach_reset=True, surrogate="fast_sigmoid", grad_h_last=True)),
+}
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+@pytest.mark.parametrize("name", list(TORCH_IMPL_CASES))
+def test_launchers_match_torch_impl(worker, name, path):
+    T, B, C, P, opts = TORCH_IMPL_CASES[name]
+    rep = worker.call("torch_impl_parity", T=T, B=B, C=C, P=P, path=path, **opts)
+    if "skipped" in rep:
+        pytest.skip(rep["skipped"])
+    assert rep["margin"] >= MARGIN
+    assert rep["spike_mismatches"] == 0
+    assert rep["failures"] == [], "\n".join(rep["failures"])

@@ -103,19 +103,32 @@ class GlobalContext(nn.Module):
 
 
 class StepAttention(nn.Module):
-    """Step-attention block SA (eq. 12): ``fc1`` C->Ch, ``fc2`` Ch->C, fixed ``alpha``."""
+    """Step-attention block SA (eq. 12): ``fc1`` C->Ch, ``fc2`` Ch->C, fixed ``alpha``.
 
-    def __init__(self, channels, hidden, alpha: float = 2.0, *, device=None, dtype=None):
+    ``init_bias``: the value ``fc2.bias`` starts at (``None``: ``nn.Linear``'s default). The
+    gate is σ(fc2(...)), about 0.5 with the default, which halves V at initialisation; a bias
+    of 3 starts it at about 0.95, close to the identity."""
+
+    def __init__(self, channels, hidden, alpha: float = 2.0, *, init_bias=None, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         lazy = channels is None
         self.alpha = float(alpha)
+        self.init_bias = None if init_bias is None else float(init_bias)
         self.fc1 = _linear(channels, hidden, lazy, factory)
         self.fc2 = _linear(hidden, channels, lazy, factory)
+        if not lazy:
+            self._init_bias()
+
+    @torch.no_grad()
+    def _init_bias(self):
+        if self.init_bias is not None:
+            self.fc2.bias.fill_(self.init_bias)
 
     def materialize(self, channels: int, hidden: int) -> None:
         _materialize_linear(self.fc1, channels, hidden)
         _materialize_linear(self.fc2, hidden, channels)
+        self._init_bias()
 
     def params(self) -> SAParams:
         return SAParams(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)

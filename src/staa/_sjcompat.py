@@ -26,7 +26,7 @@ def compat_class():
         "__setattr__": base.nn.Module.__setattr__,
         "__delattr__": base.nn.Module.__delattr__,
         "__dir__": base.nn.Module.__dir__,
-        "_apply": base.nn.Module._apply,
+        "_apply": STAALIF._apply,
         "_replicate_for_data_parallel": base.nn.Module._replicate_for_data_parallel,
         "extra_repr": STAALIF.extra_repr,
         "forward": STAALIF.forward,

@@ -1,17 +1,21 @@
 """The STAALIF module: a drop-in replacement for LIF nodes (spikingjelly-compatible)."""
 from __future__ import annotations
 
+import inspect
 import sys
+import warnings
 from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
+from . import _checks
 from ._backend import check_backend_name
 from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
-from .functional import NeuronConfig, staa_lif_multistep
-from .reference import STAAParams, compute_dtype, staa_lif_reference
+from .functional import NeuronConfig, staa_lif
+from .reference import STAAParams
+from .surrogate import Surrogate, surrogate_spec
 
 Tensor = torch.Tensor
 
@@ -26,7 +30,7 @@ class STAALIF(nn.Module):
         X_t = I_t + PE_t                       (eq. 11, ``pos``)
         U_t = GC1(X_t) + GC2(H_{t-1})          (eqs. 7-10, 13, ``gc_x`` and ``gc_h``)
         V_t = SA(U_t)                          (eq. 12, ``sa``)
-        S_t = [V_t >= v_threshold]             (eq. 2, rectangular surrogate, eq. 5)
+        S_t = [V_t >= v_threshold]             (eq. 2; surrogate gradient, eq. 5 by default)
         H_t = v_reset S_t + V_t (1 - S_t)      (eq. 3; soft reset: V_t - v_threshold S_t)
 
     In training, TSRD (sec. 3.2) skips the whole aggregator at each step t >= 1 with
@@ -37,20 +41,36 @@ class STAALIF(nn.Module):
         T: number of time steps (length of the position encoding), or ``None`` to take
             it from the first multi-step forward. Single-step mode with ``pe=True`` needs it.
         r: reduction ratio of the channel MLPs; hidden width Ch = max(C // r, 4).
-        alpha: SA's pooling scale (eq. 12), fixed.
+        alpha: step attention's pooling scale (eq. 12), fixed, > 0. Not the surrogate's alpha.
         tsrd: TSRD drop probability beta in [0, 1); 0 disables it.
         gc, pe, sa: enable the global-context blocks, position encoding, step attention.
             With all three off and ``tsrd=0`` the neuron is an IF neuron.
         v_threshold: firing threshold.
         v_reset: reset potential (hard reset), or ``None`` for soft reset.
         detach_reset: stop the gradient through S inside the reset.
-        surrogate_width: width a of the rectangular surrogate (eq. 5).
-        step_mode: ``"m"`` (input ``[T, B, C, H, W]`` or ``[T, B, C]``) or ``"s"``
-            (input ``[B, C, H, W]`` or ``[B, C]`` per call, state kept between calls).
+        surrogate: the spike's surrogate gradient: ``"rect"`` (the paper's eq. 5, default),
+            ``"atan"``, ``"sigmoid"`` (spikingjelly's ``ATan``, ``Sigmoid``) or ``"fast_sigmoid"``
+            (snnTorch's); formulas in :mod:`staa.surrogate`.
+        surrogate_width: the rectangle's width a (``rect`` only; default 1).
+        surrogate_alpha: the sharpness of ``atan`` (default 2), ``sigmoid`` (4) or
+            ``fast_sigmoid`` (its slope, 25). Giving the one that does not fit the kind is an error.
+        step_mode: ``"m"`` (input ``[T, B, C, H, W]`` or ``[T, B, C]``, one sequence from rest per
+            call) or ``"s"`` (input ``[B, C, H, W]`` or ``[B, C]`` per call, the state carried
+            between calls, gradients flowing through it; ``reset()`` starts a new sequence).
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (``auto`` honours ``STAA_BACKEND``).
         store_v_seq: in multi-step mode keep every H as ``v_seq`` ``[T, ...]``.
+        check_finite: raise ``ValueError`` when an input holds NaN or Inf. Off by default because
+            it synchronises with the host (a GPU stall; not capturable in a CUDA graph); without it,
+            a non-finite value gives NaN spikes where it reaches, so the loss shows it.
+        sa_init_bias: the value step attention's ``fc2.bias`` starts at; ``None`` (default) keeps
+            ``nn.Linear``'s initialisation, where the gate σ(...) starts near 0.5 and halves V. A
+            value of 3 starts the gate near 0.95, so a new layer passes its input on almost
+            unchanged; ``staa.convert`` uses 3 (networks without BatchNorm before their neurons
+            lose their activity when every layer halves it). The state dict is the same.
+        device, dtype: of the parameters.
 
-    Shapes: output spikes have the input's shape and dtype.
+    Shapes: output spikes have the input's shape, dtype and memory format. The state is kept
+    in float32 (float64 for float64 inputs).
     """
 
     def __new__(cls, *args, **kwargs):
@@ -76,41 +96,51 @@ class STAALIF(nn.Module):
         v_threshold: float = 1.0,
         v_reset: Optional[float] = 0.0,
         detach_reset: bool = False,
-        surrogate_width: float = 1.0,
+        surrogate: str = "rect",
+        surrogate_width: Optional[float] = None,
+        surrogate_alpha: Optional[float] = None,
         step_mode: str = "m",
         backend: str = "auto",
         store_v_seq: bool = False,
+        check_finite: bool = False,
+        sa_init_bias: Optional[float] = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
-        if channels is not None and (not isinstance(channels, int) or channels < 1):
-            raise ValueError(f"channels must be a positive int or None, got {channels!r}")
-        if T is not None and (not isinstance(T, int) or T < 1):
-            raise ValueError(f"T must be a positive int or None, got {T!r}")
-        if not isinstance(r, int) or r < 1:
-            raise ValueError(f"r must be an int >= 1, got {r!r}")
-        if not 0.0 <= float(tsrd) < 1.0:
-            raise ValueError(f"tsrd must be in [0, 1), got {tsrd!r}")
-        if not float(surrogate_width) > 0.0:
-            raise ValueError(f"surrogate_width must be > 0, got {surrogate_width!r}")
-        check_backend_name(backend)
+        channels = _checks.count(channels, "channels", allow_none=True)
+        T = _checks.count(T, "T", allow_none=True)
+        self.r = _checks.count(r, "r")
+        if tsrd is None:
+            raise TypeError("tsrd must be a probability in [0, 1); use tsrd=0.0 to switch TSRD off, got None")
+        self.tsrd = _checks.real(tsrd, "tsrd", low=0.0, high=1.0, high_open=True,
+                                 what="a probability in [0, 1) (TSRD's beta; 0 switches it off)")
+        v_threshold = _checks.real(v_threshold, "v_threshold")
+        v_reset = _checks.real(v_reset, "v_reset", allow_none=True, what="a finite number (None: soft reset)")
+        if v_reset is not None and v_threshold <= v_reset:
+            warnings.warn(
+                f"STAALIF: v_threshold={v_threshold:g} <= v_reset={v_reset:g}: a neuron that fires is reset to a "
+                f"potential at or above its threshold and fires again at the next step unless its input is negative",
+                stacklevel=2,
+            )
         self.channels = channels
         self.T = T
-        self.r = r
-        self.tsrd = float(tsrd)
         self.cfg = NeuronConfig(
-            alpha=float(alpha),
-            v_threshold=float(v_threshold),
-            v_reset=None if v_reset is None else float(v_reset),
-            detach_reset=bool(detach_reset),
-            surrogate_width=float(surrogate_width),
+            alpha=_checks.real(alpha, "alpha", low=0.0, low_open=True,
+                               what="a finite number > 0 (step attention's pooling scale, eq. 12; the surrogate's "
+                                    "alpha is surrogate_alpha)"),
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            detach_reset=_checks.flag(detach_reset, "detach_reset"),
+            surrogate=surrogate_spec(surrogate, surrogate_width, surrogate_alpha),
         )
-        self.backend = backend
+        self.backend = check_backend_name(backend)
         self.step_mode = step_mode
-        self.store_v_seq = store_v_seq
+        self.store_v_seq = _checks.flag(store_v_seq, "store_v_seq")
+        self.check_finite = _checks.flag(check_finite, "check_finite")
+        gc, pe, sa = (_checks.flag(v, n) for v, n in ((gc, "gc"), (pe, "pe"), (sa, "sa")))
         factory = {"device": device, "dtype": dtype}
-        hidden = None if channels is None else hidden_features(channels, r)
+        hidden = None if channels is None else hidden_features(channels, self.r)
         if pe:
             if channels is not None and T is not None:
                 self.pos = nn.Parameter(torch.zeros(T, channels, **factory))
@@ -120,9 +150,13 @@ class STAALIF(nn.Module):
             self.pos = None
         self.gc_x = GlobalContext(channels, hidden, **factory) if gc else None
         self.gc_h = GlobalContext(channels, hidden, **factory) if gc else None
-        self.sa = StepAttention(channels, hidden, alpha, **factory) if sa else None
+        sa_init_bias = _checks.real(sa_init_bias, "sa_init_bias", allow_none=True,
+                                    what="a finite number (None: nn.Linear's default initialisation)")
+        self.sa = StepAttention(channels, hidden, self.cfg.alpha, init_bias=sa_init_bias, **factory) if sa else None
         self._h: Optional[Tensor] = None  # membrane state H, never a buffer
-        self._t = 0
+        self._t = 0  # host-side step counter (eager calls)
+        self._step: Optional[Tensor] = None  # the same counter as a device tensor (compiled calls)
+        self._t_on_host = True  # False after a compiled single-step call: read _step instead
         self._v_seq: Optional[Tensor] = None
         self._register_load_state_dict_pre_hook(self._materialize_from_state_dict)
 
@@ -153,11 +187,25 @@ class STAALIF(nn.Module):
         return self.cfg.detach_reset
 
     @property
-    def surrogate_width(self) -> float:
-        return self.cfg.surrogate_width
+    def surrogate(self) -> Surrogate:
+        """The surrogate gradient: ``(kind, param)``, see :mod:`staa.surrogate`."""
+        return self.cfg.surrogate
+
+    @property
+    def surrogate_width(self) -> Optional[float]:
+        """The rectangle's width a (eq. 5); ``None`` for the other kinds."""
+        sg = self.cfg.surrogate
+        return sg.param if sg.kind == "rect" else None
+
+    @property
+    def surrogate_alpha(self) -> Optional[float]:
+        """The sharpness of the ``atan``/``sigmoid``/``fast_sigmoid`` surrogate; ``None`` for ``rect``."""
+        sg = self.cfg.surrogate
+        return None if sg.kind == "rect" else sg.param
 
     @property
     def alpha(self) -> float:
+        """Step attention's pooling scale (eq. 12); not the surrogate's alpha."""
         return self.cfg.alpha
 
     @property
@@ -170,7 +218,8 @@ class STAALIF(nn.Module):
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
         return (
             f"channels={self.channels}, T={self.T}, blocks={'+'.join(blocks) or 'none'}, tsrd={self.tsrd}, "
-            f"v_threshold={self.v_threshold}, {reset}, step_mode={self.step_mode}, backend={self.backend}"
+            f"v_threshold={self.v_threshold}, {reset}, {self.surrogate.describe()}, step_mode={self.step_mode}, "
+            f"backend={self.backend}"
         )
 
     # ------------------------------------------------------------------ state
@@ -186,19 +235,34 @@ class STAALIF(nn.Module):
 
     @property
     def t(self) -> int:
-        """Index of the next single-step call into the sequence."""
+        """Index of the next single-step call into the sequence (T after a multi-step call)."""
+        if not self._t_on_host and self._step is not None:
+            self._t, self._t_on_host = int(self._step), True
         return self._t
 
     def reset(self) -> None:
         """Clear the membrane state and the step index (``functional.reset_net`` calls this)."""
         self._h = None
         self._t = 0
+        self._step = None
+        self._t_on_host = True
         self._v_seq = None
 
     def detach(self) -> None:
-        """Cut the membrane state from the graph (``functional.detach_net`` calls this)."""
+        """Cut the membrane state from the graph (``functional.detach_net`` calls this); the step
+        index is kept, so truncated backpropagation through time continues the same sequence."""
         if self._h is not None:
             self._h = self._h.detach()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .double(), ...: the stored state follows the module, as in spikingjelly.
+        # It is cast back to its compute dtype (float32, or float64 for double) at the next call.
+        out = super()._apply(fn, *args, **kwargs)
+        if self._h is not None:
+            self._h = fn(self._h)
+        if self._step is not None:
+            self._step = fn(self._step)
+        return out
 
     # ------------------------------------------------------------------ sizing
     def has_uninitialized_params(self) -> bool:
@@ -266,6 +330,16 @@ class STAALIF(nn.Module):
                 f"STAALIF was built for {self.channels} channels but the input has {c} at dim {c_dim} "
                 f"(shape {list(x.shape)})"
             )
+        if c == 0 and self.has_uninitialized_params():
+            raise ValueError(
+                f"STAALIF cannot size itself from an input with 0 channels (shape {list(x.shape)}); pass "
+                f"channels=... to the constructor or give it a non-empty input first"
+            )
+        if self.step_mode == "m" and x.shape[0] == 0 and (self.T is None and self.pos is not None):
+            raise ValueError(
+                f"STAALIF cannot size its position encoding from an input with T=0 (shape {list(x.shape)}); pass "
+                f"T=... to the constructor or give it a non-empty input first"
+            )
         for p in self.parameters():
             if p.device != x.device:
                 raise ValueError(
@@ -273,11 +347,21 @@ class STAALIF(nn.Module):
                     f"(model.to(device) or x.to(device))"
                 )
             break
+        if self.check_finite and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"STAALIF(check_finite=True): the input has {bad} non-finite value(s) (NaN or Inf) in shape "
+                f"{list(x.shape)}"
+            )
 
-    def _draw_drop(self, steps: int, first_step: int, device) -> Tensor:
-        """TSRD mask: bool ``[steps]``; step t (absolute) is dropped with prob ``tsrd`` if t >= 1."""
+    def _draw_drop(self, steps: int, first_step, device) -> Tensor:
+        """TSRD mask: bool ``[steps]``; step t (absolute) is dropped with prob ``tsrd`` if t >= 1.
+
+        ``first_step`` is an int, or a 0-d tensor (single-step calls under ``torch.compile``)."""
         if self.training and self.tsrd > 0.0:
             drop = torch.rand(steps, device=device) < self.tsrd
+            if isinstance(first_step, Tensor):
+                return drop & (first_step + torch.arange(steps, device=device) > 0)
             if first_step == 0:
                 drop[0] = False
             return drop
@@ -285,11 +369,17 @@ class STAALIF(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Spikes for ``x``: ``[T, B, C, H, W]``/``[T, B, C]`` (multi-step) or
-        ``[B, C, H, W]``/``[B, C]`` (single-step), same shape and dtype as ``x``."""
+        ``[B, C, H, W]``/``[B, C]`` (single-step), same shape, dtype and memory format as ``x``.
+
+        A spike is NaN where the membrane potential is not finite (a NaN or Inf reached the
+        neuron), so the loss shows it; ``check_finite=True`` raises on a non-finite input instead.
+        """
         self._check_input(x)
         if self.step_mode == "m":
-            return self._multi_step(x)
-        return self._single_step(x)
+            out = self._multi_step(x)
+        else:
+            out = self._single_step(x)
+        return _like(out, x)
 
     def _multi_step(self, x: Tensor) -> Tensor:
         T = x.shape[0]
@@ -300,15 +390,15 @@ class STAALIF(nn.Module):
                 f"input has T={T} time steps but this STAALIF was built for T={self.T} "
                 f"(position encoding of length {self.T}); use T <= {self.T} or build it with T={T}"
             )
-        x4 = x.reshape(T, x.shape[1], x.shape[2], -1)
         drop = self._draw_drop(T, 0, x.device)
-        spikes, v_last, v_seq = staa_lif_multistep(
-            x4, self.params(), drop, self.cfg, self.backend, store_v_seq=self.store_v_seq
+        spikes, h_last, v_seq = staa_lif(
+            x, self.params(), self.cfg, drop=drop, backend=self.backend, store_v_seq=self.store_v_seq
         )
-        self._h = v_last.reshape(x.shape[1:])
-        self._v_seq = None if v_seq is None else v_seq.reshape(x.shape)
-        self._t = 0
-        return spikes.reshape(x.shape)
+        # A multi-step call is one sequence from rest; a following single-step call continues it at t = T.
+        self._h = h_last.detach()
+        self._v_seq = v_seq
+        self._t, self._step, self._t_on_host = T, None, True
+        return spikes
 
     def _single_step(self, x: Tensor) -> Tensor:
         if self.has_uninitialized_params():
@@ -318,22 +408,59 @@ class STAALIF(nn.Module):
                     "encoding; pass T=... to the constructor or run one multi-step forward first"
                 )
             self._materialize(x.shape[1], None)
-        x4 = x.reshape(1, x.shape[0], x.shape[1], -1)
-        cd = compute_dtype(x.dtype)
-        if self._h is None or self._h.shape != x.shape or self._h.device != x.device or self._h.dtype != cd:
-            # New sequence or a different batch: start from rest.
-            self._h = None
-            self._t = 0
-        if self.T is not None and self._t >= self.T:
+        h0 = self._h
+        if h0 is not None:
+            self._check_state(h0, x)
+        compiling = torch.compiler.is_compiling()
+        if compiling:
+            # A Python step counter would be specialised on and recompile at every step: use the tensor.
+            step = self._step if self._step is not None else torch.zeros((), dtype=torch.long, device=x.device)
+            t0 = step
+        else:
+            t0 = self.t
+            if self.T is not None and t0 >= self.T:
+                raise ValueError(
+                    f"single-step call at t={t0} but this STAALIF has T={self.T} steps; call reset() "
+                    f"(or functional.reset_net) between sequences"
+                )
+        drop = self._draw_drop(1, t0, x.device)
+        spikes, h_last, _ = staa_lif(x.unsqueeze(0), self.params(), self.cfg, drop=drop, h0=h0, t0=t0,
+                                     backend=self.backend)
+        self._h = h_last
+        if compiling:
+            self._step, self._t_on_host = step + 1, False
+        else:
+            self._t = t0 + 1
+            self._step = None
+        return spikes[0]
+
+    def _check_state(self, h: Tensor, x: Tensor) -> None:
+        if h.shape != x.shape:
             raise ValueError(
-                f"single-step call at t={self._t} but this STAALIF has T={self.T} steps; call reset() "
-                f"(or functional.reset_net) between sequences"
+                f"single-step input of shape {list(x.shape)} does not match the stored state of shape "
+                f"{list(h.shape)} (step t={self._t} of a sequence); call reset() (functional.reset_net) "
+                f"before a new sequence or batch"
             )
-        h0 = None if self._h is None else self._h.reshape(x4.shape[1:])
-        drop = self._draw_drop(1, self._t, x.device)
-        spikes, h = staa_lif_reference(
-            x4, self.params(), drop, **self.cfg._asdict(), h0=h0, t0=self._t, return_states=True
-        )
-        self._h = h[0].reshape(x.shape)
-        self._t += 1
-        return spikes.reshape(x.shape)
+        if h.device != x.device:
+            raise ValueError(
+                f"the stored state is on {h.device} but the input is on {x.device}; move the module with "
+                f".to(device) (it moves the state too) or call reset()"
+            )
+        if h.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "the stored state was made under torch.inference_mode() and cannot be used for training; "
+                "call reset() (functional.reset_net) before leaving inference mode"
+            )
+
+
+def _like(out: Tensor, x: Tensor) -> Tensor:
+    """``out`` in ``x``'s memory format (channels_last inputs give channels_last spikes)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return out.contiguous(memory_format=torch.channels_last_3d)
+    return out
+
+
+# IDEs and inspect.signature read __init__'s arguments, not the __new__ hook above.
+STAALIF.__signature__ = inspect.Signature(list(inspect.signature(STAALIF.__init__).parameters.values())[1:])

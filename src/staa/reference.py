@@ -11,10 +11,12 @@ input is float64); spikes come back in the input dtype.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
+
+from .surrogate import Surrogate, spike, surrogate_spec
 
 Tensor = torch.Tensor
 
@@ -66,26 +68,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class _RectSpike(torch.autograd.Function):
-    """Heaviside forward, rectangular surrogate backward (eq. 5)."""
-
-    @staticmethod
-    def forward(ctx, v: Tensor, v_threshold: float, width: float) -> Tensor:
-        ctx.save_for_backward(v)
-        ctx.v_threshold = v_threshold
-        ctx.width = width
-        return (v >= v_threshold).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_s: Tensor):
-        (v,) = ctx.saved_tensors
-        window = (v - ctx.v_threshold).abs() < ctx.width / 2
-        return grad_s * window.to(grad_s.dtype) / ctx.width, None, None
-
-
 def rect_spike(v: Tensor, v_threshold: float = 1.0, width: float = 1.0) -> Tensor:
-    """S = [v >= v_threshold]; dS/dv = 1/width where |v - v_threshold| < width/2 (strict), else 0."""
-    return _RectSpike.apply(v, float(v_threshold), float(width))
+    """S = [v >= v_threshold]; dS/dv = 1/width where |v - v_threshold| < width/2 (strict), else 0
+    (eq. 5). NaN where v is not finite. See :func:`staa.surrogate.spike` for the other kinds."""
+    return spike(v, v_threshold, surrogate_spec("rect", width=width))
 
 
 def global_context(z: Tensor, p: GCParams) -> Tensor:
@@ -128,7 +114,9 @@ def staa_lif_reference(
     v_threshold: float = 1.0,
     v_reset: Optional[float] = 0.0,
     detach_reset: bool = False,
-    surrogate_width: float = 1.0,
+    surrogate: Union[str, Surrogate] = "rect",
+    surrogate_width: Optional[float] = None,
+    surrogate_alpha: Optional[float] = None,
     h0: Optional[Tensor] = None,
     t0: int = 0,
     return_states: bool = False,
@@ -139,17 +127,27 @@ def staa_lif_reference(
     (eq. 13); V_t = SA(U_t) (eq. 12/14); S_t = [V_t >= v_th] (eq. 2); hard reset
     H_t = v_reset S_t + V_t (1 - S_t) (eq. 3) or, with ``v_reset=None``, soft reset
     H_t = V_t - v_th S_t. Where ``drop[t]`` is true (TSRD, sec. 3.2) the aggregator is
-    skipped and V_t = I_t + H_{t-1}.
+    skipped and V_t = I_t + H_{t-1}. S_t is NaN where V_t is not finite.
 
     Args:
         x: input currents ``[T, B, C, P]``.
         params: the layer's weights; ``None`` entries are disabled blocks.
         drop: bool ``[T]`` TSRD mask, or ``None`` for no drops.
+        surrogate: the surrogate kind (``"rect"``, ``"atan"``, ``"sigmoid"``, ``"fast_sigmoid"``,
+            see :mod:`staa.surrogate`) or a :class:`~staa.surrogate.Surrogate`; ``surrogate_width``
+            sets the rectangle's width, ``surrogate_alpha`` the other kinds' sharpness.
         h0: membrane state H_{-1} ``[B, C, P]``; default ``v_reset`` (hard) or 0 (soft).
+            Differentiable: its gradient flows back through the returned states.
         t0: index of x[0] into the position encoding (single-step use).
         return_states: also return H for every step, ``[T, B, C, P]`` in the compute dtype.
     """
     T = x.shape[0]
+    if isinstance(surrogate, Surrogate):
+        if surrogate_width is not None or surrogate_alpha is not None:
+            raise ValueError("pass either a Surrogate or surrogate_width/surrogate_alpha, not both")
+        sg = surrogate
+    else:
+        sg = surrogate_spec(surrogate, surrogate_width, surrogate_alpha)
     cd = compute_dtype(x.dtype)
     xc = x.to(cd)
     if drop is None:
@@ -167,7 +165,7 @@ def staa_lif_reference(
         u_t = gx + gh
         v_att = step_attention(u_t, params.sa, alpha) if params.sa is not None else u_t
         v_t = torch.where(drop[t], i_t + h, v_att)
-        s_t = rect_spike(v_t, v_threshold, surrogate_width)
+        s_t = spike(v_t, v_threshold, sg)
         s_r = s_t.detach() if detach_reset else s_t
         if v_reset is None:
             h = v_t - v_threshold * s_r

@@ -4,9 +4,14 @@ One ``torch.library`` op runs the whole multi-step recurrence; its backward is a
 op, so ``torch.compile`` sees two opaque nodes (with fake implementations for shape
 propagation) and never traces into the time loops.
 
-Parameters travel as a list of the present tensors plus a list of 21 flags saying which
-of ``[pos, gc_x (8), gc_h (8), sa (4)]`` are there (a disabled block has its flags off).
+Parameters travel as a list of the present tensors plus a list of flags saying which of
+``[pos, *gc_x, *gc_h, *sa]`` are there (a disabled block has its flags off); on each side
+they are rebuilt into the named tuples of :mod:`staa.reference` (``GCParams``, ``SAParams``).
 Autograd of custom ops does not round-trip lists holding ``None``, hence the flags.
+
+The initial state ``h0`` (``None`` = the resting state) is an input and the last state
+``h_last`` a differentiable output, so a chain of single-step calls backpropagates through
+the state exactly as one multi-step call does.
 
 Autocast: the ops are autocast-neutral. They run on their inputs as given (spikes come
 back in ``x``'s dtype) and switch autocast off inside, so the attention MLPs and the
@@ -18,15 +23,14 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..reference import compute_dtype
+from ..reference import GCParams, SAParams, compute_dtype
 from . import torch_impl
 
 Tensor = torch.Tensor
 
-N_PARAMS = 21  # pos + 8 + 8 + 4
-_GCX = slice(1, 9)
-_GCH = slice(9, 17)
-_SA = slice(17, 21)
+_BLOCKS = (("gc_x", GCParams), ("gc_h", GCParams), ("sa", SAParams))
+#: Number of weight tensors of [pos, gc_x, gc_h, sa] when every block is on.
+N_PARAMS = 1 + sum(len(cls._fields) for _, cls in _BLOCKS)
 
 
 def _expand(params: Sequence[Tensor], present: Sequence[bool]) -> List[Optional[Tensor]]:
@@ -35,11 +39,13 @@ def _expand(params: Sequence[Tensor], present: Sequence[bool]) -> List[Optional[
 
 
 def _split(params: Sequence[Optional[Tensor]]):
-    def block(sl):
-        ws = params[sl]
-        return None if ws[0] is None else tuple(ws)
-
-    return params[0], block(_GCX), block(_GCH), block(_SA)
+    """``[pos, *gc_x, *gc_h, *sa]`` (None where absent) -> pos, GCParams/None, GCParams/None, SAParams/None."""
+    out, i = [params[0]], 1
+    for _, cls in _BLOCKS:
+        ws = params[i:i + len(cls._fields)]
+        out.append(None if ws[0] is None else cls(*ws))
+        i += len(cls._fields)
+    return tuple(out)
 
 
 def _backend(use_triton: bool):
@@ -54,13 +60,15 @@ def _backend(use_triton: bool):
 def lif_forward(
     x: Tensor,
     drop: Tensor,
+    h0: Optional[Tensor],
     params: List[Tensor],
     present: List[bool],
     alpha: float,
     v_threshold: float,
     v_reset: Optional[float],
     detach_reset: bool,
-    surrogate_width: float,
+    surrogate: str,
+    surrogate_param: float,
     store_v_seq: bool,
     use_triton: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -68,9 +76,9 @@ def lif_forward(
     pos, gcx, gch, sa = _split(_expand(params, present))
     with torch.autocast(x.device.type, enabled=False):
         spikes, h_last, v_seq, u, gate = _backend(use_triton).staa_lif_forward(
-            x, drop, pos, gcx, gch, sa,
+            x, drop, h0, pos, gcx, gch, sa,
             alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-            surrogate_width=surrogate_width, store_v_seq=store_v_seq,
+            surrogate=surrogate, surrogate_param=surrogate_param, store_v_seq=store_v_seq,
         )
     if v_seq is None:
         v_seq = x.new_empty((0,), dtype=compute_dtype(x.dtype))
@@ -78,7 +86,8 @@ def lif_forward(
 
 
 @lif_forward.register_fake
-def _(x, drop, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate_width, store_v_seq, use_triton):
+def _(x, drop, h0, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param,
+      store_v_seq, use_triton):
     T, B, C, P = x.shape
     cd = compute_dtype(x.dtype)
     return (
@@ -93,8 +102,10 @@ def _(x, drop, params, present, alpha, v_threshold, v_reset, detach_reset, surro
 @torch.library.custom_op("staa::lif_backward", mutates_args=())
 def lif_backward(
     grad_spikes: Tensor,
+    grad_h_last: Optional[Tensor],
     x: Tensor,
     drop: Tensor,
+    h0: Optional[Tensor],
     params: List[Tensor],
     present: List[bool],
     u: Tensor,
@@ -103,18 +114,22 @@ def lif_backward(
     v_threshold: float,
     v_reset: Optional[float],
     detach_reset: bool,
-    surrogate_width: float,
+    surrogate: str,
+    surrogate_param: float,
     use_triton: bool,
 ) -> List[Tensor]:
-    """Returns ``[grad_x, *grads of params in list order]``."""
+    """Returns ``[grad_x, grad_h0, *grads of params in list order]``; ``grad_h0`` is empty
+    when ``h0`` is ``None``."""
     pos, gcx, gch, sa = _split(_expand(params, present))
     with torch.autocast(x.device.type, enabled=False):
-        gx, gpos, ggcx, ggch, gsa = _backend(use_triton).staa_lif_backward(
-            grad_spikes.contiguous() if use_triton else grad_spikes, x, drop, pos, gcx, gch, sa, u, gate,
+        gx, gh0, gpos, ggcx, ggch, gsa = _backend(use_triton).staa_lif_backward(
+            grad_spikes.contiguous() if use_triton else grad_spikes,
+            None if grad_h_last is None else grad_h_last.contiguous(),
+            x, drop, h0, pos, gcx, gch, sa, u, gate,
             alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-            surrogate_width=surrogate_width,
+            surrogate=surrogate, surrogate_param=surrogate_param,
         )
-    out = [gx]
+    out = [gx, x.new_empty((0,), dtype=compute_dtype(x.dtype)) if gh0 is None else gh0]
     if gpos is not None:
         out.append(gpos)
     for g in (ggcx, ggch, gsa):
@@ -124,27 +139,31 @@ def lif_backward(
 
 
 @lif_backward.register_fake
-def _(grad_spikes, x, drop, params, present, u, gate, *scalars):
-    return [torch.empty_like(x)] + [torch.empty_like(p) for p in params]
+def _(grad_spikes, grad_h_last, x, drop, h0, params, present, u, gate, *scalars):
+    gh0 = x.new_empty((0,), dtype=compute_dtype(x.dtype)) if h0 is None else torch.empty_like(h0)
+    return [torch.empty_like(x), gh0] + [torch.empty_like(p) for p in params]
 
 
 def _setup_context(ctx, inputs, output):
-    x, drop, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate_width, _, use_triton = inputs
-    _, h_last, v_seq, u, gate = output
+    (x, drop, h0, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param,
+     _, use_triton) = inputs
+    _, _, v_seq, u, gate = output
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not zeros
     ctx.present = list(present)
-    ctx.scalars = (alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton)
-    ctx.mark_non_differentiable(h_last, v_seq, u, gate)
-    ctx.save_for_backward(x, drop, u, gate, *params)
+    ctx.has_h0 = h0 is not None
+    ctx.scalars = (alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param, use_triton)
+    # h_last stays differentiable: single-step chains backpropagate through it.
+    ctx.mark_non_differentiable(v_seq, u, gate)
+    ctx.save_for_backward(x, drop, u, gate, h0, *params)
 
 
-def _backward(ctx, grad_spikes, *_unused):
-    x, drop, u, gate, *params = ctx.saved_tensors
-    alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton = ctx.scalars
-    grads = lif_backward(
-        grad_spikes, x, drop, params, ctx.present, u, gate,
-        alpha, v_threshold, v_reset, detach_reset, surrogate_width, use_triton,
-    )
-    return grads[0], None, list(grads[1:]), None, None, None, None, None, None, None, None
+def _backward(ctx, grad_spikes, grad_h_last, *_unused):
+    x, drop, u, gate, h0, *params = ctx.saved_tensors
+    if grad_spikes is None:  # only the last state is used by the loss
+        grad_spikes = torch.zeros_like(x)
+    grads = lif_backward(grad_spikes, grad_h_last, x, drop, h0, params, ctx.present, u, gate, *ctx.scalars)
+    grad_h0 = grads[1] if ctx.has_h0 else None
+    return grads[0], None, grad_h0, list(grads[2:]), None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("staa::lif_forward", _backward, setup_context=_setup_context)

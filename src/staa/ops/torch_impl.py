@@ -19,12 +19,13 @@ compute dtype ``cd`` (float64 for float64 input, else float32).
 """
 from __future__ import annotations
 
+import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..reference import compute_dtype
+from ..reference import GCParams, SAParams, compute_dtype
 
 Tensor = torch.Tensor
 
@@ -33,8 +34,9 @@ __all__ = ["staa_lif_forward", "staa_lif_backward"]
 _LN_EPS = 1e-5
 
 
-def _cast(ws: Optional[Sequence[Tensor]], cd: torch.dtype):
-    return None if ws is None else [w.to(cd) for w in ws]
+def _cast(ws, cd: torch.dtype):
+    """The block's weights (a GCParams / SAParams) in the compute dtype, same named tuple."""
+    return None if ws is None else type(ws)(*(w.to(cd) for w in ws))
 
 
 # --------------------------------------------------------------------- GC block
@@ -66,7 +68,7 @@ def _gc_forward(z: Tensor, p, with_mean: bool = False):
     in the same pass over ``z`` as the attention-weighted sum.
     """
     N, C, P = z.shape
-    logits = torch.bmm(p[0].expand(N, 1, C), z).squeeze(1) + p[1]  # [N, P]
+    logits = torch.bmm(p.key_weight.expand(N, 1, C), z).squeeze(1) + p.key_bias  # [N, P]
     w = torch.sigmoid(logits)
     if with_mean:
         rows = torch.stack((w, torch.full_like(w, 1.0 / P)), dim=1)  # [N, 2, P]
@@ -74,9 +76,9 @@ def _gc_forward(z: Tensor, p, with_mean: bool = False):
         ctx, zmean = red[:, 0], red[:, 1]
     else:
         ctx, zmean = _weighted_sum(z, w), None
-    q = F.linear(ctx, p[2], p[3])
-    n, mean, rstd = torch.native_layer_norm(q, q.shape[-1:], p[4], p[5], _LN_EPS)
-    delta = F.linear(torch.relu(n), p[6], p[7])
+    q = F.linear(ctx, p.query_weight, p.query_bias)
+    n, mean, rstd = torch.native_layer_norm(q, q.shape[-1:], p.norm_weight, p.norm_bias, _LN_EPS)
+    delta = F.linear(torch.relu(n), p.value_weight, p.value_bias)
     cache = _GCCache(w, ctx, q, mean, rstd, n, delta)
     return (cache, zmean) if with_mean else cache
 
@@ -86,13 +88,13 @@ def _gc_mlp_backward(g_delta: Tensor, c: _GCCache, p):
 
     Returns (g_ctx ``[N, C]``, g_n ``[N, Ch]`` (relu mask applied), g_q ``[N, Ch]``).
     """
-    g_n = torch.matmul(g_delta, p[6]) * (c.n > 0)
+    g_n = torch.matmul(g_delta, p.value_weight) * (c.n > 0)
     xhat = (c.q - c.mean) * c.rstd
-    g_xhat = g_n * p[4]
+    g_xhat = g_n * p.norm_weight
     g_q = c.rstd * (
         g_xhat - g_xhat.mean(-1, keepdim=True) - xhat * (g_xhat * xhat).mean(-1, keepdim=True)
     )
-    return torch.matmul(g_q, p[2]), g_n, g_q
+    return torch.matmul(g_q, p.query_weight), g_n, g_q
 
 
 def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out: Tensor):
@@ -101,7 +103,7 @@ def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out:
     N, C, _ = z.shape
     g_w = torch.bmm(g_ctx.unsqueeze(1), z).squeeze(1)  # d ctx / d w_p = z_p
     g_logit = g_w.mul_(c.w * (1.0 - c.w))
-    left = torch.cat((g_ctx.unsqueeze(2), p[0].reshape(1, C, 1).expand(N, C, 1)), dim=2)  # [N, C, 2]
+    left = torch.cat((g_ctx.unsqueeze(2), p.key_weight.reshape(1, C, 1).expand(N, C, 1)), dim=2)  # [N, C, 2]
     right = torch.stack((c.w, g_logit), dim=1)  # [N, 2, P]
     if out is g_out:
         out.baddbmm_(left, right)
@@ -145,20 +147,22 @@ def _gc_grads_from_steps(store, p) -> List[Tensor]:
 # --------------------------------------------------------------------- SA block
 def _sa_hidden(m: Tensor, p, alpha: float) -> Tuple[Tensor, Tensor]:
     """fc1's output and the gate sigmoid(fc2(relu(fc1(alpha * m)))) for ``m`` ``[N, C]``."""
-    y1 = F.linear(alpha * m, p[0], p[1])
-    return y1, torch.sigmoid(F.linear(torch.relu(y1), p[2], p[3]))
+    y1 = F.linear(alpha * m, p.fc1_weight, p.fc1_bias)
+    return y1, torch.sigmoid(F.linear(torch.relu(y1), p.fc2_weight, p.fc2_bias))
 
 
 # --------------------------------------------------------------------- shared
 def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spike_out: Tensor,
                     mask_buf: Tensor, h_out: Tensor) -> Tensor:
-    """S = [v >= v_th] into ``spike_out`` and H = reset(v, S) into ``h_out``.
+    """S = [v >= v_th] (NaN where v is not finite) into ``spike_out`` and H = reset(v, S) into ``h_out``.
 
     Masks are kept as 0/1 floats: on CPU comparisons and products with float operands
     are several times faster than with bool tensors, and the values are the same as
     the reference's v_reset * S + v * (1 - S) and v - v_th * S.
     """
-    torch.ge(v, v_threshold, out=spike_out)
+    # S = [v >= v_th] + 0 * v: 0/1 for a finite v, NaN where v is NaN or infinite, so a
+    # non-finite value shows in the spikes (and the loss) instead of silencing the neuron.
+    torch.ge(v, v_threshold, out=spike_out).add_(v, alpha=0.0)
     if v_reset is None:
         return torch.add(v, spike_out, alpha=-v_threshold, out=h_out)
     torch.lt(v, v_threshold, out=mask_buf)  # 1 - S
@@ -166,6 +170,23 @@ def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spi
     if v_reset != 0.0:
         h_out.add_(spike_out, alpha=v_reset)
     return h_out
+
+
+def _surrogate_grad_into(v: Tensor, v_threshold: float, kind: str, p: float, out: Tensor) -> Tensor:
+    """dS/dV at ``v`` for the surrogate ``kind`` with parameter ``p``, into ``out`` (in place,
+    no temporaries). Same formulas as :func:`staa.surrogate.surrogate_grad`."""
+    x = torch.sub(v, v_threshold, out=out)
+    if kind == "rect":  # 1/p inside the strict window |x| < p/2
+        x.abs_().lt_(p / 2)
+        return x if p == 1.0 else x.mul_(1.0 / p)
+    if kind == "atan":  # p / (2 (1 + (pi/2 p x)^2))
+        return x.mul_(math.pi / 2 * p).square_().add_(1.0).reciprocal_().mul_(p / 2)
+    if kind == "sigmoid":  # p sg (1 - sg), sg = sigmoid(p x)
+        x.mul_(p).sigmoid_()
+        return x.addcmul_(x, x, value=-1.0).mul_(p)
+    if kind == "fast_sigmoid":  # 1 / (p |x| + 1)^2
+        return x.abs_().mul_(p).add_(1.0).square_().reciprocal_()
+    raise ValueError(f"unknown surrogate kind {kind!r}")
 
 
 def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int, with_mean: bool):
@@ -192,24 +213,29 @@ def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int, with_mean: boo
 def staa_lif_forward(
     x: Tensor,
     drop: Tensor,
+    h0: Optional[Tensor],
     pos: Optional[Tensor],
-    gcx: Optional[Sequence[Tensor]],
-    gch: Optional[Sequence[Tensor]],
-    sa: Optional[Sequence[Tensor]],
+    gcx: Optional[GCParams],
+    gch: Optional[GCParams],
+    sa: Optional[SAParams],
     *,
     alpha: float,
     v_threshold: float,
     v_reset: Optional[float],
     detach_reset: bool,
-    surrogate_width: float,
+    surrogate: str,
+    surrogate_param: float,
     store_v_seq: bool,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor, Tensor]:
     """STAA-LIF over ``x`` ``[T, B, C, P]`` (backend contract, see module docstring).
 
+    ``h0`` is the initial state H_{-1} ``[B, C, P]`` (compute dtype) or ``None`` for the resting
+    state; ``pos`` holds the position-encoding rows of these steps (row t for step t).
+
     Returns ``(spikes [T, B, C, P] x.dtype, h_last [B, C, P] cd, v_seq [T, B, C, P] cd or None,
-    u [T, B, C, P] cd, gate [T, B, C] cd)``.
+    u [T, B, C, P] cd, gate [T, B, C] cd)``; ``h_last`` is always a fresh tensor.
     """
-    del detach_reset, surrogate_width  # backward-only settings
+    del detach_reset, surrogate, surrogate_param  # backward-only settings
     T, B, C, P = x.shape
     cd = compute_dtype(x.dtype)
     dev = x.device
@@ -232,7 +258,10 @@ def staa_lif_forward(
     gate = torch.ones((T, B, C), dtype=cd, device=dev)
     spikes = torch.empty_like(x)
     v_seq = torch.empty((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None
-    h = torch.full((B, C, P), 0.0 if v_reset is None else float(v_reset), dtype=cd, device=dev)
+    if h0 is None:
+        h = torch.full((B, C, P), 0.0 if v_reset is None else float(v_reset), dtype=cd, device=dev)
+    else:
+        h = h0.to(dtype=cd, copy=True)  # overwritten in place below: never the caller's tensor
     v_buf = torch.empty((B, C, P), dtype=cd, device=dev)
     mask_buf = torch.empty_like(v_buf)
     spike_buf = None if x.dtype == cd else torch.empty_like(v_buf)
@@ -275,12 +304,14 @@ def staa_lif_forward(
 # --------------------------------------------------------------------- backward
 def staa_lif_backward(
     grad_spikes: Tensor,
+    grad_h_last: Optional[Tensor],
     x: Tensor,
     drop: Tensor,
+    h0: Optional[Tensor],
     pos: Optional[Tensor],
-    gcx: Optional[Sequence[Tensor]],
-    gch: Optional[Sequence[Tensor]],
-    sa: Optional[Sequence[Tensor]],
+    gcx: Optional[GCParams],
+    gch: Optional[GCParams],
+    sa: Optional[SAParams],
     u: Tensor,
     gate: Tensor,
     *,
@@ -288,12 +319,17 @@ def staa_lif_backward(
     v_threshold: float,
     v_reset: Optional[float],
     detach_reset: bool,
-    surrogate_width: float,
+    surrogate: str,
+    surrogate_param: float,
 ):
-    """Gradients w.r.t. ``x``, ``pos`` and the block weights, in reverse time.
+    """Gradients w.r.t. ``x``, ``h0``, ``pos`` and the block weights, in reverse time.
 
-    Returns ``(grad_x [T, B, C, P] x.dtype, grad_pos [T_pos, C] or None, grad_gcx (8) or None,
-    grad_gch (8) or None, grad_sa (4) or None)``; parameter grads in the parameters' dtypes.
+    ``grad_h_last`` (dL/dH_{T-1}, or ``None`` when the loss does not use the last state) is
+    added to the gradient flowing back from the last step.
+
+    Returns ``(grad_x [T, B, C, P] x.dtype, grad_h0 [B, C, P] or None (None when h0 is None),
+    grad_pos [T_pos, C] or None, grad_gcx or None, grad_gch or None, grad_sa or None)``; the
+    block gradients are tuples in the fields' order, every gradient in its input's dtype.
 
     Everything is recomputed one step at a time inside the reverse loop: V_t = u_t * gate_t
     and S_t, H_{t-1} from u_{t-1}, X_t and GC1(X_t), GC2(H_{t-1}) and SA's input. The working
@@ -307,8 +343,8 @@ def staa_lif_backward(
     dev = x.device
     dropped = drop.tolist()
     wx, wh, ws = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
-    a = float(surrogate_width)
     h_rest = 0.0 if v_reset is None else float(v_reset)
+    want_h0 = h0 is not None
 
     xc = x.to(cd)
     pos_c = None if pos is None else pos.to(cd)
@@ -319,31 +355,34 @@ def staa_lif_backward(
     h_prev, win, tmp = buf(), buf(), buf()
     s_prev, ns_prev, gh_buf = buf(), buf(), buf()
     xx_buf = buf() if pos is not None else None
-    g_h = None  # dL/dH_t, flowing backwards in time
+    # dL/dH_t, flowing backwards in time (None: no gradient yet)
+    g_h = None if grad_h_last is None else grad_h_last.to(cd)
     if ws is not None:
+        hidden = ws.fc1_weight.shape[0]
         g_o = torch.zeros(T, B, C, dtype=cd, device=dev)  # grad of fc2's output (pre-sigmoid)
-        g_y1 = torch.zeros(T, B, ws[0].shape[0], dtype=cd, device=dev)
+        g_y1 = torch.zeros(T, B, hidden, dtype=cd, device=dev)
         z1_all = torch.zeros(T, B, C, dtype=cd, device=dev)  # fc1's input alpha * m
-        r1_all = torch.zeros(T, B, ws[0].shape[0], dtype=cd, device=dev)
+        r1_all = torch.zeros(T, B, hidden, dtype=cd, device=dev)
     grad_pos = None if pos is None else torch.zeros(pos.shape, dtype=cd, device=dev)
     # per GC block: {t: cache}, {t: small grads}, running key-weight gradient
     gc_steps = {k: ({}, {}, torch.zeros(C, dtype=cd, device=dev)) for k in ("x", "h")}
 
-    torch.mul(u[T - 1], gate[T - 1].unsqueeze(2), out=v_cur)
-    torch.ge(v_cur, v_threshold, out=s_cur)
-    torch.lt(v_cur, v_threshold, out=ns_cur)
+    if T > 0:
+        torch.mul(u[T - 1], gate[T - 1].unsqueeze(2), out=v_cur)
+        torch.lt(v_cur, v_threshold, out=ns_cur)
     for t in reversed(range(T)):
-        # H_{t-1}: the resting state, or reset(V_{t-1}) recomputed from u and gate.
+        # H_{t-1}: the initial state, or reset(V_{t-1}) recomputed from u and gate.
         if t > 0:
             torch.mul(u[t - 1], gate[t - 1].unsqueeze(2), out=v_prev)
             _fire_and_reset(v_prev, v_threshold, v_reset, s_prev, ns_prev, h_prev)
+        elif want_h0:
+            h_prev.copy_(h0)
         else:
             h_prev.fill_(h_rest)
+        need_gh = t > 0 or want_h0  # dL/dH_{t-1} is wanted
 
         # dL/dV_t = dS/dV (dL/dS_t + dL/dH_t dH/dS) + dL/dH_t dH/dV
-        torch.sub(v_cur, v_threshold, out=win).abs_().lt_(a / 2)  # dS/dV = win / a
-        if a != 1.0:
-            win.mul_(1.0 / a)
+        _surrogate_grad_into(v_cur, v_threshold, surrogate, surrogate_param, out=win)
         gs_t = grad_spikes[t]
         g_u = grad_x[t]
         if g_h is None:
@@ -365,7 +404,7 @@ def staa_lif_backward(
 
         if dropped[t]:  # V_t = I_t + H_{t-1}: dL/dI_t = dL/dH_{t-1} = dL/dV_t
             g_u.copy_(g_v)
-            if t > 0:
+            if need_gh:
                 gh_buf.copy_(g_v)
         else:
             # Recompute this step's attention inputs: X_t, GC1(X_t), GC2(H_{t-1}), SA's mean.
@@ -392,15 +431,15 @@ def staa_lif_backward(
                 if c2 is not None:
                     hmean = hmean + c2.delta
                 z1 = alpha * (m + hmean)
-                y1 = F.linear(z1, ws[0], ws[1])
+                y1 = F.linear(z1, ws.fc1_weight, ws.fc1_bias)
                 gt = gate[t]
                 g_gate = torch.linalg.vecdot(g_v, u[t])  # V = u * gate
                 go = g_o[t]
                 torch.mul(g_gate, gt * (1.0 - gt), out=go)
-                torch.mul(go @ ws[2], y1 > 0, out=g_y1[t])
+                torch.mul(go @ ws.fc2_weight, y1 > 0, out=g_y1[t])
                 z1_all[t] = z1
                 r1_all[t] = torch.relu(y1)
-                g_m = (g_y1[t] @ ws[0]).mul_(alpha / P)  # d mean_p / d u = 1/P
+                g_m = (g_y1[t] @ ws.fc1_weight).mul_(alpha / P)  # d mean_p / d u = 1/P
                 torch.addcmul(g_m.unsqueeze(2), g_v, gt.unsqueeze(2), out=g_u)
             else:
                 g_u.copy_(g_v)
@@ -411,7 +450,7 @@ def staa_lif_backward(
                 g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c2, wh)
                 g_l = _gc_input_grad(g_u, h_prev, g_ctx, c2, wh, out=gh_buf)
                 _keep_gc_step(gc_steps["h"], t, h_prev, c2, g_d, g_n, g_q, g_l)
-            elif t > 0:
+            elif need_gh:
                 gh_buf.copy_(g_u)
             if c1 is not None:  # dL/dX_t, in place
                 g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c1, wx)
@@ -436,6 +475,15 @@ def staa_lif_backward(
     def back(grads, ref):
         return None if grads is None else tuple(g.to(r.dtype) for g, r in zip(grads, ref))
 
+    grad_h0 = None
+    if want_h0:  # dL/dH_{-1}: what step 0 sent back, or the incoming gradient when T = 0
+        if T > 0:
+            grad_h0 = gh_buf.to(h0.dtype)
+        elif grad_h_last is not None:
+            grad_h0 = grad_h_last.to(h0.dtype, copy=True)
+        else:
+            grad_h0 = torch.zeros_like(h0)
     if pos is not None:
         grad_pos = grad_pos.to(pos.dtype)
-    return grad_x.to(x.dtype), grad_pos, back(grads_gcx, gcx), back(grads_gch, gch), back(grads_sa, sa)
+    return (grad_x.to(x.dtype), grad_h0, grad_pos, back(grads_gcx, gcx), back(grads_gch, gch),
+            back(grads_sa, sa))
