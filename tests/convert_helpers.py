@@ -92,7 +92,7 @@ def ddp_model(seed: int):
     net = conv_net(neuron.LIFNode, "m", bn=False, v_threshold=0.5)
     # Lazy nodes sized by one STAALIF forward: skips a probe through spikingjelly's LIF
     # (its first call in a process costs seconds), which the other tests cover.
-    staa.convert(net, tsrd=0.0, backend="torch")
+    staa.convert(net, tsrd=0.0, backend="torch", linear="convert")
     with torch.no_grad():
         net(torch.zeros(3, 1, 2, 4, 4))
     # Random values everywhere (the value layers start at zero) so every block gets a gradient.

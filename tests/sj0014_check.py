@@ -91,7 +91,7 @@ def legacy():
         neuron.MultiStepIFNode(v_threshold=0.5),
     )
     x = torch.randn(3, 2, 2, 4, 4) * 2
-    staa.convert(net, x)
+    staa.convert(net, x, linear="convert")  # the IF node after Linear too (kept by default)
     rep = net.staa_report
     got = [(r.name, r.old_class, r.channels, r.T, r.step_mode) for r in rep.replaced]
     assert got == [
@@ -101,11 +101,12 @@ def legacy():
     ], got
     assert any("tau=4" in d for d in rep.replaced[0].dropped), rep.replaced[0].dropped
     assert any("learnable tau (was 3)" in d for d in rep.replaced[1].dropped), rep.replaced[1].dropped
-    assert all("surrogate_function=Sigmoid" in " ".join(r.dropped) for r in rep.replaced)  # 0.0.0.0.14 has no Rect
+    # 0.0.0.0.14's default surrogate, Sigmoid(alpha=4), is carried
+    assert all("sigmoid" in r.surrogate for r in rep.replaced), [r.surrogate for r in rep.replaced]
     lif, plif, if_ = net[1], net[3], net[5]
     assert all(type(m) is staa.STAALIF for m in (lif, plif, if_)), [type(m) for m in (lif, plif, if_)]
     assert lif.detach_reset and lif.v_reset == 0.0 and plif.v_reset is None and if_.v_threshold == 0.5
-    assert all(m.surrogate_width == 1.0 for m in (lif, plif, if_))
+    assert all(m.surrogate == ("sigmoid", 4.0) for m in (lif, plif, if_)), [m.surrogate for m in (lif, plif, if_)]
     _quiet(lambda: _train_step(net, x, functional.reset_net))
     _quiet(lambda: _eval_twice(net, x, functional.reset_net))
 
@@ -114,7 +115,7 @@ def legacy():
         nn.Conv2d(2, 4, 3, padding=1), neuron.LIFNode(), nn.Flatten(), nn.Linear(4 * 16, 6),
         neuron.ParametricLIFNode(), nn.Linear(6, 3), neuron.IFNode(v_reset=None),
     )
-    staa.convert(net, x[0], T=3)
+    staa.convert(net, x[0], T=3, linear="convert")
     got = [(r.old_class.rsplit(".", 1)[-1], r.channels, r.T, r.step_mode) for r in net.staa_report.replaced]
     assert got == [("LIFNode", 4, 3, "s"), ("ParametricLIFNode", 6, 3, "s"), ("IFNode", 3, 3, "s")], got
     seq = torch.stack([net(x[t]) for t in range(3)])
@@ -135,7 +136,7 @@ def activation():
     )
     functional.set_step_mode(net, "m")
     x = torch.randn(3, 2, 2, 4, 4) * 2
-    staa.convert(net, x)
+    staa.convert(net, x, linear="convert")
     got = [(r.old_class, r.channels, r.T, r.step_mode) for r in net.staa_report.replaced]
     assert got == [
         ("spikingjelly.activation_based.neuron.LIFNode", 6, 3, "m"),

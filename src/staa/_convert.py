@@ -50,6 +50,9 @@ _CARRIED = (
 )
 _SURROGATE_OPTIONS = ("surrogate", "surrogate_width", "surrogate_alpha")
 _NOT_OPTIONS = ("channels", "device", "dtype")
+#: Step attention's initial fc2 bias in converted layers: the gate starts at σ(3) ≈ 0.95, so a
+#: converted network starts close to the function of the original (docs/convert.md, "Initialisation").
+CONVERT_SA_INIT_BIAS = 3.0
 #: Values of convert's ``linear`` option: what to do with nodes whose input has no spatial positions.
 LINEAR_CHOICES = ("keep", "convert")
 # Hook dictionaries that move to the new module (the same objects, so old handles still remove them).
@@ -216,7 +219,10 @@ def _matcher(spec: Pattern, what: str) -> Optional[Callable[[str, nn.Module], bo
         return None
     if callable(spec):
         return spec
-    patterns = [spec] if isinstance(spec, str) else list(spec)
+    try:
+        patterns = [spec] if isinstance(spec, str) else list(spec)
+    except TypeError:
+        patterns = [spec]  # not iterable: rejected below with its value
     if not all(isinstance(p, str) for p in patterns):
         raise TypeError(
             f"{what} must be a module-name pattern, a list of patterns or a predicate (name, module) -> bool, "
@@ -604,6 +610,8 @@ def convert(
         **staalif_options: passed to every :class:`staa.STAALIF` (``r``, ``tsrd``, ``gc``,
             ``pe``, ``sa``, ``backend``, ...); they override carried settings. Any of
             ``surrogate``, ``surrogate_width``, ``surrogate_alpha`` replaces the node's surrogate.
+            ``sa_init_bias`` defaults to 3.0 here (step attention's gate starts open, about
+            0.95, instead of about 0.5); pass ``sa_init_bias=None`` for ``nn.Linear``'s default.
 
     Returns:
         ``model`` (the same object; the new STAALIF when ``model`` is a node) with the report
@@ -614,6 +622,13 @@ def convert(
     was (different RNG states still give different initial weights). Lazy modules initialise
     at their first forward, from the RNG as it is then.
     """
+    from . import _snntorch  # models with snnTorch neurons; never imports snntorch itself
+
+    staalif_options.setdefault("sa_init_bias", CONVERT_SA_INIT_BIAS)
+
+    if _snntorch.handles(model):
+        return _snntorch.convert(model, example_input, T=T, include=include, exclude=exclude, linear=linear,
+                                 dry_run=dry_run, **staalif_options)
     if not isinstance(model, nn.Module):
         raise TypeError(f"staa.convert expects a torch.nn.Module, got {type(model).__name__}")
     bad = [k for k in _NOT_OPTIONS if k in staalif_options]
