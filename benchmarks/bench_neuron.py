@@ -88,6 +88,15 @@ def make_providers(shape, device, dtype, names):
         tri = staa.STAALIF(C, T, tsrd=0.0, backend="triton", device=device, dtype=dtype)
         tri.load_state_dict(layer.state_dict())
         out.append(Provider("staa-triton", tri, tri.parameters()))
+    if "staa-torch-s" in names:  # single-step: T calls of one step each, the state carried (BPTT through it)
+        single = staa.STAALIF(C, T, tsrd=0.0, backend="torch", step_mode="s", device=device, dtype=dtype)
+        single.load_state_dict(layer.state_dict())
+
+        def staa_single(x):
+            single.reset()
+            return torch.stack([single(x[t]) for t in range(T)])
+
+        out.append(Provider("staa-torch-s", staa_single, single.parameters()))
     if "reference" in names:
         out.append(Provider("reference", reference, layer.parameters()))
     if "ref-compiled" in names:
@@ -105,6 +114,19 @@ def make_providers(shape, device, dtype, names):
                 return lif(x)
 
             out.append(Provider("sj-LIF", sj, []))
+    if "sj-LIF-s" in names:
+        try:
+            from spikingjelly.activation_based import neuron
+        except Exception:
+            pass
+        else:
+            lif_s = neuron.LIFNode(step_mode="s")
+
+            def sj_single(x):
+                lif_s.reset()
+                return torch.stack([lif_s(x[t]) for t in range(T)])
+
+            out.append(Provider("sj-LIF-s", sj_single, []))
     return out
 
 
@@ -264,7 +286,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--providers", default="staa-torch,staa-triton,reference,ref-compiled,sj-LIF")
+    ap.add_argument("--providers", default="staa-torch,staa-torch-s,staa-triton,reference,ref-compiled,sj-LIF,sj-LIF-s",
+                    help="comma list; '-s' providers run single-step (T calls, state carried)")
     ap.add_argument("--compile-shapes", default="cifar", help="shapes on which ref-compiled runs ('all' or a list)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-peak", action="store_true")

@@ -55,8 +55,12 @@ SCHEDULE = dict(
     warmup_steps=5,      # steps left out of the time per training step
 )
 NETS = tuple(third_party.NETWORKS)
-VARIANTS = ("original", "converted", "converted-linear")
-CONVERT_OPTIONS = {"original": None, "converted": {}, "converted-linear": {"linear": "convert"}}
+VARIANTS = ("original", "converted", "converted-linear", "converted-sa-default", "converted-linear-sa-default")
+# "-sa-default": step attention keeps nn.Linear's initialisation (gate about 0.5 at the start), convert's
+# behaviour before it started the gate open (sa_init_bias=3).
+CONVERT_OPTIONS = {"original": None, "converted": {}, "converted-linear": {"linear": "convert"},
+                   "converted-sa-default": {"sa_init_bias": None},
+                   "converted-linear-sa-default": {"linear": "convert", "sa_init_bias": None}}
 SEEDS = (0, 1, 2)
 
 

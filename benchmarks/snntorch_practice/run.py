@@ -62,7 +62,10 @@ SCHEDULE = dict(
     slope=25,
     warmup_steps=3,     # training steps left out of the time per step
 )
-VARIANTS = ("original", "converted")
+VARIANTS = ("original", "converted", "converted-sa-default")
+# convert's options per variant; "converted-sa-default" keeps nn.Linear's initialisation of step
+# attention (gate about 0.5 at the start), which was convert's behaviour before sa_init_bias=3.
+CONVERT_OPTIONS = {"original": None, "converted": {}, "converted-sa-default": {"sa_init_bias": None}}
 SEEDS = (0, 1, 2)
 
 
@@ -122,8 +125,8 @@ def run_one(variant: str, seed: int, data) -> Dict[str, object]:
     T = SCHEDULE["T"]
     net = build(seed)
     report = None
-    if variant == "converted":
-        staa.convert(net, x_train[:2], T=T)
+    if CONVERT_OPTIONS[variant] is not None:
+        staa.convert(net, x_train[:2], T=T, **CONVERT_OPTIONS[variant])
         report = str(net.staa_report)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.Adam(net.parameters(), lr=SCHEDULE["lr"], betas=(0.9, 0.999))
@@ -144,7 +147,7 @@ def run_one(variant: str, seed: int, data) -> Dict[str, object]:
             dt = time.perf_counter() - t0
             if step >= SCHEDULE["warmup_steps"]:
                 step_times.append(dt)
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
     acc = evaluate(net, x_test, y_test)
     return {
