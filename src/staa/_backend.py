@@ -63,12 +63,14 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 def resolve_backend(requested: str, device: torch.device) -> str:
     """The concrete backend (``"torch"`` or ``"triton"``) a call on ``device`` uses."""
     check_backend_name(requested)
+    from_env = False
     if requested == "auto":
         env = os.environ.get(ENV_VAR, "").strip().lower()
         if env:
             if env not in BACKENDS:
                 raise ValueError(f"{ENV_VAR}={env!r} is not a backend; expected one of {', '.join(BACKENDS)}")
             requested = env
+            from_env = True
     if requested == "auto":
         if device.type == "cuda" and triton_unavailable_reason(device) is None:
             return "triton"
@@ -76,7 +78,9 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     if requested == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:
-            raise RuntimeError(f"backend='triton' cannot run: {reason}")
+            hint = (f" (selected by the environment variable {ENV_VAR}=triton with backend='auto'; unset it or set "
+                    f"{ENV_VAR}=torch)" if from_env else "")
+            raise RuntimeError(f"backend='triton' cannot run: {reason}{hint}")
     return requested
 
 
@@ -86,4 +90,7 @@ def backend_for(tensor: torch.Tensor, backend: str = "auto") -> str:
     >>> staa.backend_for(torch.zeros(4, 2, 8))
     'torch'
     """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"staa.backend_for expects a tensor (the input a STAALIF call would get), "
+                        f"got {type(tensor).__name__}")
     return resolve_backend(backend, tensor.device)

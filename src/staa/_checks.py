@@ -49,7 +49,7 @@ def real(value, name: str, *, low: float = -math.inf, high: float = math.inf, lo
 
 def flag(value, name: str) -> bool:
     """A bool (Python or numpy bool)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r}")
 

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from . import _checks
 from ._blocks import is_uninitialized
 from .neuron import STAALIF
 
@@ -444,7 +445,8 @@ def profile(
         model: the network. It must be fully sized: run one forward first if it has lazy
             parameters (``STAALIF(channels=None)``).
         example_input: the input tensor (e.g. ``[T, B, C, H, W]`` or ``[B, C, H, W]``,
-            whatever the model takes), or a tuple of positional arguments.
+            whatever the model takes), a tuple of positional arguments or a dict of keyword
+            arguments (as for ``staa.convert``). Empty tensors are rejected.
         e_ac, e_mac: energy per accumulate and per multiply-accumulate, in joules
             (defaults: 0.9 pJ and 4.6 pJ, 45 nm, as in the STAA-SNN paper, sec. 4.5).
         batch_size: samples in ``example_input``; by default taken from the first
@@ -465,7 +467,26 @@ def profile(
             "the model has uninitialized (lazy) parameters, e.g. STAALIF(channels=None); "
             "run one forward on an input of the right shape before profiling it"
         )
-    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    batch_size = _checks.count(batch_size, "profile: batch_size", allow_none=True)
+    e_ac = _checks.real(e_ac, "profile: e_ac", low=0.0, what="a finite energy in joules >= 0")
+    e_mac = _checks.real(e_mac, "profile: e_mac", low=0.0, what="a finite energy in joules >= 0")
+    if isinstance(example_input, dict):  # keyword inputs, as staa.convert takes them
+        args, kwargs = (), dict(example_input)
+    elif isinstance(example_input, (tuple, list)):
+        args, kwargs = tuple(example_input), {}
+    elif isinstance(example_input, torch.Tensor):
+        args, kwargs = (example_input,), {}
+    else:
+        raise TypeError(
+            f"profile: example_input must be a tensor, a tuple/list of positional inputs or a dict of keyword "
+            f"inputs, got {type(example_input).__name__}"
+        )
+    empty = [list(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.numel() == 0]
+    if empty:
+        raise ValueError(
+            f"profile: example_input has an empty tensor (shape {empty[0]}); rates and counts per sample need at "
+            f"least one sample with at least one element"
+        )
     layers = _collect(model)
     rows: Dict[int, _Row] = {}
     order: List[_Row] = []
@@ -534,13 +555,13 @@ def profile(
     saved = _SavedState(model)
     handles = []
     try:
-        with torch.random.fork_rng(devices=_devices(model, args)):
+        with torch.random.fork_rng(devices=_devices(model, args + tuple(kwargs.values()))):
             for name, module, kind in layers:
                 hook = spiking_hook(name) if kind == "spiking" else synaptic_hook(name)
                 handles.append(module.register_forward_hook(hook))
             _reset_spiking_state(model)
             model.eval()
-            model(*args)
+            model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -551,12 +572,10 @@ def profile(
             shape, multi = first_spiking_input[0]
             batch_size = int(shape[1] if multi else shape[0])
         else:
-            first = _first_tensor(args)
+            first = _first_tensor(args + tuple(kwargs.values()))
             if first is None or first.dim() == 0:
                 raise ValueError("cannot infer the batch size from example_input; pass batch_size=...")
             batch_size = int(first.shape[0])
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def per_sample(v):
         q = v / batch_size

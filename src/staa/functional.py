@@ -88,6 +88,7 @@ def staa_lif(
     """
     if x.dim() < 3:
         raise ValueError(f"staa_lif expects x of shape [T, B, C, ...], got shape {list(x.shape)}")
+    _check_not_transformed(x)
     T, B, C = x.shape[:3]
     x4 = x.reshape(T, B, C, -1) if x.numel() else x.new_empty((T, B, C, _plane(x.shape[3:])))
     P = x4.shape[3]
@@ -107,6 +108,8 @@ def staa_lif(
             )
         h0_4 = h0.reshape(B, C, P).to(compute_dtype(x.dtype))
     rows = STAAParams(_pos_rows(params.pos, t0, T), params.gc_x, params.gc_h, params.sa)
+    if x.numel() == 0:  # an empty batch or plane: empty spikes, the state unchanged (as torch layers do)
+        return _empty_result(x, h0, store_v_seq)
     spikes, h_last, v_seq = staa_lif_op(x4, rows, drop, cfg, h0=h0_4, store_v_seq=store_v_seq,
                                         use_triton=which == "triton")
     return (
@@ -114,6 +117,23 @@ def staa_lif(
         h_last.reshape(x.shape[1:]),
         None if v_seq is None else v_seq.reshape(x.shape),
     )
+
+
+def _empty_result(x: Tensor, h0: Optional[Tensor], store_v_seq: bool):
+    cd = compute_dtype(x.dtype)
+    h_last = x.new_zeros(x.shape[1:], dtype=cd) if h0 is None else h0.to(cd).clone()
+    spikes = x * 0  # empty, and connected to x's graph
+    return spikes, h_last, (x.new_zeros(x.shape, dtype=cd) if store_v_seq else None)
+
+
+def _check_not_transformed(x: Tensor) -> None:
+    """torch.func transforms (grad, vmap, jacrev, ...) cannot run the custom op: say so plainly."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        raise RuntimeError(
+            "STAA-LIF does not support torch.func transforms (grad, vmap, jacrev, functional_call under grad, ...): "
+            "its fast path is a custom op with a hand-written backward and a random TSRD draw. Use "
+            "torch.autograd.grad / loss.backward() for gradients, and a loop over the batch instead of vmap"
+        )
 
 
 def _plane(spatial) -> int:

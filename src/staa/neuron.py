@@ -13,7 +13,7 @@ from torch.nn.parameter import UninitializedParameter
 from . import _checks
 from ._backend import check_backend_name
 from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
-from .functional import NeuronConfig, staa_lif
+from .functional import NeuronConfig, _check_not_transformed, staa_lif
 from .reference import STAAParams
 from .surrogate import Surrogate, surrogate_spec
 
@@ -163,6 +163,7 @@ class STAALIF(nn.Module):
     # ------------------------------------------------------------------ settings
     @property
     def step_mode(self) -> str:
+        """``"m"`` (multi-step) or ``"s"`` (single-step); settable."""
         return self._step_mode
 
     @step_mode.setter
@@ -172,6 +173,7 @@ class STAALIF(nn.Module):
         self._step_mode = value
 
     def supported_step_mode(self):
+        """The step modes this neuron runs: ``("s", "m")`` (spikingjelly's protocol)."""
         return STEP_MODES
 
     @property
@@ -214,6 +216,7 @@ class STAALIF(nn.Module):
         return None if self.channels is None else hidden_features(self.channels, self.r)
 
     def extra_repr(self) -> str:
+        """Sizes, blocks, reset, surrogate, step mode and backend, as ``print(layer)`` shows them."""
         blocks = [n for n, on in (("gc", self.gc_x is not None), ("pe", self.pos is not None), ("sa", self.sa is not None)) if on]
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
         return (
@@ -266,6 +269,7 @@ class STAALIF(nn.Module):
 
     # ------------------------------------------------------------------ sizing
     def has_uninitialized_params(self) -> bool:
+        """True while the layer is lazy (C or T not yet known)."""
         return any(is_uninitialized(p) for p in self.parameters())
 
     def _materialize(self, channels: int, T: Optional[int]) -> None:
@@ -374,6 +378,8 @@ class STAALIF(nn.Module):
         A spike is NaN where the membrane potential is not finite (a NaN or Inf reached the
         neuron), so the loss shows it; ``check_finite=True`` raises on a non-finite input instead.
         """
+        if isinstance(x, Tensor):
+            _check_not_transformed(x)
         self._check_input(x)
         if self.step_mode == "m":
             out = self._multi_step(x)

@@ -167,3 +167,24 @@ def _backward(ctx, grad_spikes, grad_h_last, *_unused):
 
 
 torch.library.register_autograd("staa::lif_forward", _backward, setup_context=_setup_context)
+
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "staa's fast STAA-LIF op does not support double backward (a gradient of a gradient, e.g. create_graph=True "
+    "followed by a second grad): its backward is hand-written and has no derivative of its own. For higher-order "
+    "gradients run the plain reference, staa.reference.staa_lif_reference, which is built from differentiable "
+    "torch operations."
+)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+def _setup_nothing(ctx, inputs, output):
+    pass
+
+
+# Without a formula torch reports "no autograd formula was registered" for an internal op name;
+# this says what is not supported and what to use instead.
+torch.library.register_autograd("staa::lif_backward", _no_double_backward, setup_context=_setup_nothing)
