@@ -668,18 +668,19 @@ def test_readme_convert_example_runs_as_written():
     assert isinstance(scope["model"], nn.Module) and len(scope["model"].staa_report) > 0
 
 
-def test_converted_step_attention_starts_with_an_open_gate(sj):
-    """convert starts SA's fc2 bias at 3 (gate about 0.95), eagerly and lazily; sa_init_bias=None keeps
-    nn.Linear's default initialisation."""
+def test_converted_step_attention_starts_open_unless_a_norm_layer_precedes(sj):
+    """convert starts SA's fc2 bias at 3 (gate about 0.95) for nodes not right after a normalisation
+    layer, keeps nn.Linear's initialisation after one; without a probe every node starts open; an
+    explicit sa_init_bias applies to all."""
     x = _x()
-    net = staa.convert(_net(sj, sj.neuron.IFNode), x)
-    layers = [m for m in net.modules() if isinstance(m, staa.STAALIF)]
-    assert layers and all(torch.equal(m.sa.fc2.bias, torch.full_like(m.sa.fc2.bias, 3.0)) for m in layers)
+    net = staa.convert(_net(sj, sj.neuron.IFNode), x, linear="convert")  # conv-BN-node, conv-node, Linear-node
+    after_bn, after_conv, after_linear = _staa_nodes(net)
+    assert after_bn.sa.init_bias is None and after_bn.sa.fc2.bias.abs().max() < 1.0  # uniform(+-1/sqrt(Ch))
+    for m in (after_conv, after_linear):
+        assert m.sa.init_bias == 3.0 and torch.equal(m.sa.fc2.bias, torch.full_like(m.sa.fc2.bias, 3.0))
     lazy = staa.convert(_net(sj, sj.neuron.IFNode), linear="convert", T=T)
     lazy(x)
-    assert all(torch.equal(m.sa.fc2.bias, torch.full_like(m.sa.fc2.bias, 3.0))
-               for m in lazy.modules() if isinstance(m, staa.STAALIF))
-    torch.manual_seed(0)
-    plain = staa.convert(_net(sj, sj.neuron.IFNode), x, sa_init_bias=None)
-    biases = [m.sa.fc2.bias for m in plain.modules() if isinstance(m, staa.STAALIF)]
-    assert biases and all(b.abs().max() < 1.0 for b in biases)  # nn.Linear's uniform(-1/sqrt(Ch), 1/sqrt(Ch))
+    assert [m.sa.init_bias for m in _staa_nodes(lazy)] == [3.0, 3.0, 3.0]
+    for value in (None, 1.5):
+        forced = staa.convert(_net(sj, sj.neuron.IFNode), x, linear="convert", sa_init_bias=value)
+        assert [m.sa.init_bias for m in _staa_nodes(forced)] == [value] * 3

@@ -50,8 +50,9 @@ _CARRIED = (
 )
 _SURROGATE_OPTIONS = ("surrogate", "surrogate_width", "surrogate_alpha")
 _NOT_OPTIONS = ("channels", "device", "dtype")
-#: Step attention's initial fc2 bias in converted layers: the gate starts at σ(3) ≈ 0.95, so a
-#: converted network starts close to the function of the original (docs/convert.md, "Initialisation").
+#: Step attention's initial fc2 bias in converted layers not preceded by a normalisation layer: the
+#: gate starts at σ(3) ≈ 0.95, so the layer starts close to the node it replaces (docs/convert.md,
+#: "Initialisation").
 CONVERT_SA_INIT_BIAS = 3.0
 #: Values of convert's ``linear`` option: what to do with nodes whose input has no spatial positions.
 LINEAR_CHOICES = ("keep", "convert")
@@ -390,6 +391,22 @@ class _Seen:
     shape: Tuple[int, ...]
     device: torch.device
     dtype: torch.dtype
+    after_norm: bool = False  # the module that ran just before the node was a normalisation layer
+
+
+# Normalisation layers: a neuron right after one of these gets step attention's default
+# initialisation; elsewhere convert starts the gate open (see sa_init_bias_for).
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def sa_init_bias_for(seen: List[_Seen]) -> Optional[float]:
+    """convert's default ``sa_init_bias`` for a node: ``None`` (``nn.Linear``'s initialisation, gate
+    about 0.5) when the probe saw it right after a normalisation layer, which rescales its input
+    anyway; otherwise ``CONVERT_SA_INIT_BIAS`` (gate about 0.95), so the converted layer does not
+    halve the membrane input of a network that has no normalisation to make up for it."""
+    if seen and all(s.after_norm for s in seen):
+        return None
+    return CONVERT_SA_INIT_BIAS
 
 
 def _call(model: nn.Module, example_input):
@@ -424,17 +441,21 @@ def _probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int
     for name, m in modules:
         names_by_id.setdefault(id(m), name)
 
+    last_leaf: List[Optional[nn.Module]] = [None]  # the last module without children that finished
+
     def enter(m, args):
         stack.append(names_by_id[id(m)])
         if id(m) in seen and args and isinstance(args[0], torch.Tensor):
             x = args[0]
-            seen[id(m)].append(_Seen(tuple(x.shape), x.device, x.dtype))
+            seen[id(m)].append(_Seen(tuple(x.shape), x.device, x.dtype, isinstance(last_leaf[0], _NORM_LAYERS)))
 
     def leave(m, args, out):
         # Pop down to this module, in case an inner failure was caught by an outer forward.
         name = names_by_id[id(m)]
         while stack and stack.pop() != name:
             pass
+        if not m._modules:
+            last_leaf[0] = m
 
     training = [(m, m.training) for _, m in modules]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
@@ -610,8 +631,9 @@ def convert(
         **staalif_options: passed to every :class:`staa.STAALIF` (``r``, ``tsrd``, ``gc``,
             ``pe``, ``sa``, ``backend``, ...); they override carried settings. Any of
             ``surrogate``, ``surrogate_width``, ``surrogate_alpha`` replaces the node's surrogate.
-            ``sa_init_bias`` defaults to 3.0 here (step attention's gate starts open, about
-            0.95, instead of about 0.5); pass ``sa_init_bias=None`` for ``nn.Linear``'s default.
+            ``sa_init_bias`` defaults per node: ``None`` (``nn.Linear``'s initialisation, gate about
+            0.5) for a node the probe saw right after a BatchNorm/GroupNorm/LayerNorm layer, else
+            3.0 (the gate starts open, about 0.95); an explicit ``sa_init_bias`` applies to all.
 
     Returns:
         ``model`` (the same object; the new STAALIF when ``model`` is a node) with the report
@@ -624,7 +646,6 @@ def convert(
     """
     from . import _snntorch  # models with snnTorch neurons; never imports snntorch itself
 
-    staalif_options.setdefault("sa_init_bias", CONVERT_SA_INIT_BIAS)
 
     if _snntorch.handles(model):
         return _snntorch.convert(model, example_input, T=T, include=include, exclude=exclude, linear=linear,
@@ -753,6 +774,8 @@ def convert(
     for key, kind, name in todo:
         node = nodes[key]
         s, dropped = settings[key]
+        s = dict(s)
+        s.setdefault("sa_init_bias", sa_init_bias_for(seen[key]))  # an explicit option wins
         channels, node_T, reason = _size_from_probe(name, s["step_mode"], seen[key], T)
         if reason is not None:
             skipped.append(SkippedNode(name, kind.exported_as, reason))

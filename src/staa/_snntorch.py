@@ -49,6 +49,7 @@ from ._convert import (
     _is_flat,
     _matcher,
     _probe,
+    sa_init_bias_for,
     _shape_text,
     _size_from_probe,
     _user_surrogate,
@@ -421,6 +422,8 @@ def convert(model: nn.Module, example_input=None, *, T: Optional[int] = None, in
     flat: List[FlatNode] = []
     for key, name, s, dropped in todo:
         node = nodes[key]
+        s = dict(s)
+        s.setdefault("sa_init_bias", sa_init_bias_for(seen[key]))  # an explicit option wins
         channels, node_T, reason = _size_from_probe(name, "s", seen[key], T)
         if reason is not None:
             skipped.append(SkippedNode(name, _LEAKY, reason))

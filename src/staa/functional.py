@@ -128,6 +128,8 @@ def _empty_result(x: Tensor, h0: Optional[Tensor], store_v_seq: bool):
 
 def _check_not_transformed(x: Tensor) -> None:
     """torch.func transforms (grad, vmap, jacrev, ...) cannot run the custom op: say so plainly."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check (and compiled code has no wrappers here)
+        return
     if torch._C._functorch.is_functorch_wrapped_tensor(x):
         raise RuntimeError(
             "STAA-LIF does not support torch.func transforms (grad, vmap, jacrev, functional_call under grad, ...): "

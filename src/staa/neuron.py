@@ -452,7 +452,8 @@ class STAALIF(nn.Module):
                 f"the stored state is on {h.device} but the input is on {x.device}; move the module with "
                 f".to(device) (it moves the state too) or call reset()"
             )
-        if h.is_inference() and not torch.is_inference_mode_enabled():
+        # dynamo cannot trace is_inference(); compiled code does not run under inference_mode here
+        if not torch.compiler.is_compiling() and h.is_inference() and not torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "the stored state was made under torch.inference_mode() and cannot be used for training; "
                 "call reset() (functional.reset_net) before leaving inference mode"
