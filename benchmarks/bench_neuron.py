@@ -93,8 +93,8 @@ def make_providers(shape, device, dtype, names):
         single.load_state_dict(layer.state_dict())
 
         def staa_single(x):
-            single.reset()
-            return torch.stack([single(x[t]) for t in range(T)])
+            single.reset()  # unbind, not x[t]: T select backwards would each zero-fill a [T, ...] gradient
+            return torch.stack([single(xt) for xt in x.unbind(0)])
 
         out.append(Provider("staa-torch-s", staa_single, single.parameters()))
     if "reference" in names:
@@ -124,7 +124,7 @@ def make_providers(shape, device, dtype, names):
 
             def sj_single(x):
                 lif_s.reset()
-                return torch.stack([lif_s(x[t]) for t in range(T)])
+                return torch.stack([lif_s(xt) for xt in x.unbind(0)])
 
             out.append(Provider("sj-LIF-s", sj_single, []))
     return out

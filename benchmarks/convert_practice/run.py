@@ -55,12 +55,15 @@ SCHEDULE = dict(
     warmup_steps=5,      # steps left out of the time per training step
 )
 NETS = tuple(third_party.NETWORKS)
-VARIANTS = ("original", "converted", "converted-linear", "converted-sa-default", "converted-linear-sa-default")
-# "-sa-default": step attention keeps nn.Linear's initialisation (gate about 0.5 at the start), convert's
-# behaviour before it started the gate open (sa_init_bias=3).
+VARIANTS = ("original", "converted", "converted-linear", "converted-sa-default", "converted-linear-sa-default",
+            "converted-sa-open", "converted-linear-sa-open")
+# "-sa-default" / "-sa-open": step attention at nn.Linear's initialisation (gate about 0.5 at the start) or
+# started open (sa_init_bias=3) for every node, instead of convert's per-node choice.
 CONVERT_OPTIONS = {"original": None, "converted": {}, "converted-linear": {"linear": "convert"},
                    "converted-sa-default": {"sa_init_bias": None},
-                   "converted-linear-sa-default": {"linear": "convert", "sa_init_bias": None}}
+                   "converted-linear-sa-default": {"linear": "convert", "sa_init_bias": None},
+                   "converted-sa-open": {"sa_init_bias": 3.0},
+                   "converted-linear-sa-open": {"linear": "convert", "sa_init_bias": 3.0}}
 SEEDS = (0, 1, 2)
 
 
@@ -187,9 +190,13 @@ def main(argv: List[str] = None) -> None:
                 print(f"  test accuracy {100 * res['test_accuracy']:.2f}%, {1000 * res['step_s_mean']:.0f} ms/step, "
                       f"{res['train_s']:.0f} s", file=sys.stderr, flush=True)
     if not args.no_report:
-        import make_report
+        import importlib.util
 
-        make_report.main(["--runs", args.out])
+        # by path: benchmarks/accuracy (on sys.path for the data loader) has a make_report.py too
+        spec = importlib.util.spec_from_file_location("convert_practice_report", os.path.join(HERE, "make_report.py"))
+        report = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(report)
+        report.main(["--runs", args.out])
 
 
 if __name__ == "__main__":

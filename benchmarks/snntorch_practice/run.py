@@ -226,7 +226,8 @@ def write_page(out: str) -> None:
         for ax, key, label in ((axes[0], "acc", "test accuracy (%)"), (axes[1], "time", "time per step (ms)")):
             names = [v for v in VARIANTS if v in s]
             ax.bar(names, [s[v][key][0] for v in names], yerr=[s[v][key][1] for v in names], capsize=6,
-                   color=["#888888", "#3a7bd5"][: len(names)])
+                   color=[{"original": "#888888", "converted": "#3a7bd5"}.get(v, "#9ab8e6") for v in names])
+            ax.tick_params(axis="x", labelsize=7)
             for i, v in enumerate(names):
                 vals = [100 * r["test_accuracy"] if key == "acc" else 1000 * r["time_per_step_s"]
                         for r in runs if r["variant"] == v]
@@ -282,10 +283,16 @@ def write_page(out: str) -> None:
         "- Converted: `staa.convert(net, x_train[:2], T=10)`: the two Leaky neurons after the convolutions become "
         "STAA-LIF (GC, PE, SA on, TSRD 0.1, soft reset, threshold 1, `fast_sigmoid` surrogate with slope 25 "
         "carried); the Leaky after the Linear layer stays an snnTorch Leaky (`linear=\"keep\"`, convert's default). "
-        "beta is dropped (STAA-LIF has no leak).",
+        "beta is dropped (STAA-LIF has no leak). Step attention starts with its gate open (`fc2.bias` = 3, "
+        "gate σ(3) ≈ 0.95; convert's default `sa_init_bias=3`).",
+        "- converted-sa-default: the same with `sa_init_bias=None` (`nn.Linear`'s initialisation, gate ≈ 0.5 at "
+        "the start, halving the membrane input of every converted layer): convert's earlier behaviour. An earlier "
+        "campaign on another machine showed it learning far less than the original (48.2 ± 7.8% against "
+        "67.0 ± 0.4%), which led to the open-gate default. All runs on this page come from one later campaign on "
+        "one machine; the same seeds gave different numbers on the other machine (float results differ between "
+        "CPUs, and accuracy by spike count over 100 steps is very sensitive to them).",
         f"- Time per step: wall time of forward, loss, backward and optimizer step, mean over all steps after the "
-        f"first {sched['warmup_steps']}, one thread (`torch.set_num_threads(1)`), CPU. The machine (2 cores) was "
-        f"shared with other developers' jobs while these runs went, so the times are indicative only.",
+        f"first {sched['warmup_steps']}, one thread (`torch.set_num_threads(1)`), CPU (2 cores, one run at a time).",
         "- Before fixing the schedule, only the time of a few training steps of each variant was measured (to fit "
         "the run into the CPU budget); no accuracy was looked at.",
         "",
