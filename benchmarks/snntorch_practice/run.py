@@ -284,7 +284,8 @@ def write_page(out: str) -> None:
         "STAA-LIF (GC, PE, SA on, TSRD 0.1, soft reset, threshold 1, `fast_sigmoid` surrogate with slope 25 "
         "carried); the Leaky after the Linear layer stays an snnTorch Leaky (`linear=\"keep\"`, convert's default). "
         "beta is dropped (STAA-LIF has no leak). Step attention starts with its gate open (`fc2.bias` = 3, "
-        "gate σ(3) ≈ 0.95; convert's default `sa_init_bias=3`).",
+        "gate σ(3) ≈ 0.95): convert's default for neurons that no normalisation layer precedes, as here "
+        "(max pooling runs just before them).",
         "- converted-sa-default: the same with `sa_init_bias=None` (`nn.Linear`'s initialisation, gate ≈ 0.5 at "
         "the start, halving the membrane input of every converted layer): convert's earlier behaviour. An earlier "
         "campaign on another machine showed it learning far less than the original (48.2 ± 7.8% against "
