@@ -40,8 +40,6 @@ SHELL = ("bash", "sh", "shell", "console")
 # piece of their text. Each is expected to fail (or, for shell blocks, is not run) until it is
 # fixed; a listed Python block that starts to pass fails this test so that its entry is removed.
 PENDING = {
-    ("docs/convert.md", "staa.convert(model, example_input=None, *"): "a signature, not runnable Python",
-    ("docs/convert.md", "spiking_resnet18("): "needs torchvision (model zoo) and an undefined `loader`",
 }
 
 
@@ -74,8 +72,6 @@ def test_docs_cite_no_private_modules():
     """Docs name public paths only (`staa.X`), never `staa._module`."""
     for page in SNIPPET_PAGES:
         rel = str(page.relative_to(ROOT))
-        if rel in ("docs/convert.md", "docs/triton.md"):
-            continue  # maintained elsewhere
         hits = re.findall(r"staa\._\w+", page.read_text())
         assert not hits, f"{rel} cites private modules: {sorted(set(hits))}"
 
