@@ -101,33 +101,27 @@ def make_providers(shape, device, dtype, names):
         out.append(Provider("reference", reference, layer.parameters()))
     if "ref-compiled" in names:
         out.append(Provider("ref-compiled", torch.compile(reference, dynamic=False), layer.parameters()))
-    if "sj-LIF" in names:
-        try:
-            from spikingjelly.activation_based import neuron
-        except Exception:
-            pass
-        else:
-            lif = neuron.LIFNode(step_mode="m")
-
-            def sj(x):
-                lif.reset()
-                return lif(x)
-
-            out.append(Provider("sj-LIF", sj, []))
-    if "sj-LIF-s" in names:
-        try:
-            from spikingjelly.activation_based import neuron
-        except Exception:
-            pass
-        else:
-            lif_s = neuron.LIFNode(step_mode="s")
-
-            def sj_single(x):
-                lif_s.reset()
-                return torch.stack([lif_s(xt) for xt in x.unbind(0)])
-
-            out.append(Provider("sj-LIF-s", sj_single, []))
+    for name, step_mode in (("sj-LIF", "m"), ("sj-LIF-s", "s")):
+        if name in names:
+            p = _sj_lif_provider(name, step_mode)
+            if p is not None:
+                out.append(p)
     return out
+
+
+def _sj_lif_provider(name, step_mode):
+    """spikingjelly's LIFNode over a [T, ...] input: one multi-step call, or T single-step calls."""
+    try:
+        from spikingjelly.activation_based import neuron
+    except Exception:
+        return None
+    lif = neuron.LIFNode(step_mode=step_mode)
+
+    def run(x):
+        lif.reset()
+        return lif(x) if step_mode == "m" else torch.stack([lif(xt) for xt in x.unbind(0)])
+
+    return Provider(name, run, [])
 
 
 # ----------------------------------------------------------------------------- timing
