@@ -131,6 +131,11 @@ def test_state_dict_round_trip_eager_and_lazy():
     lazy2 = staa.STAALIF(sa=False)
     lazy2.load_state_dict(lazy.state_dict())
     assert lazy2.state_dict().keys() == lazy.state_dict().keys()
+    for k, v in lazy.state_dict().items():
+        assert torch.equal(lazy2.state_dict()[k], v), k
+    x = torch.randn(3, 2, 7, 2, 2) * 2
+    lazy.eval(), lazy2.eval()
+    assert torch.equal(lazy2(x), lazy(x))
 
 
 def test_shorter_sequences_use_a_prefix_of_pe_and_longer_ones_fail():

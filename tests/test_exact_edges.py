@@ -8,15 +8,13 @@ from staa.functional import NeuronConfig, staa_lif
 from staa.reference import STAAParams, staa_lif_reference
 from staa.surrogate import Surrogate
 
+from edge_cases import EDGE_CASES, EXPECTED_FIRST_STEP, if_edge_input, upstream_gradient
 
-@pytest.mark.parametrize("v_th, width, v_reset", [(1.0, 1.0, 0.0), (0.5, 0.25, -0.25), (2.0, 1.5, None)])
+
+@pytest.mark.parametrize("v_th, width, v_reset", EDGE_CASES)
 @pytest.mark.parametrize("mode", ["multi", "single"])
 def test_if_neuron_on_the_threshold_and_the_window_edges(v_th, width, v_reset, mode):
-    h_rest = 0.0 if v_reset is None else v_reset
-    # step 0 starts from rest, so V_0 = I_0 + h_rest: these land exactly on the edges (dyadic numbers)
-    targets = torch.tensor([v_th, v_th - width / 2, v_th + width / 2, v_th - width / 4, v_th + width, v_th - width],
-                           dtype=torch.float64)
-    x = torch.stack([targets - h_rest, torch.full_like(targets, 0.125)]).reshape(2, 1, 6).requires_grad_()
+    x = if_edge_input(v_th, width, v_reset).requires_grad_()
     cfg = NeuronConfig(v_threshold=v_th, v_reset=v_reset, surrogate=Surrogate("rect", width))
     params = STAAParams(None, None, None, None)
     if mode == "multi":
@@ -30,14 +28,14 @@ def test_if_neuron_on_the_threshold_and_the_window_edges(v_th, width, v_reset, m
     ref, ref_h = ref.squeeze(-1), ref_h.squeeze(-1)
     assert torch.equal(spikes, ref)
     assert torch.equal(h_last, ref_h[-1])  # the reset potential (hard, non-zero, soft) is the spec's
-    assert spikes[0].tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]]  # V = v_th fires, the edges are below/above
-    gy = torch.arange(1.0, 13.0, dtype=torch.float64).reshape(2, 1, 6)
+    assert spikes[0].tolist() == [EXPECTED_FIRST_STEP]
+    gy = upstream_gradient()
     (g,) = torch.autograd.grad((spikes * gy).sum() + h_last.sum(), x)
     (g_ref,) = torch.autograd.grad((ref * gy).sum() + ref_h[-1].sum(), x)
     assert torch.equal(g, g_ref)
 
 
-@pytest.mark.parametrize("v_th, width", [(1.0, 1.0), (0.5, 0.25), (2.0, 1.5)])
+@pytest.mark.parametrize("v_th, width", [c[:2] for c in EDGE_CASES])
 def test_one_step_surrogate_is_exactly_the_strict_window(v_th, width):
     """T = 1 from rest: dL/dI = dL/dS * dS/dV, with dS/dV = 1/a inside |V - v_th| < a/2 and 0 on the edges."""
     targets = torch.tensor([v_th, v_th - width / 2, v_th + width / 2, v_th - width / 4, v_th + width / 4],

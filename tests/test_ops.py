@@ -16,10 +16,11 @@ from helpers import make_neuron, randomize
 SETTINGS = dict(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _case(T, B, C, P, *, gc=True, pe=True, sa=True, soft=False, detach=False, width=1.0, v_th=1.0,
-          dtype=torch.float64, seed=0, scale=1.5, drop=None):
-    m = make_neuron(C, T, seed=seed, gc=gc, pe=pe, sa=sa, tsrd=0.0, v_reset=None if soft else 0.0,
-                    detach_reset=detach, surrogate_width=width, v_threshold=v_th, dtype=dtype)
+def _case(T, B, C, P, *, gc=True, pe=True, sa=True, soft=False, v_reset=0.0, detach=False, width=1.0, v_th=1.0,
+          dtype=torch.float64, seed=0, scale=1.5, drop=None, surrogate=None):
+    kind = dict(surrogate_width=width) if surrogate in (None, "rect") else dict(surrogate=surrogate)
+    m = make_neuron(C, T, seed=seed, gc=gc, pe=pe, sa=sa, tsrd=0.0, v_reset=None if soft else v_reset,
+                    detach_reset=detach, v_threshold=v_th, dtype=dtype, **kind)
     g = torch.Generator().manual_seed(seed + 1)
     x = (torch.randn(T, B, C, P, generator=g, dtype=torch.float64) * scale + 0.5).to(dtype)
     if drop is None:
@@ -57,12 +58,18 @@ def _ref_fn(m, drop):
 @settings(**SETTINGS)
 @given(
     T=st.integers(1, 4), B=st.integers(1, 3), C=st.sampled_from([1, 3, 5, 8]), P=st.sampled_from([1, 4, 9]),
-    gc=st.booleans(), pe=st.booleans(), sa=st.booleans(), soft=st.booleans(), detach=st.booleans(),
+    gc=st.booleans(), pe=st.booleans(), sa=st.booleans(), reset=st.sampled_from(["hard0", "hard-0.3", "soft"]),
+    detach=st.booleans(), v_th=st.sampled_from([0.5, 1.0, 1.7]),
+    surrogate=st.sampled_from(["rect", "atan", "sigmoid", "fast_sigmoid"]),
     width=st.sampled_from([0.5, 1.0, 2.0]), drop_bits=st.integers(0, 15), seed=st.integers(0, 10_000),
 )
-def test_float64_matches_reference(T, B, C, P, gc, pe, sa, soft, detach, width, drop_bits, seed):
+def test_float64_matches_reference(T, B, C, P, gc, pe, sa, reset, detach, v_th, surrogate, width, drop_bits, seed):
+    """Every block switch, threshold, reset (hard to 0, hard to -0.3, soft), detach_reset,
+    surrogate kind and rectangle width; any step dropped, the first included."""
     drop = [bool(drop_bits >> t & 1) for t in range(T)]
-    m, x, drop = _case(T, B, C, P, gc=gc, pe=pe, sa=sa, soft=soft, detach=detach, width=width, seed=seed, drop=drop)
+    v_reset = {"hard0": 0.0, "hard-0.3": -0.3, "soft": None}[reset]
+    m, x, drop = _case(T, B, C, P, gc=gc, pe=pe, sa=sa, soft=v_reset is None, v_reset=v_reset or 0.0, detach=detach,
+                       width=width, v_th=v_th, seed=seed, drop=drop, surrogate=surrogate)
     gout = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(seed))
 
     s_ref, h_ref = staa_lif_reference(x, m.params(), drop, **m.cfg._asdict(), return_states=True)

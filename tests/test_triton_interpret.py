@@ -11,6 +11,7 @@ float32 1e-5 / 1e-4 relative; bf16/fp16 grad_x one rounding of the input dtype.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_cases import EDGE_CASES, EXPECTED_FIRST_STEP
 from triton_fixtures import MARGIN, ROOT, InterpretWorker
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -116,21 +118,26 @@ def test_path_rule(worker):
     assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_plane_reduce_kernel"]
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     T=st.integers(1, 4), B=st.integers(1, 2), C=st.integers(1, 10), P=st.integers(1, 12),
-    gc=st.booleans(), sa=st.booleans(), pe=st.booleans(), hard=st.booleans(), detach=st.booleans(),
+    gc=st.booleans(), sa=st.booleans(), pe=st.booleans(), reset=st.sampled_from([0.0, -0.3, None]),
+    detach=st.booleans(), v_th=st.sampled_from([0.75, 1.0, 1.5]), width=st.sampled_from([0.5, 1.0, 2.0]),
     drop_bits=st.integers(0, 15), dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
     max_tile=st.sampled_from([None, 16]), seed=st.integers(0, 50),
     fwd_path=st.sampled_from(["persistent", "per_step"]), bwd_path=st.sampled_from(["persistent", "per_step"]),
     surrogate=st.sampled_from(SURROGATES), h0=st.booleans(), grad_h_last=st.booleans(),
 )
-def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, hard, detach, drop_bits, dtype, max_tile, seed, fwd_path,
-                           bwd_path, surrogate, h0, grad_h_last):
-    drop = [t for t in range(T) if drop_bits >> t & 1]  # any step, the first included
-    rep = worker.call("parity", T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=0.0 if hard else None,
-                      detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile, seed=seed, fwd_path=fwd_path,
-                      bwd_path=bwd_path, surrogate=surrogate, h0=h0, grad_h_last=grad_h_last)
+def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, reset, detach, v_th, width, drop_bits, dtype, max_tile,
+                           seed, fwd_path, bwd_path, surrogate, h0, grad_h_last):
+    """Threshold, reset (hard to 0 or -0.3, soft), detach_reset, surrogate kind and rectangle
+    width drawn with the shapes; any step dropped, the first included (with ``h0`` that is
+    the first step of a call that continues a sequence)."""
+    drop = [t for t in range(T) if drop_bits >> t & 1]
+    rep = worker.call("parity", T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=reset, v_threshold=v_th,
+                      surrogate_width=width, detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile,
+                      seed=seed, fwd_path=fwd_path, bwd_path=bwd_path, surrogate=surrogate, h0=h0,
+                      grad_h_last=grad_h_last)
     _check(rep)
 
 
@@ -182,10 +189,15 @@ def test_import_does_not_load_triton():
 
 
 @pytest.mark.parametrize("path", ["per_step", "persistent"])
-def test_backward_is_repeatable(worker, path):
-    # On the GPU the same check runs on a larger plane; here it also exercises the helper.
+def test_backward_reuses_nothing_between_calls(worker, path):
+    """The interpreter runs atomics in order, so this cannot catch a non-deterministic reduction
+    (tests/test_triton_cuda.py runs the same helper on the GPU for that). What it proves here: a
+    second backward on the same saved tensors, with its allocations NaN-poisoned, gives the same
+    gradients bit for bit, so every accumulator is initialised by the backward itself and the
+    backward does not write into what the forward saved."""
     rep = worker.call("determinism", T=3, B=2, C=5, P=6, drop=[1], margin=0.0, path=path)
-    assert rep["identical"] and rep["n"] == 22  # grad_x, pos, 8 + 8 GC, 4 SA
+    assert rep["n"] == 22  # grad_x, pos, 8 + 8 GC, 4 SA
+    assert rep["identical"] and rep["saved_unchanged"]
 
 
 def test_zero_size_inputs(worker):
@@ -322,3 +334,23 @@ def test_launchers_match_torch_impl(worker, name, path):
     assert rep["margin"] >= MARGIN
     assert rep["spike_mismatches"] == 0
     assert rep["failures"] == [], "\n".join(rep["failures"])
+
+
+@pytest.mark.parametrize("v_th, width, v_reset", EDGE_CASES)
+@pytest.mark.parametrize("mode", ["multi", "single"])
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_exact_edges_if_neuron(worker, v_th, width, v_reset, mode, path):
+    """V exactly on v_threshold fires; exactly on a window edge passes no gradient (the window is
+    strict); the reset potential is the spec's. The Triton route must agree with the reference
+    on every spike, state and on where gradient passes (float64, an IF neuron: no reduction order
+    to excuse a difference). The gradient values are equal to 1e-14: with a = 1.5 the factor 1/a
+    is not a dyadic number and the kernels multiply in another order than the reference."""
+    rep = worker.call("exact_edges", v_th=v_th, width=width, v_reset=v_reset, mode=mode, path=path)
+    assert rep["launched"], "nothing ran on the Triton route"
+    assert rep["first_step"] == EXPECTED_FIRST_STEP
+    assert rep["spikes_equal"] and rep["h_equal"]
+    g, g_ref = rep["grad"], rep["grad_ref"]
+    assert [v == 0.0 for v in g] == [v == 0.0 for v in g_ref], (g, g_ref)
+    assert g == pytest.approx(g_ref, rel=1e-14, abs=0.0)
+    if math.log2(1.0 / width).is_integer():
+        assert rep["grad_equal"], (g, g_ref)

@@ -390,17 +390,23 @@ _DEFAULT_TILE = [None]
 
 
 def determinism(T, B, C, P, *, device="cpu", path=None, **case):
-    """Backward twice on the same inputs (both launchers given ``path``): are all gradients
-    bitwise identical?"""
+    """Backward twice on the same saved tensors (both launchers given ``path``), the second time
+    with every fresh allocation NaN-poisoned: are all gradients bitwise identical, and are the
+    saved tensors (x, u, gate) unchanged by the backward?"""
     torch = _torch()
     from staa.kernels import launch
 
     x, params, drop, kw, _, _, h0 = build_case(T, B, C, P, **case)
     x, drop, params, h0 = _to(device, x, drop, params, h0)
     _, _, _, u, gate = _forward(launch, x, drop, h0, params, kw, store_v_seq=False, path=path)
+    saved = [t.clone() for t in (x, u, gate)]
     gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=x.dtype)
-    runs = [_flat_grads(_backward(launch, gs, None, x, drop, h0, params, u, gate, kw, path=path)) for _ in range(2)]
-    return dict(identical=all(torch.equal(a, b) for a, b in zip(*runs)), n=len(runs[0]))
+    runs = []
+    for poisoned in (False, True):
+        with _Poison() if poisoned and device == "cpu" else _nullctx():
+            runs.append(_flat_grads(_backward(launch, gs, None, x, drop, h0, params, u, gate, kw, path=path)))
+    return dict(identical=all(torch.equal(a, b) for a, b in zip(*runs)), n=len(runs[0]),
+                saved_unchanged=all(torch.equal(a, b) for a, b in zip(saved, (x, u, gate))))
 
 
 def path_equivalence(T, B, C, P, *, max_tile=None, grad_h_last=False, **case):
@@ -718,6 +724,57 @@ def module_parity(shape, *, dtype="float32", v_reset=0.0, detach_reset=False, ts
         _compare(f"grad {n}", a, b, tol["grad_x" if n == "x" else "grad"], out)
     _compare("v", v_t, v_r, tol["state"], out)
     return out
+
+
+def exact_edges(v_th, width, v_reset, mode, path):
+    """An IF neuron (every block off) on the Triton route, float64 inputs with V exactly on
+    v_threshold and v_threshold +- width/2 (``edge_cases.if_edge_input``): spikes, last state
+    and dL/dI against the reference, compared with ``torch.equal``. ``mode``: one multi-step
+    call, or two single-step calls (the second from the first's state, ``t0=1``)."""
+    torch = _torch()
+    from edge_cases import if_edge_input, upstream_gradient
+    from staa.functional import NeuronConfig, staa_lif
+    from staa.kernels import launch
+    from staa.reference import STAAParams, staa_lif_reference
+    from staa.surrogate import Surrogate
+
+    saved = os.environ.get(launch.PATH_ENV)
+    os.environ[launch.PATH_ENV] = path
+    try:
+        x = if_edge_input(v_th, width, v_reset).requires_grad_()
+        cfg = NeuronConfig(v_threshold=v_th, v_reset=v_reset, surrogate=Surrogate("rect", width))
+        params = STAAParams(None, None, None, None)
+        launched = []
+        run = launch._run
+
+        def recording_run(kernel, grid, *a, **k):
+            launched.append(kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel))
+            return run(kernel, grid, *a, **k)
+
+        launch._run = recording_run
+        try:
+            if mode == "multi":
+                spikes, h_last, _ = staa_lif(x, params, cfg, backend="triton")
+            else:
+                s0, h, _ = staa_lif(x[:1], params, cfg, backend="triton")
+                s1, h_last, _ = staa_lif(x[1:], params, cfg, h0=h, t0=1, backend="triton")
+                spikes = torch.cat([s0, s1])
+            gy = upstream_gradient()
+            (g,) = torch.autograd.grad((spikes * gy).sum() + h_last.sum(), x)
+        finally:
+            launch._run = run
+        ref, ref_h = staa_lif_reference(x.unsqueeze(-1), params, v_threshold=v_th, v_reset=v_reset,
+                                        surrogate_width=width, return_states=True)
+        ref, ref_h = ref.squeeze(-1), ref_h.squeeze(-1)
+        (g_ref,) = torch.autograd.grad((ref * gy).sum() + ref_h[-1].sum(), x)
+        return dict(spikes_equal=torch.equal(spikes, ref), h_equal=torch.equal(h_last, ref_h[-1]),
+                    grad_equal=torch.equal(g, g_ref), first_step=spikes[0, 0].tolist(),
+                    grad=g.flatten().tolist(), grad_ref=g_ref.flatten().tolist(), launched=launched)
+    finally:
+        if saved is None:
+            os.environ.pop(launch.PATH_ENV, None)
+        else:
+            os.environ[launch.PATH_ENV] = saved
 
 
 def serve():

@@ -1,0 +1,27 @@
+"""Inputs that put an IF neuron's V exactly on the threshold and on the surrogate window's edges.
+
+Shared by the torch-route test (tests/test_exact_edges.py) and the Triton-route one (run in
+the interpreter worker, tests/triton_fixtures.py)."""
+import torch
+
+# (v_threshold, rectangle width a, v_reset or None for soft reset); every value is dyadic, so
+# V = I + H_rest is exact in float64.
+EDGE_CASES = [(1.0, 1.0, 0.0), (0.5, 0.25, -0.25), (2.0, 1.5, None)]
+
+
+def if_edge_input(v_th: float, width: float, v_reset) -> torch.Tensor:
+    """``[T=2, B=1, C=6]`` float64: step 0 starts from rest, so V_0 = I_0 + H_rest lands on
+    v_th, v_th -+ a/2 (the window's edges), v_th - a/4 and v_th +- a; step 1 adds 0.125."""
+    h_rest = 0.0 if v_reset is None else v_reset
+    targets = torch.tensor([v_th, v_th - width / 2, v_th + width / 2, v_th - width / 4, v_th + width, v_th - width],
+                           dtype=torch.float64)
+    return torch.stack([targets - h_rest, torch.full_like(targets, 0.125)]).reshape(2, 1, 6)
+
+
+# V = v_th fires, the window's lower edge does not, its upper edge does.
+EXPECTED_FIRST_STEP = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def upstream_gradient() -> torch.Tensor:
+    """dL/dS for the ``[2, 1, 6]`` spikes: distinct per element, so a dropped term shows."""
+    return torch.arange(1.0, 13.0, dtype=torch.float64).reshape(2, 1, 6)
