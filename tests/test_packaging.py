@@ -1,4 +1,5 @@
 """The wheel ships ``staa.kernels`` and installs into a fresh environment."""
+import os
 import subprocess
 import sys
 import sysconfig
@@ -31,3 +32,20 @@ def test_wheel_ships_kernels_subpackage(tmp_path):
     out = subprocess.run([py, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split()
     assert out[0].startswith(str(site)), out
     assert out[1] == "False"
+
+
+def test_a_broken_optional_framework_fails_ci_instead_of_skipping(tmp_path):
+    """With STAA_REQUIRE_OPTIONAL=1 (set by scripts/test.sh) a spikingjelly that cannot be
+    imported fails the run; without it the tests that need it skip, saying why."""
+    fake = tmp_path / "spikingjelly"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('this spikingjelly is broken')\n")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+           os.path.join("tests", "test_surrogate_spec.py"), "-k", "spikingjelly"]
+    runs = {}
+    for require in ("1", "0"):
+        env = dict(os.environ, PYTHONPATH=str(tmp_path), STAA_REQUIRE_OPTIONAL=require)
+        runs[require] = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert runs["1"].returncode != 0 and "this spikingjelly is broken" in runs["1"].stdout + runs["1"].stderr
+    assert runs["0"].returncode == 0, runs["0"].stdout[-2000:]
+    assert "skipped" in runs["0"].stdout and "this spikingjelly is broken" in runs["0"].stdout
