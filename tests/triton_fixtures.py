@@ -175,6 +175,13 @@ def _margin(v, v_threshold, width=None):
     return (v.detach().reshape(-1, 1) - torch.tensor(pts, dtype=v.dtype)).abs().min().item()
 
 
+def _fp32(value):
+    """``value`` rounded to the nearest fp32, as a Python float (None stays None)."""
+    import struct
+
+    return None if value is None else struct.unpack("f", struct.pack("f", float(value)))[0]
+
+
 def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=True, pe=True, v_reset=0.0,
                detach_reset=False, drop=(), alpha=2.0, v_threshold=1.0, surrogate="rect", surrogate_param=None,
                surrogate_width=1.0, h0=False, seed=0, tries=40, margin=MARGIN):
@@ -192,8 +199,12 @@ def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=Tru
     cd = compute_dtype(dt)
     if surrogate_param is None:
         surrogate_param = surrogate_width if surrogate == "rect" else DEFAULT_PARAM[surrogate]
-    kw = dict(alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-              surrogate=surrogate, surrogate_param=float(surrogate_param))
+    # Triton passes Python floats to a kernel as fp32 (compiled and interpreted alike), so the
+    # kernels see the scalar settings rounded to fp32 (docs/triton.md, "Numerics"). The
+    # reference gets the same values; in float64 an unrounded -0.3 would differ by ~1e-8.
+    kw = dict(alpha=_fp32(alpha), v_threshold=_fp32(v_threshold), v_reset=_fp32(v_reset), detach_reset=detach_reset,
+              surrogate=surrogate, surrogate_param=_fp32(surrogate_param))
+    alpha, v_threshold, v_reset = kw["alpha"], kw["v_threshold"], kw["v_reset"]
     mask = torch.zeros(T, dtype=torch.bool)
     for t in drop:
         mask[t] = True
