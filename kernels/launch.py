@@ -222,11 +222,19 @@ def plane_partials(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bo
 
 
 def plane_reductions(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bool, want_sum: bool,
-                     v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD):
-    """``plane_partials`` summed over the tiles in a fixed order: ``[T*B, C]`` each, or None."""
+                     v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD,
+                     out_ctx: Optional[Tensor] = None, out_sum: Optional[Tensor] = None):
+    """``plane_partials`` summed over the tiles in a fixed order: ``[T*B, C]`` each, or None
+    (written into ``out_ctx`` / ``out_sum``, contiguous ``[T, B, C]``, where given)."""
     part_ctx, part_sum = plane_partials(src, pos, gate, gc, from_u=from_u, want_sum=want_sum,
                                         v_threshold=v_threshold, v_reset=v_reset, h0=h0, CD=CD)
-    return (part_ctx.sum(1) if part_ctx is not None else None), (part_sum.sum(1) if part_sum is not None else None)
+
+    def total(part, out):
+        if part is None:
+            return None
+        return part.sum(1) if out is None else torch.sum(part, 1, out=out.view(part.shape[0], part.shape[2]))
+
+    return total(part_ctx, out_ctx), total(part_sum, out_sum)
 
 
 def _initial_parts(rest: float, C: int, P: int, NP: int, B: int, gch: Optional[GCParams], cd, device):
@@ -239,6 +247,14 @@ def _initial_parts(rest: float, C: int, P: int, NP: int, B: int, gch: Optional[G
             part_ctx[:, 0, :] = gc_context(plane, gch.key_weight, gch.key_bias)[0]
         part_hsum[:, 0, :] = plane.sum(-1)[0]
     return part_ctx, part_hsum
+
+
+def stat_rows(has_gcx: bool, has_gch: bool, has_sa: bool) -> dict:
+    """Rows of the forward's kept reductions ``stats [K, T, B, C]`` (``keep_stats=True``): the
+    GC1 context of X (``ctx1``), the spatial sum of X (``xsum``), the GC2 context of H_{t-1}
+    (``ctx2``) and the spatial sum of H_{t-1} (``hsum``), those of the blocks present, in that order."""
+    names = [n for n, on in (("ctx1", has_gcx), ("xsum", has_sa), ("ctx2", has_gch), ("hsum", has_sa)) if on]
+    return {n: k for k, n in enumerate(names)}
 
 
 def _on_device(fn):
@@ -275,6 +291,7 @@ def staa_lif_forward(
     surrogate_param: float,
     store_v_seq: bool,
     path: Optional[str] = None,
+    keep_stats: bool = False,
 ):
     """Multi-step STAA-LIF forward with the Triton kernels.
 
@@ -289,11 +306,14 @@ def staa_lif_forward(
         surrogate, surrogate_param: checked, otherwise unused (only the backward depends on them).
         path: ``"per_step"``, ``"persistent"`` or ``"auto"``/``None`` (see ``loop_path``);
             both give the same results.
+        keep_stats: also return the per-step reductions the forward computed (``stats``
+            ``[K, T, B, C]``, rows named by ``stat_rows``), which ``staa_lif_backward`` takes
+            instead of re-reading x and u to rebuild them.
 
     Returns:
         ``(spikes [T, B, C, P] x.dtype, h_last [B, C, P], v_seq [T, B, C, P] or None,
-        u [T, B, C, P], gate [T, B, C])``, all but spikes in the compute dtype. Spikes are NaN
-        where V is not finite.
+        u [T, B, C, P], gate [T, B, C])``, all but spikes in the compute dtype, then ``stats``
+        with ``keep_stats``. Spikes are NaN where V is not finite.
     """
     _check(x, drop, h0, pos, gcx, gch, sa)
     _surrogate_index(surrogate)
@@ -309,21 +329,28 @@ def staa_lif_forward(
     gch = None if gch is None else _block(gch, GCParams, None)
     sa = None if sa is None else _block(sa, SAParams, None)
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
+    rows = stat_rows(gcx is not None, gch is not None, sa is not None)
+    stats = torch.empty((len(rows), T, B, C), dtype=cd, device=dev) if keep_stats else None
     if x.numel() == 0:  # nothing to launch; the state after zero steps is H_{-1} (a fresh tensor)
         h_last = (h0c.clone() if h0c is not None else torch.full((B, C, P), rest, dtype=cd, device=dev))
-        return (torch.empty_like(x), h_last,
-                torch.zeros((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None,
-                torch.zeros((T, B, C, P), dtype=cd, device=dev), torch.ones((T, B, C), dtype=cd, device=dev))
+        out = (torch.empty_like(x), h_last,
+               torch.zeros((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None,
+               torch.zeros((T, B, C, P), dtype=cd, device=dev), torch.ones((T, B, C), dtype=cd, device=dev))
+        return out + (stats.zero_(),) if keep_stats else out
     red = dict(v_threshold=v_threshold, v_reset=v_reset, CD=CD)
 
     # H-independent work for all steps at once.
     d1 = xmean = None
     if gcx is not None or sa is not None:
-        ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red)
+        ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red,
+                                      out_ctx=stats[rows["ctx1"]] if keep_stats and gcx is not None else None,
+                                      out_sum=stats[rows["xsum"]] if keep_stats and sa is not None else None)
         if gcx is not None:
             d1 = gc_mlp(ctx1, gcx)[0].reshape(T, B, C).contiguous()
         if sa is not None:
             xmean = (xsum / P).reshape(T, B, C).contiguous()
+    ctx2_out = stats[rows["ctx2"]] if keep_stats and gch is not None else None
+    hsum_out = stats[rows["hsum"]] if keep_stats and sa is not None else None
 
     tc = tile_config(C, P)
     u = torch.empty((T, B, C, P), dtype=cd, device=dev)
@@ -358,24 +385,26 @@ def staa_lif_forward(
             xmean if xmean is not None else dummy, d2 if d2 is not None else dummy, gate, u, spikes,
             v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum, drop8,
             h0c if h0c is not None else dummy,
+            ctx2_out if ctx2_out is not None else dummy, hsum_out if hsum_out is not None else dummy,
             g2.key_weight, g2.key_bias, g2.query_weight, g2.query_bias, g2.norm_weight, g2.norm_bias,
             g2.value_weight, g2.value_bias, s4.fc1_weight, s4.fc1_bias, s4.fc2_weight, s4.fc2_bias,
             T, B, C, P, tc.NP, chg, chs, float(alpha), *scal,
-            HAS_H0=h0c is not None, HAS_POS=posc is not None, **flags, HARD=v_reset is not None,
+            HAS_H0=h0c is not None, HAS_POS=posc is not None, **flags, STATS=keep_stats, HARD=v_reset is not None,
             STORE_V=store_v_seq, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, BLOCK_CC=block_cc, BLOCK_HG=block_hg,
             BLOCK_HS=block_hs, CD=CD, num_warps=persistent_warps(tc),
         )
-        return spikes, h_last, v_seq, u, gate
+        return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
     for t in range(T):
         if gch is not None or sa is not None:
             _run(staa_fwd_mlp_kernel, (B,),
                 part_ctx, part_hsum,
                 d1 if d1 is not None else dummy, xmean if xmean is not None else dummy,
                 d2 if d2 is not None else dummy, gate, drop8,
+                ctx2_out if ctx2_out is not None else dummy, hsum_out if hsum_out is not None else dummy,
                 g2.query_weight, g2.query_bias, g2.norm_weight, g2.norm_bias, g2.value_weight, g2.value_bias,
                 s4.fc1_weight, s4.fc1_bias, s4.fc2_weight, s4.fc2_bias,
                 t, B, C, P, tc.NP, chg, chs, float(alpha),
-                **flags, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs, CD=CD,
+                **flags, STATS=keep_stats, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs, CD=CD,
                 num_warps=mlp_warps,
             )
         _run(staa_fwd_elem_kernel, (B, tc.NP),
@@ -388,7 +417,7 @@ def staa_lif_forward(
             HARD=v_reset is not None, STORE_V=store_v_seq,
             BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
         )
-    return spikes, h_last, v_seq, u, gate
+    return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
 
 
 def gc_mlp_weight_grads(gsum: Tensor, acts, gc: GCParams) -> tuple:
@@ -438,6 +467,7 @@ def staa_lif_backward(
     surrogate: str,
     surrogate_param: float,
     path: Optional[str] = None,
+    stats: Optional[Tensor] = None,
 ):
     """Backward of ``staa_lif_forward`` in reverse time, through the ``surrogate`` kind's dS/dV
     (``staa.surrogate``) with parameter ``surrogate_param``.
@@ -449,6 +479,8 @@ def staa_lif_backward(
         u, gate: the tensors saved by the forward (``[T, B, C, P]``, ``[T, B, C]``).
         path: ``"per_step"``, ``"persistent"`` or ``"auto"``/``None`` (see ``loop_path``);
             both give the same gradients, whichever path the forward took.
+        stats: the forward's kept reductions (``keep_stats=True``), or ``None``: then two
+            plane reductions re-read x and u to rebuild them.
 
     Returns:
         ``(grad_x [T, B, C, P] x.dtype, grad_h0 [B, C, P] h0.dtype or None, grad_pos (pos's
@@ -490,11 +522,21 @@ def staa_lif_backward(
     # Recompute every forward activation of the channel MLPs, batched over all steps.
     # H_{t-1} = reset(u_{t-1} * gate_{t-1}) needs no recurrence.
     acts = {}
+    rows = stat_rows(gcx is not None, gch is not None, sa is not None)
+    if stats is not None and tuple(stats.shape) != (len(rows), T, B, C):
+        raise ValueError(f"stats must be the forward's kept reductions [K, T, B, C] = [{len(rows)}, {T}, {B}, {C}] "
+                         f"({', '.join(rows) or 'none'} for these blocks), got {tuple(stats.shape)}")
     with torch.no_grad():
-        if gcx is not None or sa is not None:
-            ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red)
-        if gch is not None or sa is not None:
-            ctx2, hsum = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None, h0=h0c, **red)
+        if stats is not None:
+            kept = {n: stats[k].detach().to(cd).reshape(T * B, C) for n, k in rows.items()}
+            ctx1, xsum, ctx2, hsum = (kept.get(n) for n in ("ctx1", "xsum", "ctx2", "hsum"))
+        else:
+            if gcx is not None or sa is not None:
+                ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None,
+                                              **red)
+            if gch is not None or sa is not None:
+                ctx2, hsum = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None, h0=h0c,
+                                              **red)
         if sa is not None:
             xmean, hmean = xsum / P, hsum / P
         pooled_x = xmean if sa is not None else None

@@ -67,30 +67,34 @@ def staa_fwd_mlp_kernel(
     d2_ptr,  # [B, C] out: GC2 delta of this step
     gate_ptr,  # [T, B, C] out: SA gate (1 at dropped steps)
     drop_ptr,  # [T] int8
+    ctx_out_ptr, hsum_out_ptr,  # [T, B, C] out (STATS): GC2 context and spatial sum of H_{t-1}, for the backward
     qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr,  # GC2 weights
     f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
     t, B, C, P, NP, CHG, CHS, alpha,
-    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr, STATS: tl.constexpr,
     BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr,
     CD: tl.constexpr,
 ):
     _fwd_mlp_sample(
         tl.program_id(0), t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr,
+        ctx_out_ptr, hsum_out_ptr,
         qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
-        B, C, P, NP, CHG, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HG, BLOCK_HS, CD,
+        B, C, P, NP, CHG, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, STATS, BLOCK_CC, BLOCK_HG, BLOCK_HS, CD,
     )
 
 
 @triton.jit
 def _fwd_mlp_sample(
-    b, t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr,
+    b, t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr, ctx_out_ptr, hsum_out_ptr,
     qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
     B, C, P, NP, CHG, CHS, alpha,
-    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr, STATS: tl.constexpr,
     BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
     """The channel MLPs of one sample b at step t (body of ``staa_fwd_mlp_kernel``, also
-    run in place by the persistent kernel)."""
+    run in place by the persistent kernel). With ``STATS`` it also stores the step's summed
+    reductions of H_{t-1} (GC2 context, spatial sum) at ``[t, b, :]``, so the backward need
+    not re-read the planes to rebuild them."""
     alpha = tl.cast(tl.cast(alpha, tl.float32), CD)
     dropped = tl.load(drop_ptr + t) != 0
     vec = (t * B + b).to(tl.int64) * C  # offset of the [t, b, :] channel vector
@@ -108,6 +112,8 @@ def _fwd_mlp_sample(
             offs_c = c0 + tl.arange(0, BLOCK_CC)
             mc = offs_c < C
             ctx = _sum_partials(part_ctx_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
+            if STATS:
+                tl.store(ctx_out_ptr + vec + offs_c, ctx, mask=mc)
             w = tl.load(qw_ptr + offs_hg[:, None] * C + offs_c[None, :], mask=mhg[:, None] & mc[None, :], other=0.0)
             q += tl.sum(w.to(CD) * ctx[None, :], axis=1)
         q += tl.load(qb_ptr + offs_hg, mask=mhg, other=0.0).to(CD)
@@ -130,6 +136,8 @@ def _fwd_mlp_sample(
             tl.store(d2_ptr + b.to(tl.int64) * C + offs_c, d2, mask=mc)
         if HAS_SA:
             hsum = _sum_partials(part_hsum_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
+            if STATS:
+                tl.store(hsum_out_ptr + vec + offs_c, hsum, mask=mc)
             gx = tl.load(xmean_ptr + vec + offs_c, mask=mc, other=0.0)
             if HAS_GCX:
                 gx = gx + tl.load(d1_ptr + vec + offs_c, mask=mc, other=0.0)
@@ -241,11 +249,12 @@ def staa_fwd_persistent_kernel(
     part_ctx_ptr, part_hsum_ptr,  # [B, NP, C] scratch: tile reductions of H_{t-1} (row b)
     drop_ptr,  # [T] int8
     h0_ptr,  # [B, C, P] CD initial state H_{-1} (only with HAS_H0)
+    ctx_out_ptr, hsum_out_ptr,  # [T, B, C] out (STATS), as in ``staa_fwd_mlp_kernel``
     kw_ptr, kb_ptr, qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr,  # GC2 weights
     f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
     T, B, C, P, NP, CHG, CHS, alpha, v_th, v_reset, h0,
     HAS_H0: tl.constexpr,
-    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr, STATS: tl.constexpr,
     HARD: tl.constexpr, STORE_V: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_CC: tl.constexpr, BLOCK_HG: tl.constexpr, BLOCK_HS: tl.constexpr, CD: tl.constexpr,
@@ -269,8 +278,9 @@ def staa_fwd_persistent_kernel(
         if HAS_GCH or HAS_SA:
             _fwd_mlp_sample(
                 b, t, part_ctx_ptr, part_hsum_ptr, d1_ptr, xmean_ptr, d2_ptr, gate_ptr, drop_ptr,
+                ctx_out_ptr, hsum_out_ptr,
                 qw_ptr, qb_ptr, nw_ptr, nb_ptr, vw_ptr, vb_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
-                B, C, P, NP, CHG, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HG, BLOCK_HS, CD,
+                B, C, P, NP, CHG, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, STATS, BLOCK_CC, BLOCK_HG, BLOCK_HS, CD,
             )
             tl.debug_barrier()
         cur = (t * B + b).to(tl.int64) * C

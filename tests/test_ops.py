@@ -206,7 +206,7 @@ def test_float32_gradients_against_float64(T, B, C, P, soft, detach, drop_bits, 
     x64 = x32.double()
     _, h64 = staa_lif_reference(x64, m64.params(), drop, **m64.cfg._asdict(), return_states=True)
     # V = H where no spike fired (hard reset) / H + v_th S (soft); recover V via the op's u * gate in fp64.
-    _, _, _, u, gate = _op.lif_forward(*_op_args(m64, x64, drop))
+    _, _, _, u, gate, _ = _op.lif_forward(*_op_args(m64, x64, drop))
     assume(float(_window_margin(u * gate[..., None], 1.0, 1.0)) > 1e-4)
 
     gout = torch.randn(x32.shape, generator=torch.Generator().manual_seed(seed))

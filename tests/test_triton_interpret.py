@@ -54,7 +54,16 @@ CASES = {
     "no-gc-split-detach": (3, 2, 9, 10, dict(gc=False, detach_reset=True, max_tile=32, drop=[2])),
     "if-neuron": (3, 1, 4, 6, dict(gc=False, sa=False, pe=False, store_v_seq=False)),
     "threshold-width": (4, 2, 5, 4, dict(v_threshold=0.75, surrogate_width=0.5, drop=[1, 2])),
+    "T5-rebuilt-stats": (5, 2, 6, 7, dict(drop=[2, 4], keep_stats=False)),
 }
+
+
+def _check_reductions(rep, opts):
+    # With the forward's reductions kept (the op's route), the backward never re-reads the plane
+    # to rebuild them; without, it must (when a GC or SA block needs them).
+    blocks = opts.get("gc", True) or opts.get("sa", True)
+    rebuilt = "staa_plane_reduce_kernel" in rep["bwd_kernels"]
+    assert rebuilt == (blocks and not opts.get("keep_stats", True)), rep["bwd_kernels"]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -65,6 +74,7 @@ def test_parity(worker, name):
     _check(rep)
     assert "staa_fwd_elem_kernel" in rep["fwd_kernels"] and "staa_fwd_persistent_kernel" not in rep["fwd_kernels"]
     assert "staa_bwd_elem_kernel" in rep["bwd_kernels"] and "staa_bwd_persistent_kernel" not in rep["bwd_kernels"]
+    _check_reductions(rep, opts)
     if opts.get("max_tile"):
         assert rep["np"] > 1  # the plane really is split across programs
 
@@ -77,6 +87,7 @@ PERSISTENT_CASES = {
     "fp64-gc-only-P1-neg-reset": (4, 1, 3, 1, dict(dtype="float64", v_reset=-0.25, sa=False, pe=False, drop=[3])),
     "sa-only-width": (3, 2, 9, 4, dict(gc=False, v_threshold=0.75, surrogate_width=0.5, drop=[1])),
     "if-neuron": (3, 1, 4, 6, dict(gc=False, sa=False, pe=False, store_v_seq=False)),
+    "rebuilt-stats-tiles": (4, 1, 12, 33, dict(max_tile=64, drop=[2], keep_stats=False)),
 }
 
 
@@ -88,6 +99,7 @@ def test_parity_persistent(worker, name):
     fwd, bwd = set(rep["fwd_kernels"]), set(rep["bwd_kernels"])
     assert "staa_fwd_persistent_kernel" in fwd and not fwd & {"staa_fwd_elem_kernel", "staa_fwd_mlp_kernel"}
     assert "staa_bwd_persistent_kernel" in bwd and not bwd & {"staa_bwd_elem_kernel", "staa_bwd_mlp_kernel"}
+    _check_reductions(rep, opts)
     if opts.get("max_tile"):
         assert rep["np"] > 1  # the program loops over several tiles of its plane
 
@@ -115,7 +127,8 @@ def test_path_rule(worker):
     assert "STAA_TRITON_PATH" in rep["bad_env"] and "'fast'" in rep["bad_env"]
     assert "path" in rep["bad_arg"]
     assert rep["env_forced_kernels"] == ["staa_fwd_elem_kernel", "staa_fwd_mlp_kernel", "staa_plane_reduce_kernel"]
-    assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_plane_reduce_kernel"]
+    # The backward takes the forward's reductions (the op's route), so it launches no plane reduction.
+    assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel"]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -126,14 +139,14 @@ def test_path_rule(worker):
     drop_bits=st.integers(0, 15), dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
     max_tile=st.sampled_from([None, 16]), seed=st.integers(0, 50),
     fwd_path=st.sampled_from(["persistent", "per_step"]), bwd_path=st.sampled_from(["persistent", "per_step"]),
-    surrogate=st.sampled_from(SURROGATES), h0=st.booleans(), grad_h_last=st.booleans(),
+    surrogate=st.sampled_from(SURROGATES), h0=st.booleans(), grad_h_last=st.booleans(), keep_stats=st.booleans(),
 )
 # float64 with a reset and threshold that fp32 cannot hold exactly (the kernels get fp32 scalars).
 @example(T=1, B=1, C=1, P=1, gc=True, sa=True, pe=True, reset=-0.3, detach=False, v_th=0.75, width=0.5, drop_bits=0,
          dtype="float64", max_tile=None, seed=0, fwd_path="persistent", bwd_path="persistent", surrogate="rect",
-         h0=False, grad_h_last=False)
+         h0=False, grad_h_last=False, keep_stats=True)
 def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, reset, detach, v_th, width, drop_bits, dtype, max_tile,
-                           seed, fwd_path, bwd_path, surrogate, h0, grad_h_last):
+                           seed, fwd_path, bwd_path, surrogate, h0, grad_h_last, keep_stats):
     """Threshold, reset (hard to 0 or -0.3, soft), detach_reset, surrogate kind and rectangle
     width drawn with the shapes; any step dropped, the first included (with ``h0`` that is
     the first step of a call that continues a sequence)."""
@@ -141,7 +154,7 @@ def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, reset, detach, v_th, 
     rep = worker.call("parity", T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=reset, v_threshold=v_th,
                       surrogate_width=width, detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile,
                       seed=seed, fwd_path=fwd_path, bwd_path=bwd_path, surrogate=surrogate, h0=h0,
-                      grad_h_last=grad_h_last)
+                      grad_h_last=grad_h_last, keep_stats=keep_stats)
     _check(rep)
 
 

@@ -291,9 +291,12 @@ def _flat_grads(out):
 
 
 def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=True, device="cpu", fwd_path=None,
-           bwd_path=None, grad_h_last=False, **case):
+           bwd_path=None, grad_h_last=False, keep_stats=True, **case):
     """Launchers vs the reference: forward outputs (and saved u, gate), then every gradient
     (grad_h0 too when the case has an ``h0``; ``grad_h_last``: the loss also uses H_{T-1}).
+
+    ``keep_stats`` (the op's route): the forward keeps its per-step reductions and the backward
+    takes them; False: the backward rebuilds them from x and u.
 
     ``fwd_path`` / ``bwd_path`` are passed to the launchers as ``path`` (None: their rule).
     Returns ``{"margin", "spike_mismatches", "nan_outputs", "failures", "max_err", "np",
@@ -324,9 +327,11 @@ def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=Tr
         launch._run = recording_run
         with _Poison() if poison else _nullctx():
             out = _forward(launch, x.detach(), drop, h0.detach() if h0 is not None else None, params, kw,
-                           store_v_seq=store_v_seq, path=fwd_path)
+                           store_v_seq=store_v_seq, path=fwd_path, keep_stats=keep_stats)
         launch._run = run
         report["fwd_kernels"] = sorted(set(launched))
+        stats = out[5] if keep_stats else None
+        out = out[:5]
         spikes, h_last, v_seq, u, gate = out
         report["nan_outputs"] = [n for n, t in zip(("spikes", "h_last", "v_seq", "u", "gate"), out)
                                  if t is not None and bool(torch.isnan(t).any())]
@@ -358,7 +363,7 @@ def parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poison=Tr
         launch._run = recording_run
         with _Poison() if poison else _nullctx():
             res = _backward(launch, gs, ghl, x.detach(), drop, h0.detach() if h0 is not None else None, params, u,
-                            gate, kw, path=bwd_path)
+                            gate, kw, path=bwd_path, stats=stats)
         launch._run = run
         report["bwd_kernels"] = sorted(set(launched))
         gx, gh0, gpos, ggcx, ggch, gsa = res
@@ -409,15 +414,16 @@ def determinism(T, B, C, P, *, device="cpu", path=None, **case):
 
     x, params, drop, kw, _, _, h0 = build_case(T, B, C, P, **case)
     x, drop, params, h0 = _to(device, x, drop, params, h0)
-    _, _, _, u, gate = _forward(launch, x, drop, h0, params, kw, store_v_seq=False, path=path)
-    saved = [t.clone() for t in (x, u, gate)]
+    _, _, _, u, gate, stats = _forward(launch, x, drop, h0, params, kw, store_v_seq=False, path=path, keep_stats=True)
+    saved = [t.clone() for t in (x, u, gate, stats)]
     gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=x.dtype)
     runs = []
     for poisoned in (False, True):
         with _Poison() if poisoned and device == "cpu" else _nullctx():
-            runs.append(_flat_grads(_backward(launch, gs, None, x, drop, h0, params, u, gate, kw, path=path)))
+            runs.append(_flat_grads(_backward(launch, gs, None, x, drop, h0, params, u, gate, kw, path=path,
+                                              stats=stats)))
     return dict(identical=all(torch.equal(a, b) for a, b in zip(*runs)), n=len(runs[0]),
-                saved_unchanged=all(torch.equal(a, b) for a, b in zip(saved, (x, u, gate))))
+                saved_unchanged=all(torch.equal(a, b) for a, b in zip(saved, (x, u, gate, stats))))
 
 
 def path_equivalence(T, B, C, P, *, max_tile=None, grad_h_last=False, **case):

@@ -45,10 +45,10 @@ def staa_lif_op(x4: Tensor, params: STAAParams, drop: Tensor, cfg, h0: Optional[
         the states are float32 (float64 for float64 input); ``h_last`` carries the gradient
         to ``x4``, ``h0`` and the weights, ``v_seq`` is detached.
     """
-    spikes, h_last, v_seq, _, _ = _op.lif_forward(
+    spikes, h_last, v_seq = _op.lif_forward(
         x4.contiguous(), drop, None if h0 is None else h0.contiguous(), *flatten_params(params),
         float(cfg.alpha), float(cfg.v_threshold), None if cfg.v_reset is None else float(cfg.v_reset),
         bool(cfg.detach_reset), cfg.surrogate.kind, float(cfg.surrogate.param), bool(store_v_seq),
         bool(use_triton),
-    )
+    )[:3]
     return spikes, h_last, (v_seq if store_v_seq else None)

@@ -48,6 +48,14 @@ def _split(params: Sequence[Optional[Tensor]]):
     return tuple(out)
 
 
+def _n_stats(present: Sequence[bool]) -> int:
+    """Rows of the Triton forward's kept reductions for the blocks in ``present``
+    (``staa.kernels.launch.stat_rows``: GC1 context and X's sum, GC2 context and H's sum)."""
+    i_gcx, i_gch = 1, 1 + len(GCParams._fields)
+    i_sa = i_gch + len(GCParams._fields)
+    return int(present[i_gcx]) + int(present[i_gch]) + 2 * int(present[i_sa])
+
+
 def _backend(use_triton: bool):
     if use_triton:
         from staa.kernels import launch  # imports triton; only on this path
@@ -71,18 +79,24 @@ def lif_forward(
     surrogate_param: float,
     store_v_seq: bool,
     use_triton: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(spikes, h_last, v_seq, u, gate)``; ``v_seq`` is empty unless ``store_v_seq``."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(spikes, h_last, v_seq, u, gate, stats)``; ``v_seq`` is empty unless
+    ``store_v_seq``. ``stats`` is what the backward reuses of the forward's reductions: the
+    Triton launcher's ``[K, T, B, C]`` (``keep_stats``), empty on the torch route."""
     pos, gcx, gch, sa = _split(_expand(params, present))
+    # Only the Triton launcher keeps its reductions for the backward.
+    extra = dict(keep_stats=True) if use_triton else {}
     with torch.autocast(x.device.type, enabled=False):
-        spikes, h_last, v_seq, u, gate = _backend(use_triton).staa_lif_forward(
+        out = _backend(use_triton).staa_lif_forward(
             x, drop, h0, pos, gcx, gch, sa,
             alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-            surrogate=surrogate, surrogate_param=surrogate_param, store_v_seq=store_v_seq,
+            surrogate=surrogate, surrogate_param=surrogate_param, store_v_seq=store_v_seq, **extra,
         )
+    spikes, h_last, v_seq, u, gate = out[:5]
+    stats = out[5] if use_triton else x.new_empty((0,), dtype=compute_dtype(x.dtype))
     if v_seq is None:
         v_seq = x.new_empty((0,), dtype=compute_dtype(x.dtype))
-    return spikes, h_last, v_seq, u, gate
+    return spikes, h_last, v_seq, u, gate, stats
 
 
 @lif_forward.register_fake
@@ -96,6 +110,7 @@ def _(x, drop, h0, params, present, alpha, v_threshold, v_reset, detach_reset, s
         x.new_empty((T, B, C, P) if store_v_seq else (0,), dtype=cd),
         x.new_empty((T, B, C, P), dtype=cd),
         x.new_empty((T, B, C), dtype=cd),
+        x.new_empty((_n_stats(present), T, B, C) if use_triton else (0,), dtype=cd),
     )
 
 
@@ -110,6 +125,7 @@ def lif_backward(
     present: List[bool],
     u: Tensor,
     gate: Tensor,
+    stats: Tensor,
     alpha: float,
     v_threshold: float,
     v_reset: Optional[float],
@@ -121,13 +137,14 @@ def lif_backward(
     """Returns ``[grad_x, grad_h0, *grads of params in list order]``; ``grad_h0`` is empty
     when ``h0`` is ``None``."""
     pos, gcx, gch, sa = _split(_expand(params, present))
+    extra = dict(stats=stats) if use_triton else {}
     with torch.autocast(x.device.type, enabled=False):
         gx, gh0, gpos, ggcx, ggch, gsa = _backend(use_triton).staa_lif_backward(
             grad_spikes.contiguous() if use_triton else grad_spikes,
             None if grad_h_last is None else grad_h_last.contiguous(),
             x, drop, h0, pos, gcx, gch, sa, u, gate,
             alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-            surrogate=surrogate, surrogate_param=surrogate_param,
+            surrogate=surrogate, surrogate_param=surrogate_param, **extra,
         )
     out = [gx, x.new_empty((0,), dtype=compute_dtype(x.dtype)) if gh0 is None else gh0]
     if gpos is not None:
@@ -139,7 +156,7 @@ def lif_backward(
 
 
 @lif_backward.register_fake
-def _(grad_spikes, grad_h_last, x, drop, h0, params, present, u, gate, *scalars):
+def _(grad_spikes, grad_h_last, x, drop, h0, params, present, u, gate, stats, *scalars):
     gh0 = x.new_empty((0,), dtype=compute_dtype(x.dtype)) if h0 is None else torch.empty_like(h0)
     return [torch.empty_like(x), gh0] + [torch.empty_like(p) for p in params]
 
@@ -147,21 +164,21 @@ def _(grad_spikes, grad_h_last, x, drop, h0, params, present, u, gate, *scalars)
 def _setup_context(ctx, inputs, output):
     (x, drop, h0, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param,
      _, use_triton) = inputs
-    _, _, v_seq, u, gate = output
+    _, _, v_seq, u, gate, stats = output
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not zeros
     ctx.present = list(present)
     ctx.has_h0 = h0 is not None
     ctx.scalars = (alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param, use_triton)
     # h_last stays differentiable: single-step chains backpropagate through it.
-    ctx.mark_non_differentiable(v_seq, u, gate)
-    ctx.save_for_backward(x, drop, u, gate, h0, *params)
+    ctx.mark_non_differentiable(v_seq, u, gate, stats)
+    ctx.save_for_backward(x, drop, u, gate, stats, h0, *params)
 
 
 def _backward(ctx, grad_spikes, grad_h_last, *_unused):
-    x, drop, u, gate, h0, *params = ctx.saved_tensors
+    x, drop, u, gate, stats, h0, *params = ctx.saved_tensors
     if grad_spikes is None:  # only the last state is used by the loss
         grad_spikes = torch.zeros_like(x)
-    grads = lif_backward(grad_spikes, grad_h_last, x, drop, h0, params, ctx.present, u, gate, *ctx.scalars)
+    grads = lif_backward(grad_spikes, grad_h_last, x, drop, h0, params, ctx.present, u, gate, stats, *ctx.scalars)
     grad_h0 = grads[1] if ctx.has_h0 else None
     return grads[0], None, grad_h0, list(grads[2:]), None, None, None, None, None, None, None, None, None
 
