@@ -6,7 +6,8 @@ Providers: ``staa-triton`` (STAALIF, backend="triton"), ``staa-torch`` (STAALIF,
 backend="torch"), ``reference-eager`` (``staa.reference.staa_lif_reference``),
 ``reference-compile`` (the same under ``torch.compile``), ``sj-lif`` (spikingjelly's
 ``LIFNode(step_mode="m")``; run with ``SJ_LIF_CUDA_IMPLEMENTATION=triton`` so its Triton
-kernel is what is timed). Shapes are the issue's goal shapes, fp32 and bf16 inputs, the
+kernel is what is timed); ``staa-triton-single_step`` and ``sj-lif-single_step`` run the same
+sequence as T single-step calls with one backward through them. Shapes are the issue's goal shapes, fp32 and bf16 inputs, the
 module in training mode (TSRD on), timed with CUDA events over interleaved rounds; median
 and interquartile range in milliseconds.
 
@@ -30,8 +31,8 @@ import time
 
 SHAPES = {"early [4,64,128,32,32]": (4, 64, 128, 32, 32), "deep [4,64,512,4,4]": (4, 64, 512, 4, 4)}
 DTYPES = ("float32", "bfloat16")
-PROVIDERS = ("staa-triton", "staa-triton-per_step", "staa-triton-persistent", "staa-torch", "reference-eager",
-             "sj-lif", "reference-compile")
+PROVIDERS = ("staa-triton", "staa-triton-per_step", "staa-triton-persistent", "staa-triton-single_step",
+             "staa-torch", "reference-eager", "sj-lif", "sj-lif-single_step", "reference-compile")
 GOALS = (
     ("staa-triton vs reference-eager", "reference-eager", ">= 10x faster"),
     ("staa-triton vs reference-compile", "reference-compile", ">= 3x faster"),
@@ -70,6 +71,15 @@ def make_provider(name, shape, dtype, torch, dev="cuda"):
                 else:
                     os.environ["STAA_TRITON_PATH"] = old
         return run
+    if name == "staa-triton-single_step":
+        # T single-step calls from the stored state, one backward through the sequence (issue 13's ratio).
+        m = staa.STAALIF(C, T, backend="triton", step_mode="s", device=dev).train()
+
+        def run():
+            m.reset()
+            ys = [m(x[t]) for t in range(T)]
+            torch.stack(ys).backward(gy)
+        return run
     if name.startswith("staa-"):
         m = staa.STAALIF(C, T, backend=name.split("-")[1], device=dev).train()
 
@@ -91,6 +101,16 @@ def make_provider(name, shape, dtype, torch, dev="cuda"):
             drop = m._draw_drop(T, 0, x.device)
             y = fn(x4, m.params(), drop, v_reset=0.0)
             y.backward(gy.reshape(x4.shape))
+        return run
+    if name == "sj-lif-single_step":
+        from spikingjelly.activation_based import neuron
+
+        lif = neuron.LIFNode(step_mode="s")
+
+        def run():
+            lif.reset()
+            ys = [lif(x[t]) for t in range(T)]
+            torch.stack(ys).backward(gy)
         return run
     if name == "sj-lif":
         from spikingjelly.activation_based import neuron
