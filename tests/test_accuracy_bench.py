@@ -181,3 +181,117 @@ def test_reference_impl_matches_module(variant, training):
         torch.manual_seed(0)  # the same draw as above
         drawn = mod._draw_drop(4, 0, x.device)
         assert drawn.any(), "pick a seed whose TSRD draw drops a step, so the drop path is exercised"
+
+
+def _fake_run(task, variant, seed, acc, impl="module", sec=10.0):
+    return {"task": task, "variant": variant, "seed": seed, "test_acc": acc, "firing_rate": 0.1,
+            "seconds_per_epoch": sec, "n_params": 123,
+            "machine": {"machine": "test CPU", "torch_threads": 1, "torch": "x", "python": "3", "git_commit": "abc1234",
+                        "neuron_impl": impl}}
+
+
+def _fake_large(ref_offset):
+    """Five seeds per row with a known spread; reference runs shifted by ``ref_offset`` (fraction)."""
+    spread = [-0.002, -0.001, 0.0, 0.001, 0.002]  # std 0.158 points
+    base = {"LIF": 0.860, "IF": 0.870, "GC": 0.8705, "GC+PE": 0.8700, "GC+PE+SA": 0.876, "GC+PE+SA+TSRD": 0.872,
+            "STAA": 0.858}
+    runs = []
+    for task, variants in make_report.TASKS.items():
+        for v in variants:
+            b = base[v] if task == "static" or v == "STAA" else base[v] - 0.01
+            runs += [_fake_run(task, v, s, b + d) for s, d in enumerate(spread)]
+    ref = [_fake_run("static", "GC+PE+SA", s, base["GC+PE+SA"] + spread[s] + ref_offset, impl="reference")
+           for s in range(3)]
+    return runs, ref
+
+
+def test_large_report_states_every_step_and_the_protocol_target():
+    runs, ref = _fake_large(0.0)
+    page = make_report.render_large(runs, ref, None, plotted=False)
+    assert "Accuracy, large protocol" in page and "accuracy-protocol.md" in page
+    # LIF -> full STAA stated plainly with its standard error: +1.20 points, SE sqrt(2 * 0.158^2 / 5) = 0.10
+    assert "LIF → full STAA, static: +1.20 points, standard error 0.10" in page
+    # Every ladder step with its SE; blocks that do not help are named.
+    for a, b in make_report._ladder_steps("static"):
+        assert f"- {a} → {b}:" in page
+    assert "did not help at this scale, static" in page
+    line = next(l for l in page.splitlines() if "did not help at this scale, static" in l)
+    assert "GC (IF → GC: +0.05" in line and "PE (GC → GC+PE: -0.05" in line and "TSRD (" in line
+    assert "SA (" not in line.replace("TSRD (", "")
+    assert "target <= 0.25: met" in page
+    assert "Not measured yet" in page  # no timing file given
+
+
+def test_large_report_op_vs_reference_verdict():
+    runs, ref = _fake_large(0.0)
+    close = make_report.op_vs_reference(make_report.summarize(runs), make_report.summarize(ref))
+    assert len(close) == 1 and close[0]["seeds"] == [0, 1, 2] and close[0]["within"]
+    assert close[0]["diff"] == pytest.approx(0.0, abs=1e-9)
+    runs, ref = _fake_large(0.005)  # reference 0.5 points higher: beyond the 0.1-point seed spread of seeds 0-2
+    far = make_report.op_vs_reference(make_report.summarize(runs), make_report.summarize(ref))
+    assert not far[0]["within"] and far[0]["diff"] == pytest.approx(0.5)
+    page = make_report.render_large(runs, ref, None, plotted=False)
+    assert "they do not train alike" in page
+
+
+def test_large_report_flags_a_protocol_that_missed_its_target():
+    runs, ref = _fake_large(0.0)
+    for r in runs:  # widen the LIF spread to about 1.6 points
+        if r["variant"] == "LIF":
+            r["test_acc"] += 10 * (r["test_acc"] - 0.860 if r["task"] == "static" else r["test_acc"] - 0.850)
+    page = make_report.render_large(runs, ref, None, plotted=False)
+    assert "NOT met" in page
+
+
+def test_large_report_reads_timing_and_writes_files(tmp_path):
+    runs, ref = _fake_large(0.0)
+    rd, refd = tmp_path / "runs", tmp_path / "ref"
+    for d, rs in ((rd, runs), (refd, ref)):
+        d.mkdir()
+        for r in rs:
+            (d / f"{r['task']}_{r['variant'].replace('+', '-')}_seed{r['seed']}.json").write_text(json.dumps(r))
+    timing = {"command": "python benchmarks/accuracy/time_epoch.py", "started_utc": "now",
+              "machine": {"machine": "test CPU", "torch_threads": 1, "torch": "x", "git_commit": "abc1234"},
+              "tasks": {"static": {"variant": "GC+PE+SA", "block": 20, "blocks": 10, "module_seconds_per_epoch": 80.0,
+                                   "reference_seconds_per_epoch": 120.0, "reference_over_module": 1.5}}}
+    tp = tmp_path / "timing.json"
+    tp.write_text(json.dumps(timing))
+    out = tmp_path / "out"
+    assert make_report.main(["--large", "--runs", str(rd), "--reference-runs", str(refd), "--timing", str(tp),
+                             "--out", str(out)]) == 0
+    page = (out / "accuracy-large.md").read_text()
+    assert "| static | GC+PE+SA | 200 | 80.0 | 120.0 | 1.50x |" in page
+    assert "87.60 ± 0.16" in page  # static GC+PE+SA mean ± std computed from the files
+
+
+def test_small_report_says_its_protocol():
+    runs, _ = _fake_large(0.0)
+    for r in runs:
+        r["config"] = {"train_size": 4000, "test_size": 2000}
+    page = make_report.render(runs, plotted=False)
+    assert page.startswith("# Accuracy, small protocol") and "accuracy-large.md" in page
+
+
+def test_time_epoch_interleaves_both_implementations(tmp_path):
+    import time_epoch
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _write_fake_dataset(str(data_dir))
+    args = run_ladder.parse_args(["--train-size", "20", "--test-size", "10", "--batch-size", "10", "--widths", "4", "8",
+                                  "--data", str(data_dir)])
+    cfg = run_ladder.build_config(args)
+    data = run_ladder.prepare_task("static", fmnist_events.load_fashion_mnist(str(data_dir)), cfg)
+    seen = []
+    threads = torch.get_num_threads()
+    try:
+        r = time_epoch.time_task("static", data, cfg, steps=4, block=2, warmup=1, log=seen.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["blocks"] == 2 and set(r["per_step_seconds"]) == {"module", "reference"}
+    assert all(len(v) == 2 and min(v) > 0 for v in r["per_step_seconds"].values())
+    assert r["steps_per_epoch"] == 2
+    for impl in ("module", "reference"):
+        ps = r["per_step_seconds"][impl]
+        assert r[impl + "_seconds_per_epoch"] == pytest.approx((ps[0] + ps[1]) / 2 * 2)  # median of two x 2 steps
+    assert r["reference_over_module"] > 0 and len(seen) == 2
