@@ -13,7 +13,6 @@ exits non-zero when they disagree; see :func:`selftest`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 import staa
 from staa import _demo
 from staa._profile import profile
+from staa._state import kept_state
+from staa._text import aligned_rows
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,19 +64,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextlib.contextmanager
-def _state_kept(*models):
-    """Put parameters, buffers (BatchNorm's running statistics, which training-mode forwards
-    update), gradients and the RNG back as they were, so the profile that follows does not
-    depend on what was measured before it."""
-    saved = [{n: t.clone() for n, t in m.state_dict().items()} for m in models]
-    with torch.random.fork_rng(devices=[]):
-        yield
-    for m, sd in zip(models, saved):
-        m.load_state_dict(sd)
-        m.zero_grad(set_to_none=True)
-
-
 def _interleaved_median_ms(fns: dict, repeat: int, device: torch.device) -> dict:
     """Median wall time of each callable; one warm-up each, then rounds that run every callable once,
     so a load change on a shared machine hits all of them alike."""
@@ -107,7 +95,7 @@ def _timings(models: dict, img, labels, repeat, device) -> dict:
             F.cross_entropy(model(img), labels).backward()
         return run
 
-    with _state_kept(*models.values()):
+    with kept_state(*models.values()):
         fwd = _interleaved_median_ms({k: forward(m) for k, m in models.items()}, repeat, device)
         bwd = _interleaved_median_ms({k: train_step(m) for k, m in models.items()}, repeat, device)
     return {k: {"forward_ms": fwd[k], "forward_backward_ms": bwd[k]} for k in models}
@@ -211,7 +199,7 @@ def run(args) -> dict:
     progress("timing both networks in interleaved rounds (forward, forward+backward)")
     result["time_ms"] = _timings({"lif": lif, "staa": snn}, img, labels, args.repeat, device)
     progress("measuring memory saved for backward")
-    with _state_kept(lif, snn):
+    with kept_state(lif, snn):
         result["saved_for_backward"] = {"lif": _saved_bytes(lif, img), "staa": _saved_bytes(snn, img)}
     progress("profiling both networks (eval)")
     reports = {"lif": profile(lif, img), "staa": profile(snn, img)}
@@ -254,9 +242,7 @@ def render(result: dict) -> str:
     rows.append(("MACs per inference", f"{ra.total_macs / 1e6:.2f}M", f"{rb.total_macs / 1e6:.2f}M", ""))
     rows.append(("energy per inference (uJ)", f"{ra.energy_j * 1e6:.2f}", f"{rb.energy_j * 1e6:.2f}",
                  f"x{rb.energy_j / ra.energy_j:.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip())
+    lines += aligned_rows(rows, right=(1, 2, 3))
     runs = f"median of {cfg['repeat']} interleaved rounds" if cfg["repeat"] > 1 else "1 round"
     lines.append(f"(time: {runs} after a warm-up; forward+backward is one training step with cross-entropy)")
     for key, title in (("lif", "LIF network"), ("staa", "STAALIF network")):

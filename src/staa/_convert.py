@@ -1,8 +1,7 @@
 """``staa.convert``: swap spikingjelly LIF / PLIF / IF nodes for :class:`staa.STAALIF`.
 
-Detection compares ``type(node)`` with the classes spikingjelly exports, looked up in
-``sys.modules`` only: a model that holds spikingjelly nodes has imported spikingjelly,
-and a model that does not needs nothing from it, so this module never imports it.
+Detection compares ``type(node)`` with the classes spikingjelly exports, looked up by
+:mod:`staa._spikingjelly` in ``sys.modules`` only, so this module never imports spikingjelly.
 """
 from __future__ import annotations
 
@@ -10,39 +9,23 @@ import dataclasses
 import fnmatch
 import inspect
 import math
-import sys
 import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from . import _spikingjelly
 from ._blocks import is_uninitialized
+from ._state import kept_state
+from ._text import aligned_rows
 from .neuron import STAALIF
 from .surrogate import Surrogate
 
 __all__ = ["convert", "ConvertReport", "ReplacedNode", "SkippedNode", "FlatNode", "LINEAR_CHOICES"]
 
 # (module exporting the classes, class name, kind, fixed step mode or None = read node.step_mode)
-_NODE_CLASSES = (
-    ("spikingjelly.activation_based.neuron", "LIFNode", "lif", None),
-    ("spikingjelly.activation_based.neuron", "ParametricLIFNode", "plif", None),
-    ("spikingjelly.activation_based.neuron", "IFNode", "if", None),
-    ("spikingjelly.clock_driven.neuron", "LIFNode", "lif", "s"),
-    ("spikingjelly.clock_driven.neuron", "MultiStepLIFNode", "lif", "m"),
-    ("spikingjelly.clock_driven.neuron", "ParametricLIFNode", "plif", "s"),
-    ("spikingjelly.clock_driven.neuron", "MultiStepParametricLIFNode", "plif", "m"),
-    ("spikingjelly.clock_driven.neuron", "IFNode", "if", "s"),
-    ("spikingjelly.clock_driven.neuron", "MultiStepIFNode", "if", "m"),
-)
-# Base classes of other spikingjelly neurons, so those nodes are listed as skipped.
-_BASE_CLASSES = (
-    ("spikingjelly.activation_based.neuron", "BaseNode"),
-    ("spikingjelly.clock_driven.neuron", "BaseNode"),
-)
-# The surrogate modules: spikingjelly 2.x and 0.0.0.0.14 (activation_based) and the legacy API.
-_SURROGATE_MODULES = ("spikingjelly.activation_based.surrogate", "spikingjelly.clock_driven.surrogate")
 # Settings carried from the node; staalif_options may override them.
 _CARRIED = (
     "v_threshold", "v_reset", "detach_reset", "surrogate", "surrogate_width", "surrogate_alpha", "step_mode",
@@ -77,20 +60,10 @@ class _Kind:
     step_mode: Optional[str]
 
 
-def _exported(pairs) -> List[Tuple[str, type]]:
-    found = []
-    for module_name, class_name in pairs:
-        module = sys.modules.get(module_name)
-        cls = getattr(module, class_name, None) if module is not None else None
-        if isinstance(cls, type):
-            found.append((f"{module_name}.{class_name}", cls))
-    return found
-
-
 def _known_classes() -> Dict[type, _Kind]:
     known: Dict[type, _Kind] = {}
-    for module_name, class_name, kind, step_mode in _NODE_CLASSES:
-        for exported_as, cls in _exported([(module_name, class_name)]):
+    for module_name, class_name, kind, step_mode in _spikingjelly.NODE_CLASSES:
+        for exported_as, cls in _spikingjelly.exported([(module_name, class_name)]):
             known.setdefault(cls, _Kind(exported_as, kind, step_mode))
     return known
 
@@ -166,16 +139,17 @@ class ConvertReport:
                     _display(r.name), _short(r.old_class), _lazy(r.channels), _lazy(r.T), r.step_mode,
                     _short_sg(r.surrogate), ", ".join(r.dropped) or "-",
                 ))
-            lines += _table(rows, right=(2, 3))
+            lines += aligned_rows(rows, right=(2, 3), indent="  ")
         if self.skipped:
             lines.append("skipped:")
-            lines += _table([("module", "class", "reason")] + [(_display(s.name), _short(s.cls), s.reason) for s in self.skipped])
+            rows = [("module", "class", "reason")] + [(_display(s.name), _short(s.cls), s.reason) for s in self.skipped]
+            lines += aligned_rows(rows, indent="  ")
         if self.flat:
             lines.append("no spatial positions (input [T, B, C], e.g. after a Linear layer):")
             rows = [("module", "C", "params STAA adds", "")]
             for f in self.flat:
                 rows.append((_display(f.name), f.channels, f"{f.added_params:,}", "converted" if f.converted else "kept"))
-            lines += _table(rows, right=(1, 2))
+            lines += aligned_rows(rows, right=(1, 2), indent="  ")
         return "\n".join(lines)
 
     def _merged_after(self, earlier: "ConvertReport") -> "ConvertReport":
@@ -203,15 +177,6 @@ def _short(qualname: str) -> str:
 
 def _lazy(value: Optional[int]) -> str:
     return "lazy" if value is None else str(value)
-
-
-def _table(rows, right=()) -> List[str]:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        out.append("  " + "  ".join(cells).rstrip())
-    return out
 
 
 # ---------------------------------------------------------------------------------- selection
@@ -252,16 +217,6 @@ def _scalar(node: nn.Module, attr: str, name: str):
             )
         value = value.item()
     return value
-
-
-def _sg_class(sg) -> Optional[str]:
-    """The class name of a spikingjelly surrogate module (``"ATan"``), or None for anything else."""
-    cls = type(sg)
-    for module_name in _SURROGATE_MODULES:
-        module = sys.modules.get(module_name)
-        if module is not None and getattr(module, cls.__name__, None) is cls:
-            return cls.__name__
-    return None
 
 
 def _sg_param(sg, attr: str, default: float) -> float:
@@ -308,7 +263,7 @@ def _surrogate(node: nn.Module) -> Tuple[Optional[Surrogate], Optional[str], Opt
         return None, None, (
             f"surrogate_function={text} has spiking=False: the node outputs a smooth function, not spikes"
         )
-    name = _sg_class(sg)
+    name = _spikingjelly.surrogate_class_name(sg)
     if name in _EXACT:
         kind = _EXACT[name]
         alpha = _sg_param(sg, "alpha", -1.0)
@@ -417,14 +372,11 @@ def _call(model: nn.Module, example_input):
     return model(example_input)
 
 
-def _first_device(example_input) -> Optional[torch.device]:
+def _input_tensors(example_input) -> List[torch.Tensor]:
     items = example_input.values() if isinstance(example_input, dict) else (
         example_input if isinstance(example_input, (tuple, list)) else [example_input]
     )
-    for x in items:
-        if isinstance(x, torch.Tensor):
-            return x.device
-    return None
+    return [x for x in items if isinstance(x, torch.Tensor)]
 
 
 def _probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int, List[_Seen]]:
@@ -457,17 +409,12 @@ def _probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int
         if not m._modules:
             last_leaf[0] = m
 
-    training = [(m, m.training) for _, m in modules]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    states = _save_neuron_states(m for _, m in modules)
-    device = _first_device(example_input)
-    rng_devices = [device] if device is not None and device.type == "cuda" else []
     try:
         for m in {id(m): m for _, m in modules}.values():
             handles.append(m.register_forward_pre_hook(enter))
             handles.append(m.register_forward_hook(leave))
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=rng_devices):
+        with kept_state(model, tensors=_input_tensors(example_input)), torch.no_grad():
+            model.eval()
             try:
                 _call(model, example_input)
             except Exception as err:
@@ -481,12 +428,6 @@ def _probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int
     finally:
         for h in handles:
             h.remove()
-        for m, flag in training:
-            m.training = flag
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        _restore_neuron_states(states)
     return seen
 
 
@@ -498,30 +439,6 @@ def _describe(example_input) -> str:
     if isinstance(example_input, dict):
         return ", ".join(f"{k}: {_describe(v)}" for k, v in example_input.items())
     return type(example_input).__name__
-
-
-def _save_neuron_states(modules: Iterable[nn.Module]):
-    saved = []
-    for m in modules:
-        if isinstance(m, STAALIF):
-            saved.append((m, "staa", (m._h, m._t, m._v_seq)))
-        elif isinstance(getattr(m, "_memories", None), dict):
-            saved.append((m, "sj", (dict(m._memories), dict(m.__dict__))))
-    return saved
-
-
-def _restore_neuron_states(saved) -> None:
-    for m, what, state in saved:
-        if what == "staa":
-            m._h, m._t, m._v_seq = state
-        else:
-            memories, attrs = state
-            m._memories.clear()
-            m._memories.update(memories)
-            # spikingjelly keeps some state (v_seq) as plain attributes.
-            for key in [k for k in m.__dict__ if k not in attrs]:
-                del m.__dict__[key]
-            m.__dict__.update({k: v for k, v in attrs.items() if k != "_memories"})
 
 
 # ---------------------------------------------------------------------------------- sizing
@@ -646,43 +563,10 @@ def convert(
     """
     from . import _snntorch  # models with snnTorch neurons; never imports snntorch itself
 
-
     if _snntorch.handles(model):
         return _snntorch.convert(model, example_input, T=T, include=include, exclude=exclude, linear=linear,
                                  dry_run=dry_run, **staalif_options)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"staa.convert expects a torch.nn.Module, got {type(model).__name__}")
-    bad = [k for k in _NOT_OPTIONS if k in staalif_options]
-    if bad:
-        raise TypeError(
-            f"staa.convert sets {', '.join(bad)} of each STAALIF itself (from the probe, the node and the model); "
-            f"remove {', '.join(repr(b) for b in bad)} from the options"
-        )
-    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
-        raise ValueError(f"staa.convert: T must be a positive int (1, 2, ...) or None, got {T!r}")
-    if not isinstance(dry_run, bool):
-        raise TypeError(f"staa.convert: dry_run must be True or False, got {dry_run!r}")
-    if not isinstance(linear, str) or linear not in LINEAR_CHOICES:
-        raise ValueError(
-            f"staa.convert: linear must be 'keep' (leave nodes after Linear layers as they are) or 'convert', "
-            f"got {linear!r}"
-        )
-    if example_input is not None and not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
-        raise TypeError(
-            f"staa.convert: example_input must be a tensor, a tuple/list of positional inputs, a dict of keyword "
-            f"inputs or None, got {type(example_input).__name__}"
-        )
-    allowed = set(inspect.signature(STAALIF.__init__).parameters) - {"self", "channels", "T", "device", "dtype"}
-    unknown = sorted(set(staalif_options) - allowed)
-    if unknown:
-        raise TypeError(
-            f"staa.convert got unknown STAALIF option(s) {', '.join(map(repr, unknown))}; "
-            f"valid options: {', '.join(sorted(allowed))}"
-        )
-    early = dict(staalif_options)
-    if "surrogate" not in early and early.get("surrogate_alpha") is not None and early.get("surrogate_width") is None:
-        early["surrogate"] = "atan"  # an alpha alone applies to each node's own smooth kind; check its value
-    _check_options(early, None)  # each value, also when there is no node to convert
+    _validate(model, example_input, T, linear, dry_run, staalif_options)
     want = _matcher(include, "include")
     drop = _matcher(exclude, "exclude")
 
@@ -695,8 +579,87 @@ def convert(
     else:
         scope = model
 
-    other_bases = tuple(cls for _, cls in _exported(_BASE_CLASSES))
-    # Every place a module is registered: (parent, attribute name, full name).
+    places, parents, nodes = _index(scope)
+    skipped: List[SkippedNode] = []
+    todo = _classify(nodes, places, known, want, drop, skipped)
+    todo, settings = _node_plans(todo, nodes, staalif_options, T, skipped)
+
+    seen: Dict[int, List[_Seen]] = {key: [] for key, _, _ in todo}
+    if todo and example_input is not None:
+        seen = _probe(scope, example_input, {key: name for key, _, name in todo})
+    elif todo and linear == "keep":
+        warnings.warn(
+            f"staa.convert without example_input cannot see which nodes receive [T, B, C] inputs (after Linear "
+            f"layers), so linear='keep' cannot apply: all {len(todo)} selected node(s) become lazy STAALIF. Pass "
+            f"example_input, or linear='convert' to convert them all without this warning",
+            stacklevel=2,
+        )
+
+    builds, flat = _size(todo, nodes, settings, seen, scope, parents, T, linear, example_input is not None, skipped)
+    replaced, new_modules = _build(builds, nodes, dry_run)
+    report = ConvertReport(replaced, skipped, dry_run, flat)
+    if dry_run:
+        return report
+    _swap(new_modules, nodes, places)
+    result = scope._modules[""] if root_is_node else model
+    earlier = model.__dict__.get("staa_report")
+    if isinstance(earlier, ConvertReport) and not earlier.dry_run:
+        report = report._merged_after(earlier)
+    _spikingjelly.invalidate_reset_cache(result)  # reset_net caches per network object
+    result.staa_report = report
+    return result
+
+
+# The phases of convert, in order: validate, index, classify, plan each node's settings, probe (above),
+# size, build, swap.
+def _validate(model, example_input, T, linear, dry_run, staalif_options) -> None:
+    """Reject bad arguments before anything is looked at."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"staa.convert expects a torch.nn.Module, got {type(model).__name__}")
+    bad = [k for k in _NOT_OPTIONS if k in staalif_options]
+    if bad:
+        raise TypeError(
+            f"staa.convert sets {', '.join(bad)} of each STAALIF itself (from the probe, the node and the model); "
+            f"remove {', '.join(repr(b) for b in bad)} from the options"
+        )
+    _check_call(T, dry_run, linear, example_input, staalif_options)
+    early = dict(staalif_options)
+    if "surrogate" not in early and early.get("surrogate_alpha") is not None and early.get("surrogate_width") is None:
+        early["surrogate"] = "atan"  # an alpha alone applies to each node's own smooth kind; check its value
+    _check_options(early, None)  # each value, also when there is no node to convert
+
+
+def _check_call(T, dry_run, linear, example_input, staalif_options, *, neurons: str = "nodes",
+                example_hint: str = "", not_options: Sequence[str] = _NOT_OPTIONS) -> None:
+    """The checks of convert's arguments shared by the spikingjelly and snnTorch paths; ``neurons``
+    and ``example_hint`` word the messages for the framework, ``not_options`` are the STAALIF
+    arguments convert sets itself there."""
+    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
+        raise ValueError(f"staa.convert: T must be a positive int (1, 2, ...) or None, got {T!r}")
+    if not isinstance(dry_run, bool):
+        raise TypeError(f"staa.convert: dry_run must be True or False, got {dry_run!r}")
+    if not isinstance(linear, str) or linear not in LINEAR_CHOICES:
+        raise ValueError(
+            f"staa.convert: linear must be 'keep' (leave {neurons} after Linear layers as they are) or 'convert', "
+            f"got {linear!r}"
+        )
+    if example_input is not None and not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
+        raise TypeError(
+            f"staa.convert: example_input must be a tensor{example_hint}, a tuple/list of positional inputs, a dict "
+            f"of keyword inputs or None, got {type(example_input).__name__}"
+        )
+    allowed = set(inspect.signature(STAALIF.__init__).parameters) - {"self", "T", *not_options}
+    unknown = sorted(set(staalif_options) - allowed)
+    if unknown:
+        raise TypeError(
+            f"staa.convert got unknown STAALIF option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(sorted(allowed))}"
+        )
+
+
+def _index(scope: nn.Module):
+    """Every place a module is registered: ``places[id] = [(parent, attribute name, full name)]``, the
+    first parent of each module and the modules by id."""
     places: Dict[int, List[Tuple[nn.Module, str, str]]] = OrderedDict()
     parents: Dict[int, nn.Module] = {}
     nodes: Dict[int, nn.Module] = {}
@@ -708,9 +671,14 @@ def convert(
             places.setdefault(id(child), []).append((parent, child_name, full))
             parents.setdefault(id(child), parent)
             nodes[id(child)] = child
+    return places, parents, nodes
 
-    skipped: List[SkippedNode] = []
-    todo: List[Tuple[int, _Kind, str]] = []
+
+def _classify(nodes, places, known, want, drop, skipped: List[SkippedNode]) -> List[Tuple[int, _Kind, str]]:
+    """The selected nodes of a known class ``[(id, kind, name)]``; other spikingjelly neurons and
+    excluded nodes go to ``skipped``."""
+    other_bases = tuple(cls for _, cls in _spikingjelly.exported(_spikingjelly.BASE_CLASSES))
+    todo = []
     for key, child in nodes.items():
         names = [full for _, _, full in places[key]]
         name = names[0]
@@ -731,7 +699,13 @@ def convert(
             skipped.append(SkippedNode(name, known[cls].exported_as, "excluded by include/exclude"))
             continue
         todo.append((key, known[cls], name))
+    return todo
 
+
+def _node_plans(todo, nodes, staalif_options, T, skipped: List[SkippedNode]):
+    """Each node's STAALIF settings (carried from the node, then the options) and what was dropped;
+    nodes that cannot convert go to ``skipped``. Returns the remaining ``todo`` and ``{id: (settings,
+    dropped)}``."""
     settings = {}
     kept_todo = []
     for key, kind, name in todo:
@@ -756,19 +730,12 @@ def convert(
             )
         settings[key] = (s, dropped)
         kept_todo.append((key, kind, name))
-    todo = kept_todo
+    return kept_todo, settings
 
-    seen: Dict[int, List[_Seen]] = {key: [] for key, _, _ in todo}
-    if todo and example_input is not None:
-        seen = _probe(scope, example_input, {key: name for key, _, name in todo})
-    elif todo and linear == "keep":
-        warnings.warn(
-            f"staa.convert without example_input cannot see which nodes receive [T, B, C] inputs (after Linear "
-            f"layers), so linear='keep' cannot apply: all {len(todo)} selected node(s) become lazy STAALIF. Pass "
-            f"example_input, or linear='convert' to convert them all without this warning",
-            stacklevel=2,
-        )
 
+def _size(todo, nodes, settings, seen, scope, parents, T, linear, probed: bool, skipped: List[SkippedNode]):
+    """C, T, device and dtype of every node from what the probe saw; nodes without spatial positions
+    are listed in ``flat`` (and skipped under ``linear='keep'``). Returns ``(builds, flat)``."""
     builds = []
     flat: List[FlatNode] = []
     for key, kind, name in todo:
@@ -791,10 +758,15 @@ def convert(
                     f"STAA would add {added:,} parameters",
                 ))
                 continue
-        if example_input is not None and not seen[key]:
+        if probed and not seen[key]:
             dropped = dropped + ["(not reached by the probe: sized lazily at the first multi-step forward)"]
         builds.append((key, kind, name, channels, node_T, s, dropped, device, dtype))
+    return builds, flat
 
+
+def _build(builds, nodes, dry_run: bool):
+    """The new STAALIF modules (none under ``dry_run``), initialised under a forked RNG, and the
+    report rows. Returns ``(replaced, {id: new module})``."""
     replaced: List[ReplacedNode] = []
     new_modules = {}
     rng_devices = sorted({d.index or 0 for *_, d, _ in builds if d is not None and d.type == "cuda"})
@@ -810,10 +782,11 @@ def convert(
             sg = Surrogate(s["surrogate"], s["surrogate_width"] if s["surrogate"] == "rect" else s["surrogate_alpha"])
             replaced.append(ReplacedNode(name, kind.exported_as, channels, node_T, s["step_mode"], tuple(dropped),
                                          _describe_sg(sg)))
+    return replaced, new_modules
 
-    report = ConvertReport(replaced, skipped, dry_run, flat)
-    if dry_run:
-        return report
+
+def _swap(new_modules, nodes, places) -> None:
+    """Put each new module in every place its node was registered, with the node's hooks."""
     for key, new in new_modules.items():
         old = nodes[key]
         for attr in _HOOK_DICTS:
@@ -821,13 +794,6 @@ def convert(
                 new.__dict__[attr] = old.__dict__[attr]
         for parent, child_name, _ in places[key]:
             parent._modules[child_name] = new
-    result = scope._modules[""] if root_is_node else model
-    earlier = model.__dict__.get("staa_report")
-    if isinstance(earlier, ConvertReport) and not earlier.dry_run:
-        report = report._merged_after(earlier)
-    _invalidate_reset_cache(result)
-    result.staa_report = report
-    return result
 
 
 def _describe_sg(sg: Surrogate) -> str:
@@ -867,12 +833,3 @@ def _check_options(settings: dict, name: Optional[str]) -> None:
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _invalidate_reset_cache(model: nn.Module) -> None:
-    functional = sys.modules.get("spikingjelly.activation_based.functional")
-    invalidate = getattr(functional, "invalidate_reset_cache", None)
-    if invalidate is not None:
-        # reset_net caches per network object; sub-networks may have been reset on their own.
-        for m in model.modules():
-            invalidate(m)

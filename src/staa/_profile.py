@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from . import _checks
+from . import _checks, _spikingjelly
 from ._blocks import is_uninitialized
+from ._state import kept_state
+from ._text import aligned_rows
 from .neuron import STAALIF
 
 Tensor = torch.Tensor
@@ -46,8 +47,6 @@ E_MAC = 4.6e-12
 
 _SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Attributes every nn.Module has; everything else in a module's __dict__ is its own state.
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
-
 # LayerNorm over Ch features: mean, variance (square-accumulate), normalisation and the
 # affine transform, one operation per feature each.
 LAYER_NORM_OPS_PER_FEATURE = 4
@@ -112,22 +111,11 @@ def _staalif_call_macs(module: STAALIF, x: Tensor) -> int:
     return per_step * steps * batch
 
 
-def _spikingjelly_node_class():
-    # Only look at spikingjelly when the user imported it: staa never imports it here.
-    mod = sys.modules.get("spikingjelly.activation_based.neuron")
-    return getattr(mod, "BaseNode", None) if mod is not None else None
-
-
-def _spikingjelly_memory_class():
-    mod = sys.modules.get("spikingjelly.activation_based.base")
-    return getattr(mod, "MemoryModule", None) if mod is not None else None
-
-
 def is_spiking_layer(module: nn.Module) -> bool:
     """Whether :func:`profile` reports ``module`` as a spiking layer (see the module docs)."""
     if isinstance(module, STAALIF) or getattr(module, "is_spiking_neuron", False) is True:
         return True
-    node = _spikingjelly_node_class()
+    node = _spikingjelly.node_base_class()
     return node is not None and isinstance(module, node)
 
 
@@ -295,14 +283,9 @@ def format_report(report: ProfileReport) -> str:
         ["total", "", "", "", "-" if rate is None else f"{rate:.3f}", "", "", _si(report.total_acs),
          _si(report.total_macs), _energy(report.energy_j)]
     )
-    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
-    right = {4, 6, 7, 8, 9}
-
-    def fmt(row):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-
-    rule = "-" * len(fmt(["-" * w for w in widths]))
-    out = [fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])]
+    head, *body, total = aligned_rows([header, *lines], right={4, 6, 7, 8, 9})
+    rule = "-" * max(len(line) for line in (head, *body, total))
+    out = [head, rule, *body, rule, total]
     T = "-" if report.T is None else report.T
     out.append(
         f"per single-sample inference over T={T} (batch of {report.batch_size} observed); input: 'spikes f' = "
@@ -310,56 +293,6 @@ def format_report(report: ProfileReport) -> str:
         f"+ MACs x {report.e_mac * 1e12:g} pJ"
     )
     return "\n".join(out)
-
-
-# --------------------------------------------------------------------------- state
-class _SavedState:
-    """Everything a forward may change in a model, put back by :meth:`restore`."""
-
-    def __init__(self, model: nn.Module):
-        self.modules = list(model.modules())
-        self.training = [m.training for m in self.modules]
-        self.attrs = []
-        self.buffers = []
-        for m in self.modules:
-            own = {k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS}
-            if isinstance(own.get("_memories"), dict):
-                # spikingjelly keeps neuron state in this dict and updates it in place.
-                own["_memories"] = {k: _clone(v) for k, v in own["_memories"].items()}
-            self.attrs.append(own)
-            self.buffers.append({k: (b, None if b is None else b.detach().clone()) for k, b in m._buffers.items()})
-
-    def restore(self) -> None:
-        for m, training, own, buffers in zip(self.modules, self.training, self.attrs, self.buffers):
-            m.training = training
-            for k in [k for k in vars(m) if k not in _MODULE_INTERNALS and k not in own]:
-                del m.__dict__[k]
-            for k, v in own.items():
-                if k == "_memories":
-                    m.__dict__[k].clear()
-                    m.__dict__[k].update(v)
-                else:
-                    m.__dict__[k] = v
-            for k, (b, saved) in buffers.items():
-                m._buffers[k] = b
-                if b is not None:
-                    with torch.no_grad():
-                        b.copy_(saved)
-            for k in [k for k in m._buffers if k not in buffers]:
-                del m._buffers[k]
-
-
-def _clone(v):
-    return v.detach().clone() if isinstance(v, torch.Tensor) else v
-
-
-def _devices(model: nn.Module, args: Sequence[Any]) -> List[int]:
-    devs = set()
-    tensors = [*model.parameters(), *model.buffers(), *(a for a in args if isinstance(a, torch.Tensor))]
-    for t in tensors:
-        if t.device.type == "cuda":
-            devs.add(t.device.index if t.device.index is not None else torch.cuda.current_device())
-    return sorted(devs)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -460,6 +393,35 @@ def profile(
     >>> print(report)                  # a table
     >>> report.energy_j, report.to_list()
     """
+    _check_model(model)
+    batch_size = _checks.count(batch_size, "profile: batch_size", allow_none=True)
+    e_ac = _checks.real(e_ac, "profile: e_ac", low=0.0, what="a finite energy in joules >= 0")
+    e_mac = _checks.real(e_mac, "profile: e_mac", low=0.0, what="a finite energy in joules >= 0")
+    args, kwargs = _split_input(example_input)
+    recorder = _Recorder()
+    handles = []
+    try:
+        with kept_state(model, tensors=args + tuple(kwargs.values())):
+            for name, module, kind in _collect(model):
+                hook = recorder.spiking_hook(name) if kind == "spiking" else recorder.synaptic_hook(name)
+                handles.append(module.register_forward_hook(hook))
+            _reset_spiking_state(model)
+            model.eval()
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    if batch_size is None:
+        batch_size = _infer_batch_size(recorder.first_spiking_input, args + tuple(kwargs.values()))
+    rows, spikes, neuron_steps, T = _layer_rows(recorder.order, batch_size, e_ac, e_mac)
+    return ProfileReport(
+        rows=rows, batch_size=batch_size, T=T, e_ac=e_ac, e_mac=e_mac, _spikes=spikes, _neuron_steps=neuron_steps
+    )
+
+
+# The phases of profile, in order: check the model and split the input, record (hooks during one forward), infer the batch size,
+# collect the rows.
+def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"profile expects an nn.Module, got {type(model).__name__}")
     if any(is_uninitialized(p) for p in model.parameters()):
@@ -467,9 +429,10 @@ def profile(
             "the model has uninitialized (lazy) parameters, e.g. STAALIF(channels=None); "
             "run one forward on an input of the right shape before profiling it"
         )
-    batch_size = _checks.count(batch_size, "profile: batch_size", allow_none=True)
-    e_ac = _checks.real(e_ac, "profile: e_ac", low=0.0, what="a finite energy in joules >= 0")
-    e_mac = _checks.real(e_mac, "profile: e_mac", low=0.0, what="a finite energy in joules >= 0")
+
+
+def _split_input(example_input):
+    """``(args, kwargs)`` for ``model(*args, **kwargs)``, or an error naming what is wrong."""
     if isinstance(example_input, dict):  # keyword inputs, as staa.convert takes them
         args, kwargs = (), dict(example_input)
     elif isinstance(example_input, (tuple, list)):
@@ -487,24 +450,30 @@ def profile(
             f"profile: example_input has an empty tensor (shape {empty[0]}); rates and counts per sample need at "
             f"least one sample with at least one element"
         )
-    layers = _collect(model)
-    rows: Dict[int, _Row] = {}
-    order: List[_Row] = []
-    first_spiking_input: List[Any] = []
+    return args, kwargs
 
-    def row_of(name, module, kind) -> _Row:
-        row = rows.get(id(module))
+
+class _Recorder:
+    """Forward hooks that count spikes and operations into one :class:`_Row` per layer."""
+
+    def __init__(self):
+        self.rows: Dict[int, _Row] = {}
+        self.order: List[_Row] = []
+        self.first_spiking_input: List[Any] = []  # (shape, multi-step) of the first spiking layer's input
+
+    def row_of(self, name, module, kind) -> _Row:
+        row = self.rows.get(id(module))
         if row is None:
-            row = rows[id(module)] = _Row(name, module, kind)
-            order.append(row)
+            row = self.rows[id(module)] = _Row(name, module, kind)
+            self.order.append(row)
         return row
 
-    def spiking_hook(name):
+    def spiking_hook(self, name):
         def hook(module, inputs, output):
-            row = row_of(name, module, "spiking")
+            row = self.row_of(name, module, "spiking")
             x, out = _first_tensor(inputs), _first_tensor(output)
-            if x is not None and not first_spiking_input:
-                first_spiking_input.append((x.shape, _is_multi_step(module)))
+            if x is not None and not self.first_spiking_input:
+                self.first_spiking_input.append((x.shape, _is_multi_step(module)))
             if isinstance(module, STAALIF) and x is not None:
                 row.macs += _staalif_call_macs(module, x)
             if out is None:
@@ -531,9 +500,9 @@ def profile(
 
         return hook
 
-    def synaptic_hook(name):
+    def synaptic_hook(self, name):
         def hook(module, inputs, output):
-            row = row_of(name, module, "synaptic")
+            row = self.row_of(name, module, "synaptic")
             x, out = _first_tensor(inputs), _first_tensor(output)
             if row.output_shape is None:
                 row.output_shape = list(out.shape)
@@ -552,30 +521,22 @@ def profile(
 
         return hook
 
-    saved = _SavedState(model)
-    handles = []
-    try:
-        with torch.random.fork_rng(devices=_devices(model, args + tuple(kwargs.values()))):
-            for name, module, kind in layers:
-                hook = spiking_hook(name) if kind == "spiking" else synaptic_hook(name)
-                handles.append(module.register_forward_hook(hook))
-            _reset_spiking_state(model)
-            model.eval()
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-        saved.restore()
 
-    if batch_size is None:
-        if first_spiking_input:
-            shape, multi = first_spiking_input[0]
-            batch_size = int(shape[1] if multi else shape[0])
-        else:
-            first = _first_tensor(args + tuple(kwargs.values()))
-            if first is None or first.dim() == 0:
-                raise ValueError("cannot infer the batch size from example_input; pass batch_size=...")
-            batch_size = int(first.shape[0])
+def _infer_batch_size(first_spiking_input, inputs) -> int:
+    """From the first spiking layer's input (dim 1 multi-step, dim 0 single-step), else dim 0 of the
+    first input tensor."""
+    if first_spiking_input:
+        shape, multi = first_spiking_input[0]
+        return int(shape[1] if multi else shape[0])
+    first = _first_tensor(inputs)
+    if first is None or first.dim() == 0:
+        raise ValueError("cannot infer the batch size from example_input; pass batch_size=...")
+    return int(first.shape[0])
+
+
+def _layer_rows(order: List[_Row], batch_size: int, e_ac: float, e_mac: float):
+    """One :class:`LayerStats` per recorded layer, per sample; also the spike and neuron-step totals
+    and T. Returns ``(rows, spikes, neuron_steps, T)``."""
 
     def per_sample(v):
         q = v / batch_size
@@ -602,14 +563,12 @@ def profile(
             stats.macs = per_sample(r.macs)
         stats.energy_j = stats.acs * e_ac + stats.macs * e_mac
         out_rows.append(stats)
-    return ProfileReport(
-        rows=out_rows, batch_size=batch_size, T=T, e_ac=e_ac, e_mac=e_mac, _spikes=spikes, _neuron_steps=neuron_steps
-    )
+    return out_rows, spikes, neuron_steps, T
 
 
 def _reset_spiking_state(model: nn.Module) -> None:
     """Start every neuron from rest (its previous state is restored afterwards)."""
-    memory_cls = _spikingjelly_memory_class()
+    memory_cls = _spikingjelly.memory_module_class()
     for m in model.modules():
         if isinstance(m, STAALIF) or (memory_cls is not None and isinstance(m, memory_cls)) or (
             is_spiking_layer(m) and callable(getattr(m, "reset", None))

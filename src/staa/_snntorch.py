@@ -24,10 +24,9 @@ keeps ``H_t`` (after it). ``STAALeaky`` returns and accepts the state after the 
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,16 +35,17 @@ from ._convert import (
     _CARRIED,
     _HOOK_DICTS,
     _SURROGATE_OPTIONS,
-    LINEAR_CHOICES,
     ConvertReport,
     FlatNode,
     ReplacedNode,
     SkippedNode,
     _added_params,
+    _check_call,
     _check_options,
     _describe_sg,
     _display,
     _factory,
+    _index,
     _is_flat,
     _matcher,
     _probe,
@@ -325,43 +325,14 @@ def convert(model: nn.Module, example_input=None, *, T: Optional[int] = None, in
             f"staa.convert sets {', '.join(bad)} of each STAALIF itself for snnTorch neurons (single-step, sized "
             f"from the model); remove {', '.join(repr(b) for b in bad)} from the options"
         )
-    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
-        raise ValueError(f"staa.convert: T must be a positive int (1, 2, ...) or None, got {T!r}")
-    if not isinstance(dry_run, bool):
-        raise TypeError(f"staa.convert: dry_run must be True or False, got {dry_run!r}")
-    if not isinstance(linear, str) or linear not in LINEAR_CHOICES:
-        raise ValueError(
-            f"staa.convert: linear must be 'keep' (leave neurons after Linear layers as they are) or 'convert', "
-            f"got {linear!r}"
-        )
-    if example_input is not None and not isinstance(example_input, (torch.Tensor, tuple, list, dict)):
-        raise TypeError(
-            f"staa.convert: example_input must be a tensor (one time step, e.g. [B, C, H, W]), a tuple/list of "
-            f"positional inputs, a dict of keyword inputs or None, got {type(example_input).__name__}"
-        )
-    allowed = set(inspect.signature(STAALIF.__init__).parameters) - {"self", "T", *_NOT_OPTIONS}
-    unknown = sorted(set(staalif_options) - allowed)
-    if unknown:
-        raise TypeError(
-            f"staa.convert got unknown STAALIF option(s) {', '.join(map(repr, unknown))}; "
-            f"valid options: {', '.join(sorted(allowed))}"
-        )
+    _check_call(T, dry_run, linear, example_input, staalif_options, neurons="neurons",
+                example_hint=" (one time step, e.g. [B, C, H, W])", not_options=_NOT_OPTIONS)
     _check_options(dict(staalif_options), None)
     want = _matcher(include, "include")
     drop = _matcher(exclude, "exclude")
     Leaky, base, ours = _leaky(), _neuron_base(), leaky_class()
 
-    places: Dict[int, List[Tuple[nn.Module, str, str]]] = {}
-    parents: Dict[int, nn.Module] = {}
-    nodes: Dict[int, nn.Module] = {}
-    for parent_name, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in parent._modules.items():
-            if child is None:
-                continue
-            full = f"{parent_name}.{child_name}" if parent_name else child_name
-            places.setdefault(id(child), []).append((parent, child_name, full))
-            parents.setdefault(id(child), parent)
-            nodes[id(child)] = child
+    places, parents, nodes = _index(model)
 
     skipped: List[SkippedNode] = []
     todo = []

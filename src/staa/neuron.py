@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import sys
 import warnings
 from typing import Optional
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from . import _checks
+from . import _checks, _spikingjelly
 from ._backend import check_backend_name
 from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
 from .functional import NeuronConfig, _check_not_transformed, staa_lif
@@ -76,10 +75,8 @@ class STAALIF(nn.Module):
     def __new__(cls, *args, **kwargs):
         # When spikingjelly is already loaded, build an instance of a subclass that is
         # also a spikingjelly MemoryModule, so its utilities accept it without warnings.
-        if cls is STAALIF and "spikingjelly.activation_based.base" in sys.modules:
-            from ._sjcompat import compat_class
-
-            cls = compat_class()
+        if cls is STAALIF and _spikingjelly.is_loaded():
+            cls = _spikingjelly.compat_class(STAALIF)
         return super().__new__(cls)
 
     def __init__(
@@ -110,6 +107,21 @@ class STAALIF(nn.Module):
         super().__init__()
         channels = _checks.count(channels, "channels", allow_none=True)
         T = _checks.count(T, "T", allow_none=True)
+        self.channels = channels
+        self.T = T
+        self._init_settings(r, alpha, tsrd, v_threshold, v_reset, detach_reset, surrogate, surrogate_width,
+                            surrogate_alpha, step_mode, backend, store_v_seq, check_finite)
+        self._init_blocks(channels, T, gc, pe, sa, sa_init_bias, {"device": device, "dtype": dtype})
+        self._h: Optional[Tensor] = None  # membrane state H, never a buffer
+        self._t = 0  # host-side step counter (eager calls)
+        self._step: Optional[Tensor] = None  # the same counter as a device tensor (compiled calls)
+        self._t_on_host = True  # False after a compiled single-step call: read _step instead
+        self._v_seq: Optional[Tensor] = None
+        self._register_load_state_dict_pre_hook(self._materialize_from_state_dict)
+
+    def _init_settings(self, r, alpha, tsrd, v_threshold, v_reset, detach_reset, surrogate, surrogate_width,
+                       surrogate_alpha, step_mode, backend, store_v_seq, check_finite) -> None:
+        """Validate the neuron's settings and keep them (``cfg`` holds what the op takes)."""
         self.r = _checks.count(r, "r")
         if tsrd is None:
             raise TypeError("tsrd must be a probability in [0, 1); use tsrd=0.0 to switch TSRD off, got None")
@@ -121,10 +133,8 @@ class STAALIF(nn.Module):
             warnings.warn(
                 f"STAALIF: v_threshold={v_threshold:g} <= v_reset={v_reset:g}: a neuron that fires is reset to a "
                 f"potential at or above its threshold and fires again at the next step unless its input is negative",
-                stacklevel=2,
+                stacklevel=3,  # the caller of STAALIF(...)
             )
-        self.channels = channels
-        self.T = T
         self.cfg = NeuronConfig(
             alpha=_checks.real(alpha, "alpha", low=0.0, low_open=True,
                                what="a finite number > 0 (step attention's pooling scale, eq. 12; the surrogate's "
@@ -138,8 +148,11 @@ class STAALIF(nn.Module):
         self.step_mode = step_mode
         self.store_v_seq = _checks.flag(store_v_seq, "store_v_seq")
         self.check_finite = _checks.flag(check_finite, "check_finite")
+
+    def _init_blocks(self, channels, T, gc, pe, sa, sa_init_bias, factory) -> None:
+        """The learnable blocks: position encoding ``pos``, ``gc_x`` (GC1), ``gc_h`` (GC2), ``sa``;
+        lazy (uninitialised) where ``channels`` or ``T`` is not known yet."""
         gc, pe, sa = (_checks.flag(v, n) for v, n in ((gc, "gc"), (pe, "pe"), (sa, "sa")))
-        factory = {"device": device, "dtype": dtype}
         hidden = None if channels is None else hidden_features(channels, self.r)
         if pe:
             if channels is not None and T is not None:
@@ -153,12 +166,6 @@ class STAALIF(nn.Module):
         sa_init_bias = _checks.real(sa_init_bias, "sa_init_bias", allow_none=True,
                                     what="a finite number (None: nn.Linear's default initialisation)")
         self.sa = StepAttention(channels, hidden, self.cfg.alpha, init_bias=sa_init_bias, **factory) if sa else None
-        self._h: Optional[Tensor] = None  # membrane state H, never a buffer
-        self._t = 0  # host-side step counter (eager calls)
-        self._step: Optional[Tensor] = None  # the same counter as a device tensor (compiled calls)
-        self._t_on_host = True  # False after a compiled single-step call: read _step instead
-        self._v_seq: Optional[Tensor] = None
-        self._register_load_state_dict_pre_hook(self._materialize_from_state_dict)
 
     # ------------------------------------------------------------------ settings
     @property
