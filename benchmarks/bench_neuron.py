@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import staa  # noqa: E402
 from staa.reference import staa_lif_reference  # noqa: E402
 from staa._memory import saved_tensor_bytes  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path)
 
 SHAPES = {
     "cifar": (4, 32, 64, 16, 16),  # a CIFAR ResNet/VGG stage-2 layer
@@ -214,12 +215,7 @@ def machine_info(device, threads):
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
+    info["cpu"] = cpu_name()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:

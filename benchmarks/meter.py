@@ -65,6 +65,7 @@ if "triton" not in sys.modules:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -542,12 +543,7 @@ def machine_info() -> dict:
     info = dict(python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
                 platform=platform.platform(), machine=platform.machine(), cpus=os.cpu_count(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
+    info["cpu"] = cpu_name()
 
     # The tree whose kernels were measured: the one staa.kernels is imported from (this checkout
     # when staa is installed editable from it).

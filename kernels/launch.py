@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ..ops import torch_impl
+from ..ops.torch_impl import _cast
 from ..reference import GCParams, SAParams, compute_dtype
 from ..surrogate import SURROGATE_KINDS
 from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel
@@ -170,28 +172,11 @@ def _rest(v_reset: Optional[float]) -> float:
     return 0.0 if v_reset is None else float(v_reset)
 
 
-def gc_context(z: Tensor, key_w: Tensor, key_b: Tensor) -> Tensor:
-    """GC's attention-weighted context ``sum_p sigmoid(key(z_p)) z_p``: ``[N, C, P] -> [N, C]``."""
-    cd = z.dtype
-    logits = torch.einsum("ncp,c->np", z, key_w[0].to(cd)) + key_b.to(cd)
-    return torch.einsum("ncp,np->nc", z, torch.sigmoid(logits))
-
-
-def gc_mlp(ctx: Tensor, gc: GCParams, eps: float = 1e-5):
-    """GC's channel MLP ``value(relu(LN(query(ctx))))`` on ``[N, C]``.
-
-    Returns ``(delta, qhat, n, rstd)``: the output ``[N, C]``, the normalised query
-    ``[N, Ch]``, the LayerNorm output before the relu ``[N, Ch]`` and ``1/std`` ``[N]``.
-    """
-    cd = ctx.dtype
-    q = torch.nn.functional.linear(ctx, gc.query_weight.to(cd), gc.query_bias.to(cd))
-    mu = q.mean(-1, keepdim=True)
-    var = (q - mu).square().mean(-1, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    qhat = (q - mu) * rstd
-    n = qhat * gc.norm_weight.to(cd) + gc.norm_bias.to(cd)
-    delta = torch.nn.functional.linear(torch.relu(n), gc.value_weight.to(cd), gc.value_bias.to(cd))
-    return delta, qhat, n, rstd[..., 0]
+def gc_mlp(ctx: Tensor, gc: GCParams):
+    """GC's channel MLP on ``[N, C]``: the torch implementation's (``staa.ops.torch_impl.gc_mlp``)
+    with the weights in ``ctx``'s dtype. Returns ``(delta, qhat, n, rstd)``, ``rstd`` ``[N]``."""
+    delta, qhat, n, rstd = torch_impl.gc_mlp(ctx, _cast(gc, ctx.dtype))
+    return delta, qhat, n, rstd[:, 0]
 
 
 def plane_partials(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bool, want_sum: bool,
@@ -244,7 +229,7 @@ def _initial_parts(rest: float, C: int, P: int, NP: int, B: int, gch: Optional[G
     if rest != 0.0:
         plane = torch.full((1, C, P), rest, dtype=cd, device=device)
         if gch is not None:
-            part_ctx[:, 0, :] = gc_context(plane, gch.key_weight, gch.key_bias)[0]
+            part_ctx[:, 0, :] = torch_impl.gc_context(plane, gch.key_weight.to(cd), gch.key_bias.to(cd))[0]
         part_hsum[:, 0, :] = plane.sum(-1)[0]
     return part_ctx, part_hsum
 
@@ -421,20 +406,17 @@ def staa_lif_forward(
 
 
 def gc_mlp_weight_grads(gsum: Tensor, acts, gc: GCParams) -> tuple:
-    """Gradients of GC's query/LayerNorm/value weights given dL/d(delta) for every (t, b):
-    ``(query_weight, query_bias, norm_weight, norm_bias, value_weight, value_bias)``.
+    """Gradients of GC's query/LayerNorm/value weights given dL/d(delta) for every (t, b), by the
+    torch implementation's backward of the MLP: ``(query_weight, query_bias, norm_weight, norm_bias,
+    value_weight, value_bias)``.
 
     ``gsum [T, B, C]`` (zero at dropped steps), ``acts = (ctx, qhat, n, rstd)`` from ``gc_mlp``.
-    Plain matrix products: each is one fixed-order reduction over all T*B rows.
     """
     ctx, qhat, n, rstd = acts
-    cd = ctx.dtype
     gd = gsum.reshape(ctx.shape)
-    nw, vw = gc.norm_weight.to(cd), gc.value_weight.to(cd)
-    gn = (gd @ vw) * (n > 0)
-    gqh = gn * nw
-    gq = rstd[:, None] * (gqh - gqh.mean(-1, keepdim=True) - qhat * (gqh * qhat).mean(-1, keepdim=True))
-    return (gq.T @ ctx, gq.sum(0), (gn * qhat).sum(0), gn.sum(0), gd.T @ torch.relu(n), gd.sum(0))
+    w = _cast(gc, ctx.dtype)
+    _, g_n, g_q = torch_impl.gc_mlp_backward(gd, qhat, n, rstd[:, None], w, want_ctx=False)
+    return tuple(torch_impl.gc_mlp_weight_grads(ctx, qhat, n, gd, g_n, g_q))
 
 
 def _like(grads, blk):
@@ -444,6 +426,69 @@ def _like(grads, blk):
 
 def _zero_grads(blk):
     return None if blk is None else type(blk)(*(torch.zeros_like(p) for p in blk))
+
+
+def _mlp_activations(x, u, gate, posc, h0c, gcx, gch, sa, stats, alpha, red) -> dict:
+    """The channel MLPs' activations for every (t, b), from the forward's kept reductions ``stats``
+    (or, without them, from two plane reductions over x and u: H_{t-1} = reset(u_{t-1} * gate_{t-1})
+    needs no recurrence). ``{"gcx"/"gch": (ctx, qhat, n, rstd), "sa": (pooled, hidden)}``."""
+    T, B, C, P = x.shape
+    cd = u.dtype
+    acts = {}
+    rows = stat_rows(gcx is not None, gch is not None, sa is not None)
+    if stats is not None and tuple(stats.shape) != (len(rows), T, B, C):
+        raise ValueError(f"stats must be the forward's kept reductions [K, T, B, C] = [{len(rows)}, {T}, {B}, {C}] "
+                         f"({', '.join(rows) or 'none'} for these blocks), got {tuple(stats.shape)}")
+    if stats is not None:
+        kept = {n: stats[k].detach().to(cd).reshape(T * B, C) for n, k in rows.items()}
+        ctx1, xsum, ctx2, hsum = (kept.get(n) for n in ("ctx1", "xsum", "ctx2", "hsum"))
+    else:
+        if gcx is not None or sa is not None:
+            ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red)
+        if gch is not None or sa is not None:
+            ctx2, hsum = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None, h0=h0c, **red)
+    if sa is not None:
+        xmean, hmean = xsum / P, hsum / P
+    pooled_x = xmean if sa is not None else None
+    pooled_h = hmean if sa is not None else None
+    if gcx is not None:
+        d1, qh1, n1, rstd1 = gc_mlp(ctx1, gcx)
+        acts["gcx"] = (ctx1, qh1.contiguous(), n1.contiguous(), rstd1.contiguous())
+        if sa is not None:
+            pooled_x = pooled_x + d1
+    if gch is not None:
+        d2, qh2, n2, rstd2 = gc_mlp(ctx2, gch)
+        acts["gch"] = (ctx2, qh2.contiguous(), n2.contiguous(), rstd2.contiguous())
+        if sa is not None:
+            pooled_h = pooled_h + d2
+    if sa is not None:
+        pooled = float(alpha) * (pooled_x + pooled_h)
+        hid = torch.relu(torch.nn.functional.linear(pooled, sa.fc1_weight.to(cd), sa.fc1_bias.to(cd)))
+        acts["sa"] = (pooled, hid.contiguous())
+    return acts
+
+
+def _weight_grads(acts, acc, gz, gsum, gpos_part, pos, gcx, gch, sa, T):
+    """Parameter gradients from the kernels' per-program partials and per-step vectors: one
+    fixed-order reduction over all (t, b) per parameter. ``(grad_pos, grad_gcx, grad_gch, grad_sa)``."""
+    grad_pos = None
+    if pos is not None:
+        grad_pos = torch.zeros_like(pos)
+        grad_pos[:T] = gpos_part.sum((1, 2)).to(pos.dtype)
+    grad_gcx = grad_gch = grad_sa = None
+    if gcx is not None:
+        key = (acc[0].sum((0, 1))[None, :], acc[1].sum().reshape(1))
+        grad_gcx = _like(key + gc_mlp_weight_grads(gsum, acts["gcx"], gcx), gcx)
+    if gch is not None:
+        key = (acc[2].sum((0, 1))[None, :], acc[3].sum().reshape(1))
+        grad_gch = _like(key + gc_mlp_weight_grads(gsum, acts["gch"], gch), gch)
+    if sa is not None:
+        pooled, hid = acts["sa"]
+        cd = pooled.dtype
+        gzf = gz.reshape(-1, gz.shape[-1])
+        ghid = (gzf @ sa.fc2_weight.to(cd)) * (hid > 0)
+        grad_sa = _like((ghid.T @ pooled, ghid.sum(0), gzf.T @ hid, gzf.sum(0)), sa)
+    return grad_pos, grad_gcx, grad_gch, grad_sa
 
 
 @_on_device
@@ -520,41 +565,8 @@ def staa_lif_backward(
     red = dict(v_threshold=v_threshold, v_reset=v_reset, CD=CD)
 
     # Recompute every forward activation of the channel MLPs, batched over all steps.
-    # H_{t-1} = reset(u_{t-1} * gate_{t-1}) needs no recurrence.
-    acts = {}
-    rows = stat_rows(gcx is not None, gch is not None, sa is not None)
-    if stats is not None and tuple(stats.shape) != (len(rows), T, B, C):
-        raise ValueError(f"stats must be the forward's kept reductions [K, T, B, C] = [{len(rows)}, {T}, {B}, {C}] "
-                         f"({', '.join(rows) or 'none'} for these blocks), got {tuple(stats.shape)}")
     with torch.no_grad():
-        if stats is not None:
-            kept = {n: stats[k].detach().to(cd).reshape(T * B, C) for n, k in rows.items()}
-            ctx1, xsum, ctx2, hsum = (kept.get(n) for n in ("ctx1", "xsum", "ctx2", "hsum"))
-        else:
-            if gcx is not None or sa is not None:
-                ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None,
-                                              **red)
-            if gch is not None or sa is not None:
-                ctx2, hsum = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None, h0=h0c,
-                                              **red)
-        if sa is not None:
-            xmean, hmean = xsum / P, hsum / P
-        pooled_x = xmean if sa is not None else None
-        pooled_h = hmean if sa is not None else None
-        if gcx is not None:
-            d1, qh1, n1, rstd1 = gc_mlp(ctx1, gcx)
-            acts["gcx"] = (ctx1, qh1.contiguous(), n1.contiguous(), rstd1.contiguous())
-            if sa is not None:
-                pooled_x = pooled_x + d1
-        if gch is not None:
-            d2, qh2, n2, rstd2 = gc_mlp(ctx2, gch)
-            acts["gch"] = (ctx2, qh2.contiguous(), n2.contiguous(), rstd2.contiguous())
-            if sa is not None:
-                pooled_h = pooled_h + d2
-        if sa is not None:
-            pooled = float(alpha) * (pooled_x + pooled_h)
-            hid = torch.relu(torch.nn.functional.linear(pooled, sa.fc1_weight.to(cd), sa.fc1_bias.to(cd)))
-            acts["sa"] = (pooled, hid.contiguous())
+        acts = _mlp_activations(x, u, gate, posc, h0c, gcx, gch, sa, stats, alpha, red)
 
     grad_x = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
     grad_h0 = torch.empty((B, C, P), dtype=cd, device=dev) if h0c is not None else None
@@ -633,24 +645,8 @@ def staa_lif_backward(
                 )
             elem(t, True, t > 0, gv_bufs[k], gv_bufs[1 - k])
 
-    # Weight gradients: one fixed-order reduction over all (t, b) per parameter.
-    grad_pos = None
-    if pos is not None:
-        grad_pos = torch.zeros_like(pos)
-        grad_pos[:T] = gpos_part.sum((1, 2)).to(pos.dtype)
-    grad_gcx = grad_gch = grad_sa = None
     with torch.no_grad():
-        if gcx is not None:
-            key = (acc[0].sum((0, 1))[None, :], acc[1].sum().reshape(1))
-            grad_gcx = _like(key + gc_mlp_weight_grads(gsum, acts["gcx"], gcx), gcx)
-        if gch is not None:
-            key = (acc[2].sum((0, 1))[None, :], acc[3].sum().reshape(1))
-            grad_gch = _like(key + gc_mlp_weight_grads(gsum, acts["gch"], gch), gch)
-        if sa is not None:
-            pooled, hid = acts["sa"]
-            gzf = gz.reshape(T * B, C)
-            ghid = (gzf @ sa.fc2_weight.to(cd)) * (hid > 0)
-            grad_sa = _like((ghid.T @ pooled, ghid.sum(0), gzf.T @ hid, gzf.sum(0)), sa)
+        grad_pos, grad_gcx, grad_gch, grad_sa = _weight_grads(acts, acc, gz, gsum, gpos_part, pos, gcx, gch, sa, T)
     if grad_h0 is not None:
         grad_h0 = grad_h0.to(h0.dtype)
     return grad_x, grad_h0, grad_pos, grad_gcx, grad_gch, grad_sa

@@ -35,7 +35,7 @@ TORCH = ["tests/test_ops.py", "tests/test_exact_edges.py", "tests/test_single_st
          "tests/test_reference.py", "tests/test_dropin.py"]
 MODULE = TORCH + ["tests/test_reliability_state.py", "tests/test_reliability_settings.py"]
 SURROGATES = TORCH + ["tests/test_surrogate_spec.py"]
-TRITON = ["tests/test_triton_interpret.py"]
+TRITON = ["tests/interpret/test_kernels.py"]  # run with TRITON_INTERPRET=1 (run_tests)
 
 
 class Mutation(NamedTuple):
@@ -64,12 +64,12 @@ MUTATIONS: List[Mutation] = [
              "return torch.add(v, spike_out, alpha=-v_threshold, out=h_out)",
              "return torch.add(v, spike_out, alpha=-1.0, out=h_out)", TORCH),
     Mutation("T7", "detach_reset is ignored by the hard-reset backward", "staa/ops/torch_impl.py",
-             "            if detach_reset:\n                g_v = torch.mul(win, gs_t, out=tmp)\n            else:",
-             "            if False:\n                g_v = torch.mul(win, gs_t, out=tmp)\n            else:", TORCH),
+             "    if detach_reset:\n        g_v = torch.mul(win, gs_t, out=out)\n    else:",
+             "    if False:\n        g_v = torch.mul(win, gs_t, out=out)\n    else:", TORCH),
     Mutation("T8", "the initial state h0 is ignored (every call starts from 0)", "staa/ops/torch_impl.py",
              "h = h0.to(dtype=cd, copy=True)", "h = torch.zeros_like(h0, dtype=cd)", TORCH),
     Mutation("T9", "dL/dh0 is dropped (no gradient between single-step calls)", "staa/ops/torch_impl.py",
-             "grad_h0 = gh_buf.to(h0.dtype)", "grad_h0 = torch.zeros_like(h0)", TORCH),
+             "return from_step0.to(h0.dtype)", "return torch.zeros_like(h0)", TORCH),
     Mutation("T10", "atan surrogate: p instead of p / 2 (twice the gradient)", "staa/ops/torch_impl.py",
              ".square_().add_(1.0).reciprocal_().mul_(p / 2)", ".square_().add_(1.0).reciprocal_().mul_(p)", TORCH),
     Mutation("T11", "sigmoid surrogate: the factor p is dropped", "staa/ops/torch_impl.py",
@@ -139,6 +139,8 @@ def run_tests(m: Mutation, pkg: str, timeout: float) -> tuple:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg, env.get("PYTHONPATH", "")) if p)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["HYPOTHESIS_PROFILE"] = "mutation"  # tests/conftest.py: fixed examples, no example database
+    if any(t.startswith("tests/interpret/") for t in m.tests):
+        env["TRITON_INTERPRET"] = "1"  # tests/interpret/conftest.py: the interpreter's own pytest process
     # -x: the first failing test kills the mutation; no cache, so runs do not see each other.
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider", "-W", "ignore", *m.tests]
     t0 = time.perf_counter()

@@ -20,3 +20,8 @@ if [ ! -d .cache/sj0014/unpacked ]; then
 fi
 export STAA_SJ0014_PATH="$PWD/.cache/sj0014/unpacked"
 python -m pytest -q "$@"
+# The Triton kernels under the interpreter, in a pytest process of their own (TRITON_INTERPRET=1 must
+# be set before triton is imported; tests/interpret/conftest.py). Skipped when arguments pick tests.
+if [ "$#" -eq 0 ]; then
+    TRITON_INTERPRET=1 python -m pytest -q tests/interpret
+fi

@@ -1,7 +1,7 @@
 """Inputs that put an IF neuron's V exactly on the threshold and on the surrogate window's edges.
 
 Shared by the torch-route test (tests/test_exact_edges.py) and the Triton-route one (run in
-the interpreter worker, tests/triton_fixtures.py)."""
+the interpreter tests, tests/interpret/)."""
 import torch
 
 # (v_threshold, rectangle width a, v_reset or None for soft reset); every value is dyadic, so

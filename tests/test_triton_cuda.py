@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import triton_fixtures as F
+import triton_cases as F
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),

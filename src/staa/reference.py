@@ -120,6 +120,7 @@ def staa_lif_reference(
     h0: Optional[Tensor] = None,
     t0: int = 0,
     return_states: bool = False,
+    return_potentials: bool = False,
 ):
     """Multi-step STAA-LIF on ``x`` of shape ``[T, B, C, P]``; returns spikes ``[T, B, C, P]``.
 
@@ -140,6 +141,8 @@ def staa_lif_reference(
             Differentiable: its gradient flows back through the returned states.
         t0: index of x[0] into the position encoding (single-step use).
         return_states: also return H for every step, ``[T, B, C, P]`` in the compute dtype.
+        return_potentials: also return V for every step (before firing and reset), ``[T, B, C, P]``
+            in the compute dtype, after the states when both are asked for.
     """
     T = x.shape[0]
     if isinstance(surrogate, Surrogate):
@@ -156,7 +159,7 @@ def staa_lif_reference(
         h = torch.full_like(xc[0], 0.0 if v_reset is None else float(v_reset))
     else:
         h = h0.to(cd)
-    spikes, states = [], []
+    spikes, states, potentials = [], [], []
     for t in range(T):
         i_t = xc[t]
         x_t = i_t + params.pos[t0 + t].to(cd)[None, :, None] if params.pos is not None else i_t
@@ -173,7 +176,7 @@ def staa_lif_reference(
             h = v_reset * s_r + v_t * (1.0 - s_r)
         spikes.append(s_t)
         states.append(h)
+        potentials.append(v_t)
     out = torch.stack(spikes).to(x.dtype)
-    if return_states:
-        return out, torch.stack(states)
-    return out
+    extra = ((torch.stack(states),) if return_states else ()) + ((torch.stack(potentials),) if return_potentials else ())
+    return (out, *extra) if extra else out

@@ -20,7 +20,7 @@ compute dtype ``cd`` (float64 for float64 input, else float32).
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,9 @@ class _GCCache(NamedTuple):
 
     w: Tensor  # [N, P]   sigmoid(key(z_p))
     ctx: Tensor  # [N, C]  sum_p w_p z_p
-    q: Tensor  # [N, Ch]   query(ctx)
-    mean: Tensor  # [N, 1] LayerNorm statistics of q
-    rstd: Tensor  # [N, 1]
-    n: Tensor  # [N, Ch]   LayerNorm(q)
+    qhat: Tensor  # [N, Ch] query(ctx), normalised (LayerNorm before its affine transform)
+    rstd: Tensor  # [N, 1]  1 / std of query(ctx)
+    n: Tensor  # [N, Ch]   LayerNorm(query(ctx))
     delta: Tensor  # [N, C] value(relu(n)), added to every position
 
 
@@ -61,40 +60,78 @@ def _weighted_sum(z: Tensor, w: Tensor) -> Tensor:
     return torch.bmm(w.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
 
 
+def gc_key_weights(z: Tensor, key_weight: Tensor, key_bias: Tensor) -> Tensor:
+    """GC's attention over positions, sigmoid(key(z_p)) ``[N, P]``, for ``z`` ``[N, C, P]`` (eq. 7)."""
+    N, C, _ = z.shape
+    return torch.sigmoid(torch.bmm(key_weight.expand(N, 1, C), z).squeeze(1) + key_bias)
+
+
+def gc_context(z: Tensor, key_weight: Tensor, key_bias: Tensor) -> Tensor:
+    """GC's attention-weighted context ``sum_p sigmoid(key(z_p)) z_p``: ``[N, C, P] -> [N, C]``. Also the
+    Triton launchers' (for a constant initial state)."""
+    return _weighted_sum(z, gc_key_weights(z, key_weight, key_bias))
+
+
+def gc_mlp(ctx: Tensor, p) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """GC's channel MLP ``value(relu(LayerNorm(query(ctx))))`` on ``ctx [N, C]`` (eqs. 8-9), with the
+    block's weights ``p`` in ``ctx``'s dtype. Also the Triton launchers' (``staa.kernels.launch``).
+
+    Returns ``(delta [N, C], qhat [N, Ch], n [N, Ch], rstd [N, 1])``: the output, the normalised
+    query, the LayerNorm output before the relu and 1 / std of the query.
+    """
+    q = F.linear(ctx, p.query_weight, p.query_bias)
+    n, mean, rstd = torch.native_layer_norm(q, q.shape[-1:], p.norm_weight, p.norm_bias, _LN_EPS)
+    delta = F.linear(torch.relu(n), p.value_weight, p.value_bias)
+    return delta, (q - mean) * rstd, n, rstd
+
+
+def gc_mlp_backward(g_delta: Tensor, qhat: Tensor, n: Tensor, rstd: Tensor, p, want_ctx: bool = True):
+    """Backward of :func:`gc_mlp` for ``g_delta [N, C]``.
+
+    Returns ``(g_ctx [N, C] or None, g_n [N, Ch] (relu mask applied), g_q [N, Ch])``.
+    """
+    g_n = torch.matmul(g_delta, p.value_weight) * (n > 0)
+    g_xhat = g_n * p.norm_weight
+    g_q = rstd * (g_xhat - g_xhat.mean(-1, keepdim=True) - qhat * (g_xhat * qhat).mean(-1, keepdim=True))
+    return (torch.matmul(g_q, p.query_weight) if want_ctx else None), g_n, g_q
+
+
+def gc_mlp_weight_grads(ctx: Tensor, qhat: Tensor, n: Tensor, g_delta: Tensor, g_n: Tensor, g_q: Tensor) -> List[Tensor]:
+    """Gradients of the MLP's 6 weights (query weight and bias, LayerNorm weight and bias, value weight
+    and bias, in GCParams order) from per-sample rows stacked over all steps: one fixed-order
+    reduction over the rows each."""
+    return [
+        g_q.t() @ ctx,  # query_w [Ch, C]
+        g_q.sum(0),  # query_b
+        (g_n * qhat).sum(0),  # norm_w
+        g_n.sum(0),  # norm_b
+        g_delta.t() @ torch.relu(n),  # value_w [C, Ch]
+        g_delta.sum(0),  # value_b
+    ]
+
+
 def _gc_forward(z: Tensor, p, with_mean: bool = False):
     """GC's context path on ``z`` ``[N, C, P]`` (eqs. 7-10 without the final add).
 
     Returns the cache and, with ``with_mean``, also mean_p z ``[N, C]`` (SA's pooling), taken
     in the same pass over ``z`` as the attention-weighted sum.
     """
-    N, C, P = z.shape
-    logits = torch.bmm(p.key_weight.expand(N, 1, C), z).squeeze(1) + p.key_bias  # [N, P]
-    w = torch.sigmoid(logits)
+    P = z.shape[-1]
+    w = gc_key_weights(z, p.key_weight, p.key_bias)  # [N, P]
     if with_mean:
         rows = torch.stack((w, torch.full_like(w, 1.0 / P)), dim=1)  # [N, 2, P]
         red = torch.bmm(rows, z.transpose(1, 2))  # [N, 2, C]
         ctx, zmean = red[:, 0], red[:, 1]
     else:
         ctx, zmean = _weighted_sum(z, w), None
-    q = F.linear(ctx, p.query_weight, p.query_bias)
-    n, mean, rstd = torch.native_layer_norm(q, q.shape[-1:], p.norm_weight, p.norm_bias, _LN_EPS)
-    delta = F.linear(torch.relu(n), p.value_weight, p.value_bias)
-    cache = _GCCache(w, ctx, q, mean, rstd, n, delta)
+    delta, qhat, n, rstd = gc_mlp(ctx, p)
+    cache = _GCCache(w, ctx, qhat, rstd, n, delta)
     return (cache, zmean) if with_mean else cache
 
 
 def _gc_mlp_backward(g_delta: Tensor, c: _GCCache, p):
-    """Backward of value(relu(LN(query(ctx)))) for ``g_delta`` ``[N, C]``.
-
-    Returns (g_ctx ``[N, C]``, g_n ``[N, Ch]`` (relu mask applied), g_q ``[N, Ch]``).
-    """
-    g_n = torch.matmul(g_delta, p.value_weight) * (c.n > 0)
-    xhat = (c.q - c.mean) * c.rstd
-    g_xhat = g_n * p.norm_weight
-    g_q = c.rstd * (
-        g_xhat - g_xhat.mean(-1, keepdim=True) - xhat * (g_xhat * xhat).mean(-1, keepdim=True)
-    )
-    return torch.matmul(g_q, p.query_weight), g_n, g_q
+    """:func:`gc_mlp_backward` on a cache: ``(g_ctx, g_n, g_q)``."""
+    return gc_mlp_backward(g_delta, c.qhat, c.n, c.rstd, p)
 
 
 def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out: Tensor):
@@ -114,17 +151,8 @@ def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out:
 
 def _gc_weight_grads(c: _GCCache, g_delta, g_n, g_q, g_key_w, g_logit) -> List[Tensor]:
     """Gradients of the 8 GC weights from per-sample gradients stacked over all steps."""
-    xhat = (c.q - c.mean) * c.rstd
-    return [
-        g_key_w.reshape(1, -1),  # key_w [1, C]
-        g_logit.sum().reshape(1),  # key_b [1]
-        g_q.t() @ c.ctx,  # query_w [Ch, C]
-        g_q.sum(0),  # query_b
-        (g_n * xhat).sum(0),  # norm_w
-        g_n.sum(0),  # norm_b
-        g_delta.t() @ torch.relu(c.n),  # value_w [C, Ch]
-        g_delta.sum(0),  # value_b
-    ]
+    key = [g_key_w.reshape(1, -1), g_logit.sum().reshape(1)]  # key_w [1, C], key_b [1]
+    return key + gc_mlp_weight_grads(c.ctx, c.qhat, c.n, g_delta, g_n, g_q)
 
 
 def _keep_gc_step(store, t, z, c: _GCCache, g_delta, g_n, g_q, g_logit) -> None:
@@ -302,6 +330,98 @@ def staa_lif_forward(
 
 
 # --------------------------------------------------------------------- backward
+# --------------------------------------------------------------------- backward, one step
+class _SARows(NamedTuple):
+    """Step attention's per-step rows ``[T, B, *]`` kept for its weight gradients."""
+
+    z1: Tensor  # fc1's input alpha * (mean_p X + mean_p H terms)  [T, B, C]
+    r1: Tensor  # relu(fc1(z1))                                   [T, B, Ch]
+    g_y1: Tensor  # dL/d fc1's output                              [T, B, Ch]
+    g_o: Tensor  # dL/d fc2's output (before the sigmoid)          [T, B, C]
+
+
+def _grad_v(win: Tensor, gs_t: Tensor, g_h: Optional[Tensor], v: Tensor, ns: Tensor, v_threshold: float,
+            v_reset: Optional[float], detach_reset: bool, out: Tensor) -> Tensor:
+    """dL/dV_t = dS/dV (dL/dS_t + dL/dH_t dH/dS) + dL/dH_t dH/dV, with ``win`` = dS/dV (the
+    surrogate), ``ns`` = 1 - S_t and ``g_h`` = dL/dH_t (None: no gradient yet). Written to ``out``."""
+    if g_h is None:
+        return torch.mul(win, gs_t, out=out)
+    if v_reset is None:  # H = V - v_th S
+        if detach_reset:
+            return torch.mul(win, gs_t, out=out).add_(g_h)
+        return torch.add(gs_t, g_h, alpha=-v_threshold, out=out).mul_(win).add_(g_h)
+    # H = v_reset S + V (1 - S)
+    h_rest = float(v_reset)
+    if detach_reset:
+        g_v = torch.mul(win, gs_t, out=out)
+    else:  # ((v_reset - V) dL/dH + dL/dS) dS/dV
+        g_v = torch.addcmul(gs_t, v, g_h, value=-1.0, out=out)
+        if h_rest != 0.0:
+            g_v.add_(g_h, alpha=h_rest)
+        g_v.mul_(win)
+    return g_v.addcmul_(g_h, ns)
+
+
+def _recompute_step(xx_t: Optional[Tensor], h_prev: Tensor, wx, wh, ws):
+    """One step's attention inputs, recomputed: GC1(X_t)'s and GC2(H_{t-1})'s caches (or None) and
+    SA's pooled input before the scale alpha, mean_p GC1(X_t) + mean_p GC2(H_{t-1}) (or None)."""
+    c1 = m = None
+    if wx is not None and ws is not None:
+        c1, m = _gc_forward(xx_t, wx, with_mean=True)
+    elif wx is not None:
+        c1 = _gc_forward(xx_t, wx)
+    elif ws is not None:
+        m = xx_t.mean(-1)
+    c2 = hmean = None
+    if wh is not None and ws is not None:
+        c2, hmean = _gc_forward(h_prev, wh, with_mean=True)
+    elif wh is not None:
+        c2 = _gc_forward(h_prev, wh)
+    elif ws is not None:
+        hmean = h_prev.mean(-1)
+    pooled = None
+    if ws is not None:
+        if c1 is not None:
+            m = m + c1.delta
+        if c2 is not None:
+            hmean = hmean + c2.delta
+        pooled = m + hmean
+    return c1, c2, pooled
+
+
+def _sa_backward_step(t: int, pooled: Tensor, g_v: Tensor, u_t: Tensor, gate_t: Tensor, ws, alpha: float,
+                      rows: _SARows, out: Tensor) -> None:
+    """Backward of V_t = U_t * SA(U_t) for step ``t``: dL/dU_t into ``out``; the step's rows for the
+    weight gradients into ``rows``."""
+    P = u_t.shape[-1]
+    z1 = alpha * pooled
+    y1 = F.linear(z1, ws.fc1_weight, ws.fc1_bias)
+    g_gate = torch.linalg.vecdot(g_v, u_t)  # V = u * gate
+    go = rows.g_o[t]
+    torch.mul(g_gate, gate_t * (1.0 - gate_t), out=go)
+    torch.mul(go @ ws.fc2_weight, y1 > 0, out=rows.g_y1[t])
+    rows.z1[t] = z1
+    rows.r1[t] = torch.relu(y1)
+    g_m = (rows.g_y1[t] @ ws.fc1_weight).mul_(alpha / P)  # d mean_p / d u = 1/P
+    torch.addcmul(g_m.unsqueeze(2), g_v, gate_t.unsqueeze(2), out=out)
+
+
+def _sa_weight_grads(rows: _SARows) -> List[Tensor]:
+    """fc1 and fc2 weight and bias gradients, one matmul or sum over all T*B rows each."""
+    flat = lambda g: g.reshape(-1, g.shape[-1])  # noqa: E731
+    gy, go = flat(rows.g_y1), flat(rows.g_o)
+    return [gy.t() @ flat(rows.z1), gy.sum(0), go.t() @ flat(rows.r1), go.sum(0)]
+
+
+def _grad_h0(h0: Tensor, from_step0: Optional[Tensor], grad_h_last: Optional[Tensor]) -> Tensor:
+    """dL/dH_{-1}: what step 0 sent back, else (T = 0) the incoming gradient of the last state."""
+    if from_step0 is not None:
+        return from_step0.to(h0.dtype)
+    if grad_h_last is not None:
+        return grad_h_last.to(h0.dtype, copy=True)
+    return torch.zeros_like(h0)
+
+
 def staa_lif_backward(
     grad_spikes: Tensor,
     grad_h_last: Optional[Tensor],
@@ -359,10 +479,9 @@ def staa_lif_backward(
     g_h = None if grad_h_last is None else grad_h_last.to(cd)
     if ws is not None:
         hidden = ws.fc1_weight.shape[0]
-        g_o = torch.zeros(T, B, C, dtype=cd, device=dev)  # grad of fc2's output (pre-sigmoid)
-        g_y1 = torch.zeros(T, B, hidden, dtype=cd, device=dev)
-        z1_all = torch.zeros(T, B, C, dtype=cd, device=dev)  # fc1's input alpha * m
-        r1_all = torch.zeros(T, B, hidden, dtype=cd, device=dev)
+        # per step: fc1's input alpha * mean, its relu output, and the gradients of fc1's and
+        # fc2's outputs (zero at dropped steps)
+        sa_rows = _SARows(*(torch.zeros(T, B, n, dtype=cd, device=dev) for n in (C, hidden, hidden, C)))
     grad_pos = None if pos is None else torch.zeros(pos.shape, dtype=cd, device=dev)
     # per GC block: {t: cache}, {t: small grads}, running key-weight gradient
     gc_steps = {k: ({}, {}, torch.zeros(C, dtype=cd, device=dev)) for k in ("x", "h")}
@@ -381,66 +500,21 @@ def staa_lif_backward(
             h_prev.fill_(h_rest)
         need_gh = t > 0 or want_h0  # dL/dH_{t-1} is wanted
 
-        # dL/dV_t = dS/dV (dL/dS_t + dL/dH_t dH/dS) + dL/dH_t dH/dV
         _surrogate_grad_into(v_cur, v_threshold, surrogate, surrogate_param, out=win)
-        gs_t = grad_spikes[t]
+        g_v = _grad_v(win, grad_spikes[t], g_h, v_cur, ns_cur, v_threshold, v_reset, detach_reset, out=tmp)
         g_u = grad_x[t]
-        if g_h is None:
-            g_v = torch.mul(win, gs_t, out=tmp)
-        elif v_reset is None:  # H = V - v_th S
-            if detach_reset:
-                g_v = torch.mul(win, gs_t, out=tmp).add_(g_h)
-            else:
-                g_v = torch.add(gs_t, g_h, alpha=-v_threshold, out=tmp).mul_(win).add_(g_h)
-        else:  # H = v_reset S + V (1 - S)
-            if detach_reset:
-                g_v = torch.mul(win, gs_t, out=tmp)
-            else:  # ((v_reset - V) dL/dH + dL/dS) dS/dV
-                g_v = torch.addcmul(gs_t, v_cur, g_h, value=-1.0, out=tmp)
-                if h_rest != 0.0:
-                    g_v.add_(g_h, alpha=h_rest)
-                g_v.mul_(win)
-            g_v.addcmul_(g_h, ns_cur)
 
         if dropped[t]:  # V_t = I_t + H_{t-1}: dL/dI_t = dL/dH_{t-1} = dL/dV_t
             g_u.copy_(g_v)
             if need_gh:
                 gh_buf.copy_(g_v)
         else:
-            # Recompute this step's attention inputs: X_t, GC1(X_t), GC2(H_{t-1}), SA's mean.
-            xx_t = c1 = c2 = None
+            xx_t = None
             if wx is not None or ws is not None:
                 xx_t = torch.add(xc[t], pos_c[t].unsqueeze(1), out=xx_buf) if pos is not None else xc[t]
-                c1 = m = None
-                if wx is not None and ws is not None:
-                    c1, m = _gc_forward(xx_t, wx, with_mean=True)
-                elif wx is not None:
-                    c1 = _gc_forward(xx_t, wx)
-                elif ws is not None:
-                    m = xx_t.mean(-1)
-            c2 = hmean = None
-            if wh is not None and ws is not None:
-                c2, hmean = _gc_forward(h_prev, wh, with_mean=True)
-            elif wh is not None:
-                c2 = _gc_forward(h_prev, wh)
-            elif ws is not None:
-                hmean = h_prev.mean(-1)
+            c1, c2, pooled = _recompute_step(xx_t, h_prev, wx, wh, ws)
             if ws is not None:
-                if c1 is not None:
-                    m = m + c1.delta
-                if c2 is not None:
-                    hmean = hmean + c2.delta
-                z1 = alpha * (m + hmean)
-                y1 = F.linear(z1, ws.fc1_weight, ws.fc1_bias)
-                gt = gate[t]
-                g_gate = torch.linalg.vecdot(g_v, u[t])  # V = u * gate
-                go = g_o[t]
-                torch.mul(g_gate, gt * (1.0 - gt), out=go)
-                torch.mul(go @ ws.fc2_weight, y1 > 0, out=g_y1[t])
-                z1_all[t] = z1
-                r1_all[t] = torch.relu(y1)
-                g_m = (g_y1[t] @ ws.fc1_weight).mul_(alpha / P)  # d mean_p / d u = 1/P
-                torch.addcmul(g_m.unsqueeze(2), g_v, gt.unsqueeze(2), out=g_u)
+                _sa_backward_step(t, pooled, g_v, u[t], gate[t], ws, alpha, sa_rows, out=g_u)
             else:
                 g_u.copy_(g_v)
             # U_t = GC1(X_t) + GC2(H_{t-1}): both blocks see dL/dU_t, and the C-vector each
@@ -466,23 +540,14 @@ def staa_lif_backward(
     grads_gcx = None if wx is None else _gc_grads_from_steps(gc_steps["x"], wx)
     grads_gch = None if wh is None else _gc_grads_from_steps(gc_steps["h"], wh)
 
-    grads_sa = None
-    if ws is not None:
-        flat = lambda g: g.reshape(T * B, -1)  # noqa: E731
-        gy, go = flat(g_y1), flat(g_o)
-        grads_sa = [gy.t() @ flat(z1_all), gy.sum(0), go.t() @ flat(r1_all), go.sum(0)]
+    grads_sa = None if ws is None else _sa_weight_grads(sa_rows)
 
     def back(grads, ref):
         return None if grads is None else tuple(g.to(r.dtype) for g, r in zip(grads, ref))
 
     grad_h0 = None
     if want_h0:  # dL/dH_{-1}: what step 0 sent back, or the incoming gradient when T = 0
-        if T > 0:
-            grad_h0 = gh_buf.to(h0.dtype)
-        elif grad_h_last is not None:
-            grad_h0 = grad_h_last.to(h0.dtype, copy=True)
-        else:
-            grad_h0 = torch.zeros_like(h0)
+        grad_h0 = _grad_h0(h0, gh_buf if T > 0 else None, grad_h_last)
     if pos is not None:
         grad_pos = grad_pos.to(pos.dtype)
     return (grad_x.to(x.dtype), grad_h0, grad_pos, back(grads_gcx, gcx), back(grads_gch, gch),

@@ -1,39 +1,44 @@
 """The Triton kernels under TRITON_INTERPRET=1 against the reference, on the CPU.
 
-The kernels run in a worker subprocess (see tests/triton_fixtures.py for why); every case
-asserts that no membrane potential of the reference lies within ``MARGIN`` of the threshold
+This directory runs in its own pytest process with TRITON_INTERPRET=1 set before anything
+imports triton (tests/interpret/conftest.py; scripts/test.sh runs it); the case builders and
+checks are in tests/triton_cases.py. Every case asserts that no membrane potential of the reference lies within ``MARGIN`` of the threshold
 or of the surrogate window's edges, so a spike or surrogate flip cannot hide behind (or
 excuse) a tolerance. Fresh ``torch.empty`` allocations are NaN-poisoned in every case.
 
-Tolerances (``triton_fixtures.TOLERANCES``): float64 1e-12 (states) / 1e-10 (gradients);
+Tolerances (``triton_cases.TOLERANCES``): float64 1e-12 (states) / 1e-10 (gradients);
 float32 1e-5 / 1e-4 relative; bf16/fp16 grad_x one rounding of the input dtype.
 """
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
 import os
 import subprocess
 import sys
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import triton_cases
 from edge_cases import EDGE_CASES, EXPECTED_FIRST_STEP
-from triton_fixtures import MARGIN, ROOT, InterpretWorker
+from triton_cases import MARGIN, ROOT
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+class _Plain:
+    """``triton_cases`` whose checks return plain JSON values (lists, not tuples or tensors), so
+    the assertions below compare like with like."""
+
+    def __getattr__(self, name):
+        fn = getattr(triton_cases, name)
+        return lambda **kw: json.loads(json.dumps(fn(**kw)))
+
+
+F = _Plain()
 
 SURROGATES = ["rect", "atan", "sigmoid", "fast_sigmoid"]
 BOTH_PATHS = ["per_step", "persistent"]
-
-
-@pytest.fixture(scope="module")
-def worker():
-    w = InterpretWorker(interpret=True)
-    yield w
-    w.close()
 
 
 def _check(rep):
@@ -67,10 +72,10 @@ def _check_reductions(rep, opts):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_parity(worker, name):
+def test_parity(name):
     # These planes are small enough for the persistent kernels; force the per-step ones.
     T, B, C, P, opts = CASES[name]
-    rep = worker.call("parity", T=T, B=B, C=C, P=P, fwd_path="per_step", bwd_path="per_step", **opts)
+    rep = F.parity(T=T, B=B, C=C, P=P, fwd_path="per_step", bwd_path="per_step", **opts)
     _check(rep)
     assert "staa_fwd_elem_kernel" in rep["fwd_kernels"] and "staa_fwd_persistent_kernel" not in rep["fwd_kernels"]
     assert "staa_bwd_elem_kernel" in rep["bwd_kernels"] and "staa_bwd_persistent_kernel" not in rep["bwd_kernels"]
@@ -92,9 +97,9 @@ PERSISTENT_CASES = {
 
 
 @pytest.mark.parametrize("name", list(PERSISTENT_CASES))
-def test_parity_persistent(worker, name):
+def test_parity_persistent(name):
     T, B, C, P, opts = PERSISTENT_CASES[name]
-    rep = worker.call("parity", T=T, B=B, C=C, P=P, fwd_path="persistent", bwd_path="persistent", **opts)
+    rep = F.parity(T=T, B=B, C=C, P=P, fwd_path="persistent", bwd_path="persistent", **opts)
     _check(rep)
     fwd, bwd = set(rep["fwd_kernels"]), set(rep["bwd_kernels"])
     assert "staa_fwd_persistent_kernel" in fwd and not fwd & {"staa_fwd_elem_kernel", "staa_fwd_mlp_kernel"}
@@ -109,17 +114,17 @@ def test_parity_persistent(worker, name):
     dict(T=4, B=1, C=12, P=33, dtype="bfloat16", max_tile=64, v_reset=None, drop=[1]),
     dict(T=1, B=1, C=3, P=1, gc=False),
 ])
-def test_paths_agree_bitwise(worker, case):
+def test_paths_agree_bitwise(case):
     # Same arithmetic in the same order: under the interpreter the two paths agree exactly,
     # forward outputs and every gradient.
-    rep = worker.call("path_equivalence", **case)
+    rep = F.path_equivalence(**case)
     assert rep["fwd_equal"] == {"spikes": True, "h_last": True, "v_seq": True, "u": True, "gate": True}, rep
     assert rep["n_grads"] >= 2 and rep["grads_equal"] == [True] * rep["n_grads"], rep
     assert rep["kernels"]["persistent"] != rep["kernels"]["per_step"]
 
 
-def test_path_rule(worker):
-    rep = worker.call("path_rule")
+def test_path_rule():
+    rep = F.path_rule()
     assert rep["auto"] == {"512x16": "persistent", "1000x1": "persistent", "128x1024": "per_step",
                            "512x64": "per_step", "8192x1": "persistent", "8193x1": "per_step"}
     assert rep["env_per_step"] == "per_step" and rep["env_persistent_big"] == "persistent"
@@ -131,7 +136,7 @@ def test_path_rule(worker):
     assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel"]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None)
 @given(
     T=st.integers(1, 4), B=st.integers(1, 2), C=st.integers(1, 10), P=st.integers(1, 12),
     gc=st.booleans(), sa=st.booleans(), pe=st.booleans(), reset=st.sampled_from([0.0, -0.3, None]),
@@ -145,13 +150,13 @@ def test_path_rule(worker):
 @example(T=1, B=1, C=1, P=1, gc=True, sa=True, pe=True, reset=-0.3, detach=False, v_th=0.75, width=0.5, drop_bits=0,
          dtype="float64", max_tile=None, seed=0, fwd_path="persistent", bwd_path="persistent", surrogate="rect",
          h0=False, grad_h_last=False, keep_stats=True)
-def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, reset, detach, v_th, width, drop_bits, dtype, max_tile,
+def test_parity_hypothesis(T, B, C, P, gc, sa, pe, reset, detach, v_th, width, drop_bits, dtype, max_tile,
                            seed, fwd_path, bwd_path, surrogate, h0, grad_h_last, keep_stats):
     """Threshold, reset (hard to 0 or -0.3, soft), detach_reset, surrogate kind and rectangle
     width drawn with the shapes; any step dropped, the first included (with ``h0`` that is
     the first step of a call that continues a sequence)."""
     drop = [t for t in range(T) if drop_bits >> t & 1]
-    rep = worker.call("parity", T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=reset, v_threshold=v_th,
+    rep = F.parity(T=T, B=B, C=C, P=P, gc=gc, sa=sa, pe=pe, v_reset=reset, v_threshold=v_th,
                       surrogate_width=width, detach_reset=detach, drop=drop, dtype=dtype, max_tile=max_tile,
                       seed=seed, fwd_path=fwd_path, bwd_path=bwd_path, surrogate=surrogate, h0=h0,
                       grad_h_last=grad_h_last, keep_stats=keep_stats)
@@ -159,16 +164,16 @@ def test_parity_hypothesis(worker, T, B, C, P, gc, sa, pe, reset, detach, v_th, 
 
 
 @pytest.mark.parametrize("path", ["per_step", "persistent"])
-def test_nan_poison_is_live_and_catches_unwritten_elements(worker, path):
-    rep = worker.call("poison_sanity", path=path)
+def test_nan_poison_is_live_and_catches_unwritten_elements(path):
+    rep = F.poison_sanity(path=path)
     assert rep["fresh_all_nan"] and rep["fresh_like_all_nan"]
     # A launch grid one tile short leaves the last positions unwritten: they must read NaN.
     assert rep["unwritten_nan"]
     assert rep["written_finite"]
 
 
-def test_launcher_shape_errors(worker):
-    msgs = worker.call("launcher_errors")
+def test_launcher_shape_errors():
+    msgs = F.launcher_errors()
     assert "[T, B, C, P]" in msgs["x3d"] and "(2, 1, 4)" in msgs["x3d"]
     assert "[2]" in msgs["drop"] and "(3,)" in msgs["drop"]
     assert "int32" in msgs["int"]
@@ -184,10 +189,10 @@ MODULE_CASES = {
 
 
 @pytest.mark.parametrize("name", list(MODULE_CASES))
-def test_module_backend_triton_matches_torch(worker, name):
+def test_module_backend_triton_matches_torch(name):
     pytest.importorskip("staa.ops")
     shape, opts = MODULE_CASES[name]
-    rep = worker.call("module_parity", shape=shape, **opts)
+    rep = F.module_parity(shape=shape, **opts)
     if "skipped" in rep:
         pytest.skip(rep["skipped"])
     assert rep["backend"] == "triton"
@@ -206,19 +211,19 @@ def test_import_does_not_load_triton():
 
 
 @pytest.mark.parametrize("path", ["per_step", "persistent"])
-def test_backward_reuses_nothing_between_calls(worker, path):
+def test_backward_reuses_nothing_between_calls(path):
     """The interpreter runs atomics in order, so this cannot catch a non-deterministic reduction
     (tests/test_triton_cuda.py runs the same helper on the GPU for that). What it proves here: a
     second backward on the same saved tensors, with its allocations NaN-poisoned, gives the same
     gradients bit for bit, so every accumulator is initialised by the backward itself and the
     backward does not write into what the forward saved."""
-    rep = worker.call("determinism", T=3, B=2, C=5, P=6, drop=[1], margin=0.0, path=path)
+    rep = F.determinism(T=3, B=2, C=5, P=6, drop=[1], margin=0.0, path=path)
     assert rep["n"] == 22  # grad_x, pos, 8 + 8 GC, 4 SA
     assert rep["identical"] and rep["saved_unchanged"]
 
 
-def test_zero_size_inputs(worker):
-    rep = worker.call("empty_inputs")
+def test_zero_size_inputs():
+    rep = F.empty_inputs()
     for h in ("rest", "h0"):
         assert rep[f"T0-{h}"]["shapes"] == [[0, 2, 4, 3], [2, 4, 3], [0, 2, 4, 3], [0, 2, 4, 3], [0, 2, 4]]
         assert rep[f"B0-{h}"]["shapes"] == [[2, 0, 4, 3], [0, 4, 3], [2, 0, 4, 3], [2, 0, 4, 3], [2, 0, 4]]
@@ -240,11 +245,11 @@ def _kernels_of(rep, path):
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
 @pytest.mark.parametrize("surrogate", SURROGATES)
-def test_parity_surrogate_kinds(worker, surrogate, path):
+def test_parity_surrogate_kinds(surrogate, path):
     # Every gradient through each kind (forward unchanged), float64 with a random h0, an
     # incoming grad_h_last and the first step dropped; a non-default parameter per kind.
     param = {"rect": 0.5, "atan": 3.0, "sigmoid": 5.0, "fast_sigmoid": 10.0}[surrogate]
-    rep = worker.call("parity", T=3, B=2, C=5, P=4, dtype="float64", surrogate=surrogate, surrogate_param=param,
+    rep = F.parity(T=3, B=2, C=5, P=4, dtype="float64", surrogate=surrogate, surrogate_param=param,
                       h0=True, grad_h_last=True, drop=[0, 2], fwd_path=path, bwd_path=path)
     _check(rep)
     _kernels_of(rep, path)
@@ -252,8 +257,8 @@ def test_parity_surrogate_kinds(worker, surrogate, path):
 
 
 @pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid"])
-def test_parity_surrogate_fp32_soft_detach(worker, surrogate):
-    rep = worker.call("parity", T=4, B=2, C=6, P=5, surrogate=surrogate, v_reset=None, detach_reset=True, drop=[1],
+def test_parity_surrogate_fp32_soft_detach(surrogate):
+    rep = F.parity(T=4, B=2, C=6, P=5, surrogate=surrogate, v_reset=None, detach_reset=True, drop=[1],
                       fwd_path="per_step", bwd_path="persistent")
     _check(rep)
 
@@ -273,10 +278,10 @@ H0_CASES = {
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
 @pytest.mark.parametrize("name", list(H0_CASES))
-def test_parity_initial_state(worker, name, path):
+def test_parity_initial_state(name, path):
     # grad_h0 against autograd of the reference with h0 a leaf.
     T, B, C, P, opts = H0_CASES[name]
-    rep = worker.call("parity", T=T, B=B, C=C, P=P, h0=True, fwd_path=path, bwd_path=path, **opts)
+    rep = F.parity(T=T, B=B, C=C, P=P, h0=True, fwd_path=path, bwd_path=path, **opts)
     _check(rep)
     _kernels_of(rep, path)
     assert "h0" in rep["grads"]
@@ -285,19 +290,19 @@ def test_parity_initial_state(worker, name, path):
 
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
-def test_grad_h_last_without_h0(worker, path):
-    rep = worker.call("parity", T=3, B=2, C=5, P=3, dtype="float64", grad_h_last=True, drop=[0],
+def test_grad_h_last_without_h0(path):
+    rep = F.parity(T=3, B=2, C=5, P=3, dtype="float64", grad_h_last=True, drop=[0],
                       fwd_path=path, bwd_path=path)
     _check(rep)
     assert "h0" not in rep["grads"]
 
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
-def test_grad_h0_finite_difference(worker, path):
+def test_grad_h0_finite_difference(path):
     # Independent of the reference: d<h_last, w>/dh0 along a random direction, central
     # difference with eps 1e-6 in float64 (detach_reset, so the backward's reset derivative is
     # the true one), relative agreement 1e-6.
-    rep = worker.call("grad_h0_finite_difference", path=path)
+    rep = F.grad_h0_finite_difference(path=path)
     assert rep["flips"] == 0 and rep["margin"] >= MARGIN
     assert abs(rep["fd"] - rep["analytic"]) <= 1e-6 * max(1.0, abs(rep["analytic"])), rep
 
@@ -306,28 +311,28 @@ def test_grad_h0_finite_difference(worker, path):
     dict(T=4, B=2, C=5, P=3, surrogate="sigmoid", h0=True, grad_h_last=True, drop=[0, 2]),
     dict(T=3, B=1, C=12, P=33, max_tile=64, surrogate="fast_sigmoid", h0=True, v_reset=None, drop=[1]),
 ])
-def test_paths_agree_bitwise_with_h0(worker, case):
-    rep = worker.call("path_equivalence", **case)
+def test_paths_agree_bitwise_with_h0(case):
+    rep = F.path_equivalence(**case)
     assert all(rep["fwd_equal"].values()), rep
     assert rep["n_grads"] >= 3 and rep["grads_equal"] == [True] * rep["n_grads"], rep
 
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
 @pytest.mark.parametrize("value", ["nan", "inf"])
-def test_non_finite_input_gives_nan_spikes(worker, path, value):
+def test_non_finite_input_gives_nan_spikes(path, value):
     # x[1, 1, 2, 3] is NaN / +Inf: with GC and SA every V of sample 1 from step 1 on is
     # non-finite, so its spikes are NaN there (as in the reference); sample 0 and 2 and step 0
     # are untouched and still 0/1.
-    rep = worker.call("nan_inputs", path=path, value=float(value))
+    rep = F.nan_inputs(path=path, value=float(value))
     assert rep["same_as_reference"] and rep["spike_values_ok"] and rep["dtype_ok"], rep
     assert rep["nan_rows"] == [[1, 1], [2, 1]] and rep["all_nan_rows"] == [[1, 1], [2, 1]], rep
     assert rep["h_last_nan_samples"] == [1]
 
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
-def test_non_finite_input_if_neuron(worker, path):
+def test_non_finite_input_if_neuron(path):
     # Without GC/SA only that neuron is affected: a NaN spike at step 1, then its NaN state.
-    rep = worker.call("nan_inputs", path=path, gc=False, sa=False, value=float("inf"), dtype="bfloat16")
+    rep = F.nan_inputs(path=path, gc=False, sa=False, value=float("inf"), dtype="bfloat16")
     assert rep["same_as_reference"] and rep["spike_values_ok"] and rep["dtype_ok"], rep
     assert rep["nan_rows"] == [[1, 1], [2, 1]] and rep["all_nan_rows"] == [], rep
 
@@ -343,9 +348,9 @@ TORCH_IMPL_CASES = {
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
 @pytest.mark.parametrize("name", list(TORCH_IMPL_CASES))
-def test_launchers_match_torch_impl(worker, name, path):
+def test_launchers_match_torch_impl(name, path):
     T, B, C, P, opts = TORCH_IMPL_CASES[name]
-    rep = worker.call("torch_impl_parity", T=T, B=B, C=C, P=P, path=path, **opts)
+    rep = F.torch_impl_parity(T=T, B=B, C=C, P=P, path=path, **opts)
     if "skipped" in rep:
         pytest.skip(rep["skipped"])
     assert rep["margin"] >= MARGIN
@@ -356,13 +361,13 @@ def test_launchers_match_torch_impl(worker, name, path):
 @pytest.mark.parametrize("v_th, width, v_reset", EDGE_CASES)
 @pytest.mark.parametrize("mode", ["multi", "single"])
 @pytest.mark.parametrize("path", BOTH_PATHS)
-def test_exact_edges_if_neuron(worker, v_th, width, v_reset, mode, path):
+def test_exact_edges_if_neuron(v_th, width, v_reset, mode, path):
     """V exactly on v_threshold fires; exactly on a window edge passes no gradient (the window is
     strict); the reset potential is the spec's. The Triton route must agree with the reference
     on every spike, state and on where gradient passes (float64, an IF neuron: no reduction order
     to excuse a difference). The gradient values are equal to 1e-14: with a = 1.5 the factor 1/a
     is not a dyadic number and the kernels multiply in another order than the reference."""
-    rep = worker.call("exact_edges", v_th=v_th, width=width, v_reset=v_reset, mode=mode, path=path)
+    rep = F.exact_edges(v_th=v_th, width=width, v_reset=v_reset, mode=mode, path=path)
     assert rep["launched"], "nothing ran on the Triton route"
     assert rep["first_step"] == EXPECTED_FIRST_STEP
     assert rep["spikes_equal"] and rep["h_equal"]

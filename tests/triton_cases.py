@@ -1,24 +1,15 @@
-"""Shared machinery of the Triton kernel tests (``tests/test_triton_*.py``).
+"""Case builders and checks of the Triton kernel tests: tests/interpret/test_kernels.py runs them
+on the CPU under ``TRITON_INTERPRET=1`` (in its own pytest process, see tests/interpret/conftest.py),
+tests/test_triton_cuda.py on a GPU with the compiled kernels.
 
-Triton decides at decoration time whether a kernel is compiled or interpreted
-(``TRITON_INTERPRET`` is read when ``@triton.jit`` runs), and other tests in the same
-pytest process check that ``backend="triton"`` refuses CPU tensors when the variable is
-unset. So the interpreted kernels never run in the pytest process: a worker subprocess is
-started with ``TRITON_INTERPRET=1`` (before anything imports triton), the tests send it
-case descriptions and assert on the numbers it sends back. This works whatever order
-pytest collects modules in, and nothing in the pytest process imports triton.
-
-Run as ``python tests/triton_fixtures.py --serve`` it is the worker.
+Each check runs the launchers and the reference on one case and returns what it measured (the
+closest distance of a reference potential to a switching point, spike mismatches, the names of
+the tensors outside tolerance, the kernels launched); the tests assert on those.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import traceback
 
-MARK = "@@staa-worker@@ "
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MARGIN = 1e-4  # no V within this distance of a point where spikes or the surrogate window switch
@@ -34,48 +25,6 @@ TOLERANCES = {
     "bfloat16": dict(state=(1e-5, 1e-5), grad=(1e-4, 1e-5), grad_x=(2.0**-7, 1e-6)),
     "float16": dict(state=(1e-5, 1e-5), grad=(1e-4, 1e-5), grad_x=(2.0**-10, 1e-7)),
 }
-
-
-class InterpretWorker:
-    """A subprocess running the launchers under ``TRITON_INTERPRET=1``."""
-
-    def __init__(self, interpret: bool = True):
-        env = dict(os.environ)
-        env["TRITON_INTERPRET"] = "1" if interpret else "0"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH", "")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", os.path.abspath(__file__), "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-        )
-
-    def call(self, fn: str, **kwargs):
-        """Run ``fn(**kwargs)`` in the worker; returns its JSON result or raises its error."""
-        self.proc.stdin.write(json.dumps({"fn": fn, "kwargs": kwargs}) + "\n")
-        self.proc.stdin.flush()
-        noise = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the triton worker exited; its output:\n" + "".join(noise))
-            if line.startswith(MARK):
-                break
-            noise.append(line)
-        msg = json.loads(line[len(MARK):])
-        if not msg["ok"]:
-            raise AssertionError(f"{fn} raised in the triton worker:\n{msg['error']}")
-        return msg["result"]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-# --------------------------------------------------------------------------------------
-# Everything below runs inside the worker.
 
 
 def _torch():
@@ -117,54 +66,17 @@ def _flat(params):
     return out
 
 
-def reference_v(x, params, drop, *, alpha, v_threshold, v_reset, h_states, h0=None):
-    """Membrane potentials V_t of the reference, step by step with its own H_{t-1} fed in."""
-    torch = _torch()
-    from staa.reference import compute_dtype, global_context, step_attention
-
-    cd = compute_dtype(x.dtype)
-    xc = x.to(cd)
-    vs = []
-    for t in range(x.shape[0]):
-        if t > 0:
-            h = h_states[t - 1]
-        elif h0 is not None:
-            h = h0.to(cd)
-        else:
-            h = torch.full_like(xc[0], 0.0 if v_reset is None else v_reset)
-        i_t = xc[t]
-        x_t = i_t + params.pos[t].to(cd)[None, :, None] if params.pos is not None else i_t
-        gx = global_context(x_t, params.gc_x) if params.gc_x is not None else x_t
-        gh = global_context(h, params.gc_h) if params.gc_h is not None else h
-        v = step_attention(gx + gh, params.sa, alpha) if params.sa is not None else gx + gh
-        vs.append(i_t + h if bool(drop[t]) else v)
-    return torch.stack(vs)
-
-
-def reference(x, params, drop, kw, h0=None):
+def reference(x, params, drop, kw, h0=None, potentials=False):
     """``staa.reference.staa_lif_reference`` with the launchers' keywords ``kw`` (surrogate kind
-    and parameter included); returns ``(spikes, states)``, differentiable in x, h0 and the
-    weights.
-
-    Until the reference takes ``surrogate=`` itself, its spike function is swapped for
-    ``staa.surrogate.spike`` with the requested kind (NaN spikes for non-finite V included)."""
-    import inspect
-
-    import staa.reference as R
-    from staa.surrogate import Surrogate, spike
+    and parameter included); returns ``(spikes, states)`` (and the potentials V with
+    ``potentials``), differentiable in x, h0 and the weights."""
+    from staa.reference import staa_lif_reference
 
     kind, p = kw["surrogate"], float(kw["surrogate_param"])
-    base = dict(alpha=kw["alpha"], v_threshold=kw["v_threshold"], v_reset=kw["v_reset"],
-                detach_reset=kw["detach_reset"], h0=h0, return_states=True)
-    if "surrogate" in inspect.signature(R.staa_lif_reference).parameters:
-        extra = dict(surrogate_width=p) if kind == "rect" else dict(surrogate_alpha=p)
-        return R.staa_lif_reference(x, params, drop, **base, surrogate=kind, **extra)
-    saved = R.rect_spike
-    R.rect_spike = lambda v, th, _w: spike(v, th, Surrogate(kind, p))
-    try:
-        return R.staa_lif_reference(x, params, drop, **base)
-    finally:
-        R.rect_spike = saved
+    extra = dict(surrogate_width=p) if kind == "rect" else dict(surrogate_alpha=p)
+    return staa_lif_reference(x, params, drop, alpha=kw["alpha"], v_threshold=kw["v_threshold"],
+                              v_reset=kw["v_reset"], detach_reset=kw["detach_reset"], h0=h0, return_states=True,
+                              return_potentials=potentials, surrogate=kind, **extra)
 
 
 def _margin(v, v_threshold, width=None):
@@ -215,9 +127,7 @@ def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=Tru
         x = (torch.randn(T, B, C, P, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(dt)
         h_init = (torch.randn(B, C, P, generator=g, dtype=torch.float64) * 0.5 + 0.2).to(cd) if h0 else None
         with torch.no_grad():
-            _, hs = reference(x, params, mask, kw, h_init)
-            v = reference_v(x, params, mask, alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, h_states=hs,
-                            h0=h_init)
+            _, _, v = reference(x, params, mask, kw, h_init, potentials=True)
         got = _margin(v, v_threshold, surrogate_param if surrogate == "rect" else None)
         if got >= margin:
             break
@@ -717,8 +627,7 @@ def module_parity(shape, *, dtype="float32", v_reset=0.0, detach_reset=False, ts
         x = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(dt)
         x4 = x.reshape(T, B, C, -1)
         with torch.no_grad():
-            _, hs = staa_lif_reference(x4, m_t.params(), drop, **cfg, return_states=True)
-            v = reference_v(x4, m_t.params(), drop, **cfg, h_states=hs)
+            v = staa_lif_reference(x4, m_t.params(), drop, **cfg, return_potentials=True)[1]
         margin = _margin(v, m_t.cfg.v_threshold, width)
         if margin >= MARGIN:
             break
@@ -792,21 +701,3 @@ def exact_edges(v_th, width, v_reset, mode, path):
             os.environ.pop(launch.PATH_ENV, None)
         else:
             os.environ[launch.PATH_ENV] = saved
-
-
-def serve():
-    from staa.kernels import launch
-
-    _DEFAULT_TILE[0] = launch.MAX_TILE
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            res = dict(ok=True, result=globals()[req["fn"]](**req["kwargs"]))
-        except Exception:  # sent back to the test, which fails with it
-            res = dict(ok=False, error=traceback.format_exc())
-        sys.stdout.write(MARK + json.dumps(res) + "\n")
-        sys.stdout.flush()
-
-
-if __name__ == "__main__" and "--serve" in sys.argv:
-    serve()
