@@ -33,7 +33,6 @@ from torch import nn
 
 from ._convert import (
     _CARRIED,
-    _HOOK_DICTS,
     _SURROGATE_OPTIONS,
     ConvertReport,
     FlatNode,
@@ -46,6 +45,7 @@ from ._convert import (
     _display,
     _factory,
     _index,
+    _swap,
     _is_flat,
     _matcher,
     _probe,
@@ -335,6 +335,45 @@ def convert(model: nn.Module, example_input=None, *, T: Optional[int] = None, in
     places, parents, nodes = _index(model)
 
     skipped: List[SkippedNode] = []
+    todo = _plan(nodes, places, (Leaky, base, ours), want, drop, staalif_options, T, skipped)
+
+    seen = {key: [] for key, _, _, _ in todo}
+    if todo and example_input is not None:
+        saved = _save_snn_states(model)
+        try:
+            seen = _probe(model, example_input, {key: name for key, name, _, _ in todo})
+        finally:
+            _restore_snn_states(saved)
+    elif todo and linear == "keep":
+        warnings.warn(
+            f"staa.convert without example_input cannot see which snnTorch neurons receive [B, C] inputs (after "
+            f"Linear layers), so linear='keep' cannot apply: all {len(todo)} selected neuron(s) get a lazy "
+            f"STAALIF. Pass example_input (one time step), or linear='convert' to convert them all without this "
+            f"warning",
+            stacklevel=3,
+        )
+
+    builds, flat = _size(todo, nodes, seen, model, parents, T, linear, example_input is not None, skipped)
+
+    replaced, new_modules = _build(builds, nodes, ours, dry_run)
+
+    report = ConvertReport(replaced, skipped, dry_run, flat)
+    if dry_run:
+        return report
+    _swap(new_modules, nodes, places)
+    for key in new_modules:
+        _unregister(nodes[key])
+    earlier = model.__dict__.get("staa_report")
+    if isinstance(earlier, ConvertReport) and not earlier.dry_run:
+        report = report._merged_after(earlier)
+    model.staa_report = report
+    return model
+
+
+def _plan(nodes, places, classes, want, drop, staalif_options, T, skipped: List[SkippedNode]):
+    """The selected plain ``Leaky`` neurons with their STAALIF settings, ``[(id, name, settings,
+    dropped)]``; other snnTorch neurons and excluded ones go to ``skipped``."""
+    Leaky, base, ours = classes
     todo = []
     for key, child in nodes.items():
         names = [full for _, _, full in places[key]]
@@ -372,23 +411,12 @@ def convert(model: nn.Module, example_input=None, *, T: Optional[int] = None, in
                 f"encoding has one row per step), or pe=False"
             )
         todo.append((key, name, s, dropped))
+    return todo
 
-    seen = {key: [] for key, _, _, _ in todo}
-    if todo and example_input is not None:
-        saved = _save_snn_states(model)
-        try:
-            seen = _probe(model, example_input, {key: name for key, name, _, _ in todo})
-        finally:
-            _restore_snn_states(saved)
-    elif todo and linear == "keep":
-        warnings.warn(
-            f"staa.convert without example_input cannot see which snnTorch neurons receive [B, C] inputs (after "
-            f"Linear layers), so linear='keep' cannot apply: all {len(todo)} selected neuron(s) get a lazy "
-            f"STAALIF. Pass example_input (one time step), or linear='convert' to convert them all without this "
-            f"warning",
-            stacklevel=3,
-        )
 
+def _size(todo, nodes, seen, model, parents, T, linear, probed: bool, skipped: List[SkippedNode]):
+    """C, T, device and dtype of each neuron from what the probe saw; neurons without spatial
+    positions are listed in ``flat`` (and skipped under ``linear='keep'``). ``(builds, flat)``."""
     builds = []
     flat: List[FlatNode] = []
     for key, name, s, dropped in todo:
@@ -410,10 +438,15 @@ def convert(model: nn.Module, example_input=None, *, T: Optional[int] = None, in
                     f"STAA would add {added:,} parameters",
                 ))
                 continue
-        if example_input is not None and not seen[key]:
+        if probed and not seen[key]:
             dropped = dropped + ["(not reached by the probe: sized at its first call)"]
         builds.append((key, name, channels, node_T, s, dropped, device, dtype))
+    return builds, flat
 
+
+def _build(builds, nodes, ours, dry_run: bool):
+    """The new STAALeaky modules (none under ``dry_run``), initialised under a forked RNG, and the
+    report rows. ``(replaced, {id: new module})``."""
     replaced: List[ReplacedNode] = []
     new_modules = {}
     rng_devices = sorted({d.index or 0 for *_, d, _ in builds if d is not None and d.type == "cuda"})
@@ -433,23 +466,7 @@ def convert(model: nn.Module, example_input=None, *, T: Optional[int] = None, in
                 new.train(old.training)
                 new_modules[key] = new
             replaced.append(ReplacedNode(name, _LEAKY, channels, node_T, "s", tuple(dropped), _describe_sg(_sg(s))))
-
-    report = ConvertReport(replaced, skipped, dry_run, flat)
-    if dry_run:
-        return report
-    for key, new in new_modules.items():
-        old = nodes[key]
-        for attr in _HOOK_DICTS:
-            if attr in old.__dict__:
-                new.__dict__[attr] = old.__dict__[attr]
-        for parent, child_name, _ in places[key]:
-            parent._modules[child_name] = new
-        _unregister(old)
-    earlier = model.__dict__.get("staa_report")
-    if isinstance(earlier, ConvertReport) and not earlier.dry_run:
-        report = report._merged_after(earlier)
-    model.staa_report = report
-    return model
+    return replaced, new_modules
 
 
 def _sg(settings: dict) -> Surrogate:
