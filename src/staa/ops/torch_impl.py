@@ -129,6 +129,14 @@ def _gc_forward(z: Tensor, p, with_mean: bool = False):
     return (cache, zmean) if with_mean else cache
 
 
+def _gc_and_mean(z: Tensor, p, want_mean: bool):
+    """GC's cache on ``z`` ``[N, C, P]`` (None without a block ``p``) and mean_p z ``[N, C]`` (None
+    unless ``want_mean``, i.e. step attention is on), both in one pass over ``z`` when both are wanted."""
+    if p is not None:
+        return _gc_forward(z, p, with_mean=True) if want_mean else (_gc_forward(z, p), None)
+    return None, (z.mean(-1) if want_mean else None)
+
+
 def _gc_mlp_backward(g_delta: Tensor, c: _GCCache, p):
     """:func:`gc_mlp_backward` on a cache: ``(g_ctx, g_n, g_q)``."""
     return gc_mlp_backward(g_delta, c.qhat, c.n, c.rstd, p)
@@ -226,15 +234,10 @@ def _gc1_all_steps(x: Tensor, pos: Optional[Tensor], gcx, T: int, with_mean: boo
         xx = x.to(cd) + pos[:T].to(cd)[:, None, :, None]
     else:
         xx = x.to(cd)
-    c1 = xmean = None
-    if gcx is not None and with_mean:
-        c1, xmean = _gc_forward(xx.reshape(T * B, C, P), gcx, with_mean=True)
-        xmean = xmean.reshape(T, B, C)
-    elif gcx is not None:
-        c1 = _gc_forward(xx.reshape(T * B, C, P), gcx)
-    elif with_mean:
-        xmean = xx.mean(-1)
-    return xx, c1, xmean
+    if gcx is None:  # no reshape (a copy for a non-contiguous x) when no GC block needs [T*B, C, P]
+        return xx, None, xx.mean(-1) if with_mean else None
+    c1, xmean = _gc_and_mean(xx.reshape(T * B, C, P), gcx, with_mean)
+    return xx, c1, None if xmean is None else xmean.reshape(T, B, C)
 
 
 # --------------------------------------------------------------------- forward
@@ -299,20 +302,14 @@ def staa_lif_forward(
             torch.add(xc[t], h, out=u_t)
             v = u_t  # the gate is exactly 1
         else:
-            hmean = None
-            if gch is not None:
-                if sa is not None:
-                    c2, hmean = _gc_forward(h, gch, with_mean=True)
-                else:
-                    c2 = _gc_forward(h, gch)
+            c2, hmean = _gc_and_mean(h, gch, sa is not None)
+            if c2 is not None:
                 d2 = c2.delta
                 torch.add(h, d2.unsqueeze(2), out=u_t)
                 u_t.add_(g1[t])  # GC1(X_t) + GC2(H_{t-1})
                 if hmean is not None:
                     hmean = hmean + d2
             else:
-                if sa is not None:
-                    hmean = h.mean(-1)
                 torch.add(g1[t], h, out=u_t)
             if sa is not None:
                 _, g = _sa_hidden(m1[t] + hmean, sa, alpha)
@@ -365,20 +362,8 @@ def _grad_v(win: Tensor, gs_t: Tensor, g_h: Optional[Tensor], v: Tensor, ns: Ten
 def _recompute_step(xx_t: Optional[Tensor], h_prev: Tensor, wx, wh, ws):
     """One step's attention inputs, recomputed: GC1(X_t)'s and GC2(H_{t-1})'s caches (or None) and
     SA's pooled input before the scale alpha, mean_p GC1(X_t) + mean_p GC2(H_{t-1}) (or None)."""
-    c1 = m = None
-    if wx is not None and ws is not None:
-        c1, m = _gc_forward(xx_t, wx, with_mean=True)
-    elif wx is not None:
-        c1 = _gc_forward(xx_t, wx)
-    elif ws is not None:
-        m = xx_t.mean(-1)
-    c2 = hmean = None
-    if wh is not None and ws is not None:
-        c2, hmean = _gc_forward(h_prev, wh, with_mean=True)
-    elif wh is not None:
-        c2 = _gc_forward(h_prev, wh)
-    elif ws is not None:
-        hmean = h_prev.mean(-1)
+    c1, m = _gc_and_mean(xx_t, wx, ws is not None)  # xx_t is None only when neither block reads it
+    c2, hmean = _gc_and_mean(h_prev, wh, ws is not None)
     pooled = None
     if ws is not None:
         if c1 is not None:
