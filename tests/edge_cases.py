@@ -25,3 +25,30 @@ EXPECTED_FIRST_STEP = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
 def upstream_gradient() -> torch.Tensor:
     """dL/dS for the ``[2, 1, 6]`` spikes: distinct per element, so a dropped term shows."""
     return torch.arange(1.0, 13.0, dtype=torch.float64).reshape(2, 1, 6)
+
+
+def run_if_neuron(x: torch.Tensor, v_th: float, width: float, v_reset, mode: str, backend: str):
+    """``(spikes, h_last)`` of an IF neuron (every block off, rectangle of width ``width``) on ``x``
+    through ``staa.functional.staa_lif``: one multi-step call, or with ``mode="single"`` step 0 and
+    then step 1 from its state."""
+    from staa.functional import NeuronConfig, staa_lif
+    from staa.reference import STAAParams
+    from staa.surrogate import Surrogate
+
+    cfg = NeuronConfig(v_threshold=v_th, v_reset=v_reset, surrogate=Surrogate("rect", width))
+    params = STAAParams(None, None, None, None)
+    if mode == "multi":
+        spikes, h_last, _ = staa_lif(x, params, cfg, backend=backend)
+        return spikes, h_last
+    s0, h, _ = staa_lif(x[:1], params, cfg, backend=backend)
+    s1, h_last, _ = staa_lif(x[1:], params, cfg, h0=h, t0=1, backend=backend)
+    return torch.cat([s0, s1]), h_last
+
+
+def reference_if_neuron(x: torch.Tensor, v_th: float, width: float, v_reset):
+    """``(spikes, h_last)`` of the reference on the same IF neuron and input."""
+    from staa.reference import STAAParams, staa_lif_reference
+
+    ref, ref_h = staa_lif_reference(x.unsqueeze(-1), STAAParams(None, None, None, None), v_threshold=v_th,
+                                    v_reset=v_reset, surrogate_width=width, return_states=True)
+    return ref.squeeze(-1), ref_h[-1].squeeze(-1)

@@ -5,33 +5,25 @@ import pytest
 import torch
 
 from staa.functional import NeuronConfig, staa_lif
-from staa.reference import STAAParams, staa_lif_reference
+from staa.reference import STAAParams
 from staa.surrogate import Surrogate
 
-from edge_cases import EDGE_CASES, EXPECTED_FIRST_STEP, if_edge_input, upstream_gradient
+from edge_cases import (EDGE_CASES, EXPECTED_FIRST_STEP, if_edge_input, reference_if_neuron, run_if_neuron,
+                        upstream_gradient)
 
 
 @pytest.mark.parametrize("v_th, width, v_reset", EDGE_CASES)
 @pytest.mark.parametrize("mode", ["multi", "single"])
 def test_if_neuron_on_the_threshold_and_the_window_edges(v_th, width, v_reset, mode):
     x = if_edge_input(v_th, width, v_reset).requires_grad_()
-    cfg = NeuronConfig(v_threshold=v_th, v_reset=v_reset, surrogate=Surrogate("rect", width))
-    params = STAAParams(None, None, None, None)
-    if mode == "multi":
-        spikes, h_last, _ = staa_lif(x, params, cfg, backend="torch")
-    else:
-        s0, h, _ = staa_lif(x[:1], params, cfg, backend="torch")
-        s1, h_last, _ = staa_lif(x[1:], params, cfg, h0=h, t0=1, backend="torch")
-        spikes = torch.cat([s0, s1])
-    ref, ref_h = staa_lif_reference(x.unsqueeze(-1), params, v_threshold=v_th, v_reset=v_reset,
-                                    surrogate_width=width, return_states=True)
-    ref, ref_h = ref.squeeze(-1), ref_h.squeeze(-1)
+    spikes, h_last = run_if_neuron(x, v_th, width, v_reset, mode, backend="torch")
+    ref, ref_h_last = reference_if_neuron(x, v_th, width, v_reset)
     assert torch.equal(spikes, ref)
-    assert torch.equal(h_last, ref_h[-1])  # the reset potential (hard, non-zero, soft) is the spec's
+    assert torch.equal(h_last, ref_h_last)  # the reset potential (hard, non-zero, soft) is the spec's
     assert spikes[0].tolist() == [EXPECTED_FIRST_STEP]
     gy = upstream_gradient()
     (g,) = torch.autograd.grad((spikes * gy).sum() + h_last.sum(), x)
-    (g_ref,) = torch.autograd.grad((ref * gy).sum() + ref_h[-1].sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * gy).sum() + ref_h_last.sum(), x)
     assert torch.equal(g, g_ref)
 
 

@@ -658,18 +658,13 @@ def exact_edges(v_th, width, v_reset, mode, path):
     and dL/dI against the reference, compared with ``torch.equal``. ``mode``: one multi-step
     call, or two single-step calls (the second from the first's state, ``t0=1``)."""
     torch = _torch()
-    from edge_cases import if_edge_input, upstream_gradient
-    from staa.functional import NeuronConfig, staa_lif
+    from edge_cases import if_edge_input, reference_if_neuron, run_if_neuron, upstream_gradient
     from staa.kernels import launch
-    from staa.reference import STAAParams, staa_lif_reference
-    from staa.surrogate import Surrogate
 
     saved = os.environ.get(launch.PATH_ENV)
     os.environ[launch.PATH_ENV] = path
     try:
         x = if_edge_input(v_th, width, v_reset).requires_grad_()
-        cfg = NeuronConfig(v_threshold=v_th, v_reset=v_reset, surrogate=Surrogate("rect", width))
-        params = STAAParams(None, None, None, None)
         launched = []
         run = launch._run
 
@@ -679,21 +674,14 @@ def exact_edges(v_th, width, v_reset, mode, path):
 
         launch._run = recording_run
         try:
-            if mode == "multi":
-                spikes, h_last, _ = staa_lif(x, params, cfg, backend="triton")
-            else:
-                s0, h, _ = staa_lif(x[:1], params, cfg, backend="triton")
-                s1, h_last, _ = staa_lif(x[1:], params, cfg, h0=h, t0=1, backend="triton")
-                spikes = torch.cat([s0, s1])
+            spikes, h_last = run_if_neuron(x, v_th, width, v_reset, mode, backend="triton")
             gy = upstream_gradient()
             (g,) = torch.autograd.grad((spikes * gy).sum() + h_last.sum(), x)
         finally:
             launch._run = run
-        ref, ref_h = staa_lif_reference(x.unsqueeze(-1), params, v_threshold=v_th, v_reset=v_reset,
-                                        surrogate_width=width, return_states=True)
-        ref, ref_h = ref.squeeze(-1), ref_h.squeeze(-1)
-        (g_ref,) = torch.autograd.grad((ref * gy).sum() + ref_h[-1].sum(), x)
-        return dict(spikes_equal=torch.equal(spikes, ref), h_equal=torch.equal(h_last, ref_h[-1]),
+        ref, ref_h_last = reference_if_neuron(x, v_th, width, v_reset)
+        (g_ref,) = torch.autograd.grad((ref * gy).sum() + ref_h_last.sum(), x)
+        return dict(spikes_equal=torch.equal(spikes, ref), h_equal=torch.equal(h_last, ref_h_last),
                     grad_equal=torch.equal(g, g_ref), first_step=spikes[0, 0].tolist(),
                     grad=g.flatten().tolist(), grad_ref=g_ref.flatten().tolist(), launched=launched)
     finally:
