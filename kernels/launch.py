@@ -24,11 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import torch_impl
-from ..ops.torch_impl import _cast
 from ..reference import GCParams, SAParams, compute_dtype
 from ..surrogate import SURROGATE_KINDS
-from .staa_bwd import staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel
+from .staa_bwd import (staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel,
+                       staa_bwd_weights_kernel)
 from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persistent_kernel,
                        staa_plane_reduce_kernel)
 
@@ -172,11 +171,37 @@ def _rest(v_reset: Optional[float]) -> float:
     return 0.0 if v_reset is None else float(v_reset)
 
 
-def gc_mlp(ctx: Tensor, gc: GCParams):
-    """GC's channel MLP on ``[N, C]``: the torch implementation's (``staa.ops.torch_impl.gc_mlp``)
-    with the weights in ``ctx``'s dtype. Returns ``(delta, qhat, n, rstd)``, ``rstd`` ``[N]``."""
-    delta, qhat, n, rstd = torch_impl.gc_mlp(ctx, _cast(gc, ctx.dtype))
-    return delta, qhat, n, rstd[:, 0]
+def _reduce(src: Tensor, pos, gate, gc: Optional[GCParams], *, rows: bool, from_u: bool, want_sum: bool,
+            init_gc: Optional[GCParams], init_ctx: bool, init_sum: bool,
+            v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD):
+    """One launch of ``staa_plane_reduce_kernel``: per-tile reductions of every (t, b) plane of
+    ``src`` (``rows``; X or, ``from_u``, H_{t-1}) and of the initial state H_{-1} (``init_ctx``/
+    ``init_sum``, GC2's key ``init_gc``). Returns ``(part_ctx, part_sum)`` ``[T*B, NP, C]`` and
+    ``(init_part_ctx, init_part_sum)`` ``[B, NP, C]``, None where not asked for."""
+    T, B, C, P = src.shape
+    cd = torch.float64 if CD == tl.float64 else torch.float32
+    tc = tile_config(C, P)
+    n_rows = T * B if rows else 0
+
+    def buf(on, n):
+        return torch.empty((n, tc.NP, C), dtype=cd, device=src.device) if on else None
+
+    part_ctx, part_sum = buf(rows and gc is not None, n_rows), buf(rows and want_sum, n_rows)
+    ipart_ctx, ipart_sum = buf(init_ctx, B), buf(init_sum, B)
+    dummy = next(t for t in (part_ctx, part_sum, ipart_ctx, ipart_sum, src) if t is not None)
+    rest = _rest(v_reset)
+    has_h0 = h0 is not None and (from_u or init_ctx or init_sum)
+    pick = lambda t: t if t is not None else dummy  # noqa: E731
+    _run(staa_plane_reduce_kernel, (n_rows + (B if init_ctx or init_sum else 0), tc.NP),
+         src, pick(pos), pick(gate), gc.key_weight if gc is not None else dummy, gc.key_bias if gc is not None else dummy,
+         pick(part_ctx), pick(part_sum), h0 if has_h0 else dummy,
+         init_gc.key_weight if init_ctx else dummy, init_gc.key_bias if init_ctx else dummy,
+         pick(ipart_ctx), pick(ipart_sum),
+         n_rows, B, C, P, tc.NP, float(v_threshold), rest, rest,
+         FROM_U=from_u, HAS_H0=has_h0, HAS_POS=pos is not None, HAS_CTX=rows and gc is not None,
+         HAS_SUM=rows and want_sum, INIT_CTX=init_ctx, INIT_SUM=init_sum,
+         HARD=v_reset is not None, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
+    return (part_ctx, part_sum), (ipart_ctx, ipart_sum)
 
 
 def plane_partials(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bool, want_sum: bool,
@@ -187,51 +212,16 @@ def plane_partials(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bo
     The plane is ``X = src + pos`` or, with ``from_u``, ``H_{t-1} = reset(u_{t-1} * gate_{t-1})``
     (``src = u``; H_{-1} is ``h0``, a ``[B, C, P]`` tensor, or the rest constant). One read of ``src``.
     """
-    T, B, C, P = src.shape
-    cd = torch.float64 if CD == tl.float64 else torch.float32
-    tc = tile_config(C, P)
-    part_ctx = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if gc is not None else None
-    part_sum = torch.empty((T * B, tc.NP, C), dtype=cd, device=src.device) if want_sum else None
-    dummy = part_ctx if part_ctx is not None else part_sum
-    rest = _rest(v_reset)
-    has_h0 = from_u and h0 is not None
-    _run(staa_plane_reduce_kernel, (T * B, tc.NP),
-         src, pos if pos is not None else dummy, gate if gate is not None else dummy,
-         gc.key_weight if gc is not None else dummy, gc.key_bias if gc is not None else dummy,
-         part_ctx if part_ctx is not None else dummy, part_sum if part_sum is not None else dummy,
-         h0 if has_h0 else dummy,
-         B, C, P, tc.NP, float(v_threshold), rest, rest,
-         FROM_U=from_u, HAS_H0=has_h0, HAS_POS=pos is not None, HAS_CTX=gc is not None, HAS_SUM=want_sum,
-         HARD=v_reset is not None, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
-    return part_ctx, part_sum
+    return _reduce(src, pos, gate, gc, rows=True, from_u=from_u, want_sum=want_sum, init_gc=None,
+                   init_ctx=False, init_sum=False, v_threshold=v_threshold, v_reset=v_reset, h0=h0, CD=CD)[0]
 
 
 def plane_reductions(src: Tensor, pos, gate, gc: Optional[GCParams], *, from_u: bool, want_sum: bool,
-                     v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD,
-                     out_ctx: Optional[Tensor] = None, out_sum: Optional[Tensor] = None):
-    """``plane_partials`` summed over the tiles in a fixed order: ``[T*B, C]`` each, or None
-    (written into ``out_ctx`` / ``out_sum``, contiguous ``[T, B, C]``, where given)."""
+                     v_threshold: float, v_reset: Optional[float], h0: Optional[Tensor], CD):
+    """``plane_partials`` summed over the tiles in a fixed order: ``[T*B, C]`` each, or None."""
     part_ctx, part_sum = plane_partials(src, pos, gate, gc, from_u=from_u, want_sum=want_sum,
                                         v_threshold=v_threshold, v_reset=v_reset, h0=h0, CD=CD)
-
-    def total(part, out):
-        if part is None:
-            return None
-        return part.sum(1) if out is None else torch.sum(part, 1, out=out.view(part.shape[0], part.shape[2]))
-
-    return total(part_ctx, out_ctx), total(part_sum, out_sum)
-
-
-def _initial_parts(rest: float, C: int, P: int, NP: int, B: int, gch: Optional[GCParams], cd, device):
-    """Partial reductions of the constant initial state H_{-1} = rest, as the kernels lay them out."""
-    part_ctx = torch.zeros(B, NP, C, dtype=cd, device=device)
-    part_hsum = torch.zeros(B, NP, C, dtype=cd, device=device)
-    if rest != 0.0:
-        plane = torch.full((1, C, P), rest, dtype=cd, device=device)
-        if gch is not None:
-            part_ctx[:, 0, :] = torch_impl.gc_context(plane, gch.key_weight.to(cd), gch.key_bias.to(cd))[0]
-        part_hsum[:, 0, :] = plane.sum(-1)[0]
-    return part_ctx, part_hsum
+    return tuple(None if part is None else part.sum(1) for part in (part_ctx, part_sum))
 
 
 def stat_rows(has_gcx: bool, has_gch: bool, has_sa: bool) -> dict:
@@ -256,6 +246,39 @@ def _on_device(fn):
 
     return wrapper
 
+
+
+def _mlp_weights(gcx, gch, sa, dummy) -> tuple:
+    """The channel MLPs' weights in the kernels' argument order: GC1 and GC2 query, LayerNorm
+    and value weights and biases, then SA's fc1 and fc2 (``dummy`` for a disabled block)."""
+    g1, g2, s4 = _block(gcx, GCParams, dummy), _block(gch, GCParams, dummy), _block(sa, SAParams, dummy)
+    return tuple(g1[2:]) + tuple(g2[2:]) + tuple(s4)
+
+
+def _hidden(gcx, gch, sa) -> tuple:
+    """Hidden widths ``(CHG1, CHG2, CHS)`` of the channel MLPs (1 for a disabled block)."""
+    return (gcx.query_weight.shape[0] if gcx is not None else 1, gch.query_weight.shape[0] if gch is not None else 1,
+            sa.fc1_weight.shape[0] if sa is not None else 1)
+
+
+def _prepare(x, drop, h0, pos, gcx, gch, sa, cd):
+    """Contiguous inputs in the kernels' dtypes: ``(x, drop8, h0c, posc, gcx, gch, sa)``."""
+    T = x.shape[0]
+    h0c = h0.detach().to(cd).contiguous() if h0 is not None else None
+    posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
+    blocks = (None if blk is None else _block(blk, cls, None)
+              for blk, cls in ((gcx, GCParams), (gch, GCParams), (sa, SAParams)))
+    return (x.contiguous(), _drop_i8(drop, T, x.device), h0c, posc, *blocks)
+
+
+def _empty_forward(x, h0c, rest, cd, store_v_seq, stats):
+    """The forward of a zero-step (or zero-size) call: the state after zero steps is H_{-1} (a fresh tensor)."""
+    T, B, C, P = x.shape
+    dev = x.device
+    h_last = h0c.clone() if h0c is not None else torch.full((B, C, P), rest, dtype=cd, device=dev)
+    out = (torch.empty_like(x), h_last, torch.zeros((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None,
+           torch.zeros((T, B, C, P), dtype=cd, device=dev), torch.ones((T, B, C), dtype=cd, device=dev))
+    return out + ((stats.zero_(),) if stats is not None else ())
 
 
 @_on_device
@@ -306,96 +329,59 @@ def staa_lif_forward(
     persistent = loop_path(C, P, path) == "persistent"
     cd, CD = _compute_dtype(x.dtype)
     dev = x.device
-    x = x.contiguous()
-    drop8 = _drop_i8(drop, T, dev)
+    x, drop8, h0c, posc, gcx, gch, sa = _prepare(x, drop, h0, pos, gcx, gch, sa, cd)
     rest = _rest(v_reset)
-    h0c = h0.detach().to(cd).contiguous() if h0 is not None else None
-    gcx = None if gcx is None else _block(gcx, GCParams, None)
-    gch = None if gch is None else _block(gch, GCParams, None)
-    sa = None if sa is None else _block(sa, SAParams, None)
-    posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
     rows = stat_rows(gcx is not None, gch is not None, sa is not None)
     stats = torch.empty((len(rows), T, B, C), dtype=cd, device=dev) if keep_stats else None
-    if x.numel() == 0:  # nothing to launch; the state after zero steps is H_{-1} (a fresh tensor)
-        h_last = (h0c.clone() if h0c is not None else torch.full((B, C, P), rest, dtype=cd, device=dev))
-        out = (torch.empty_like(x), h_last,
-               torch.zeros((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None,
-               torch.zeros((T, B, C, P), dtype=cd, device=dev), torch.ones((T, B, C), dtype=cd, device=dev))
-        return out + (stats.zero_(),) if keep_stats else out
-    red = dict(v_threshold=v_threshold, v_reset=v_reset, CD=CD)
-
-    # H-independent work for all steps at once.
-    d1 = xmean = None
-    if gcx is not None or sa is not None:
-        ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red,
-                                      out_ctx=stats[rows["ctx1"]] if keep_stats and gcx is not None else None,
-                                      out_sum=stats[rows["xsum"]] if keep_stats and sa is not None else None)
-        if gcx is not None:
-            d1 = gc_mlp(ctx1, gcx)[0].reshape(T, B, C).contiguous()
-        if sa is not None:
-            xmean = (xsum / P).reshape(T, B, C).contiguous()
-    ctx2_out = stats[rows["ctx2"]] if keep_stats and gch is not None else None
-    hsum_out = stats[rows["hsum"]] if keep_stats and sa is not None else None
+    if x.numel() == 0:
+        return _empty_forward(x, h0c, rest, cd, store_v_seq, stats)
 
     tc = tile_config(C, P)
     u = torch.empty((T, B, C, P), dtype=cd, device=dev)
     spikes = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
     h_last = torch.empty((B, C, P), dtype=cd, device=dev)
     v_seq = torch.empty((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None
-    if sa is not None:
-        gate = torch.empty((T, B, C), dtype=cd, device=dev)
-    else:
-        gate = torch.ones((T, B, C), dtype=cd, device=dev)
+    gate = (torch.empty if sa is not None else torch.ones)((T, B, C), dtype=cd, device=dev)
+    d1 = torch.empty((T, B, C), dtype=cd, device=dev) if gcx is not None else None
     d2 = torch.empty((B, C), dtype=cd, device=dev) if gch is not None else None
-    # The reductions of H_{-1} that step 0's MLP kernel reads.
-    if h0c is None or (gch is None and sa is None):
-        part_ctx, part_hsum = _initial_parts(rest, C, P, tc.NP, B, gch, cd, dev)
-    else:
-        part_ctx, part_hsum = plane_partials(h0c[None], None, None, gch, from_u=False, want_sum=sa is not None,
-                                             h0=None, **red)
-        part_ctx = part_ctx if part_ctx is not None else torch.zeros_like(part_hsum)
-        part_hsum = part_hsum if part_hsum is not None else torch.zeros_like(part_ctx)
+    # One launch reduces X_t for every step (GC1, SA) and H_{-1} for step 0 (GC2, SA); the
+    # elementwise kernels overwrite the H rows with H_t's reductions as the loop goes.
+    pxc = pxs = pc = phs = None
+    if gcx is not None or gch is not None or sa is not None:
+        (pxc, pxs), (pc, phs) = _reduce(x, posc, None, gcx, rows=gcx is not None or sa is not None, from_u=False,
+                                        want_sum=sa is not None, init_gc=gch, init_ctx=gch is not None,
+                                        init_sum=sa is not None, v_threshold=v_threshold, v_reset=v_reset, h0=h0c,
+                                        CD=CD)
 
-    chg = gch.query_weight.shape[0] if gch is not None else 1
-    chs = sa.fc1_weight.shape[0] if sa is not None else 1
-    block_cc, (block_hg, block_hs), mlp_warps = mlp_config(C, chg, chs)
     dummy = u  # stands in for pointers of disabled blocks; never dereferenced
+    pick = lambda t: t if t is not None else dummy  # noqa: E731
+    kept = [stats[rows[n]] if keep_stats and n in rows else dummy for n in ("ctx1", "xsum", "ctx2", "hsum")]
+    weights = _mlp_weights(gcx, gch, sa, dummy)
     g2 = _block(gch, GCParams, dummy)
-    s4 = _block(sa, SAParams, dummy)
+    hidden = _hidden(gcx, gch, sa)
+    block_cc, (bh1, bh2, bhs), mlp_warps = mlp_config(C, *hidden)
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
+    mlp_blocks = dict(BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2, BLOCK_HS=bhs, CD=CD)
     scal = (float(v_threshold), rest, rest)  # v_th, v_reset, the constant H_{-1}
     if persistent:
         _run(staa_fwd_persistent_kernel, (B,),
-            x, posc if posc is not None else dummy, d1 if d1 is not None else dummy,
-            xmean if xmean is not None else dummy, d2 if d2 is not None else dummy, gate, u, spikes,
-            v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum, drop8,
-            h0c if h0c is not None else dummy,
-            ctx2_out if ctx2_out is not None else dummy, hsum_out if hsum_out is not None else dummy,
-            g2.key_weight, g2.key_bias, g2.query_weight, g2.query_bias, g2.norm_weight, g2.norm_bias,
-            g2.value_weight, g2.value_bias, s4.fc1_weight, s4.fc1_bias, s4.fc2_weight, s4.fc2_bias,
-            T, B, C, P, tc.NP, chg, chs, float(alpha), *scal,
+            x, pick(posc), pick(pxc), pick(pxs), pick(d1), pick(d2), gate, u, spikes, pick(v_seq), h_last,
+            pick(pc), pick(phs), drop8, pick(h0c), *kept, *weights[:6], g2.key_weight, g2.key_bias, *weights[6:],
+            T, B, C, P, tc.NP, *hidden, float(alpha), *scal,
             HAS_H0=h0c is not None, HAS_POS=posc is not None, **flags, STATS=keep_stats, HARD=v_reset is not None,
-            STORE_V=store_v_seq, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, BLOCK_CC=block_cc, BLOCK_HG=block_hg,
-            BLOCK_HS=block_hs, CD=CD, num_warps=persistent_warps(tc),
+            STORE_V=store_v_seq, BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, **mlp_blocks,
+            num_warps=persistent_warps(tc),
         )
         return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
     for t in range(T):
-        if gch is not None or sa is not None:
+        if gcx is not None or gch is not None or sa is not None:
             _run(staa_fwd_mlp_kernel, (B,),
-                part_ctx, part_hsum,
-                d1 if d1 is not None else dummy, xmean if xmean is not None else dummy,
-                d2 if d2 is not None else dummy, gate, drop8,
-                ctx2_out if ctx2_out is not None else dummy, hsum_out if hsum_out is not None else dummy,
-                g2.query_weight, g2.query_bias, g2.norm_weight, g2.norm_bias, g2.value_weight, g2.value_bias,
-                s4.fc1_weight, s4.fc1_bias, s4.fc2_weight, s4.fc2_bias,
-                t, B, C, P, tc.NP, chg, chs, float(alpha),
-                **flags, STATS=keep_stats, BLOCK_CC=block_cc, BLOCK_HG=block_hg, BLOCK_HS=block_hs, CD=CD,
-                num_warps=mlp_warps,
+                pick(pxc), pick(pxs), pick(pc), pick(phs), pick(d1), pick(d2), gate, drop8, *kept, *weights,
+                t, B, C, P, tc.NP, *hidden, float(alpha),
+                **flags, STATS=keep_stats, **mlp_blocks, num_warps=mlp_warps,
             )
         _run(staa_fwd_elem_kernel, (B, tc.NP),
-            x, posc if posc is not None else dummy, d1 if d1 is not None else dummy,
-            d2 if d2 is not None else dummy, gate, u, spikes,
-            v_seq if v_seq is not None else dummy, h_last, part_ctx, part_hsum,
+            x, pick(posc), pick(d1), pick(d2), gate, u, spikes, pick(v_seq), h_last, pick(pc), pick(phs),
             g2.key_weight, g2.key_bias, drop8, h0c if h0c is not None and t == 0 else dummy,
             t, B, C, P, tc.NP, *scal,
             FIRST=t == 0, LAST=t == T - 1, HAS_H0=h0c is not None and t == 0, HAS_POS=posc is not None, **flags,
@@ -405,90 +391,87 @@ def staa_lif_forward(
     return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
 
 
-def gc_mlp_weight_grads(gsum: Tensor, acts, gc: GCParams) -> tuple:
-    """Gradients of GC's query/LayerNorm/value weights given dL/d(delta) for every (t, b), by the
-    torch implementation's backward of the MLP: ``(query_weight, query_bias, norm_weight, norm_bias,
-    value_weight, value_bias)``.
-
-    ``gsum [T, B, C]`` (zero at dropped steps), ``acts = (ctx, qhat, n, rstd)`` from ``gc_mlp``.
-    """
-    ctx, qhat, n, rstd = acts
-    gd = gsum.reshape(ctx.shape)
-    w = _cast(gc, ctx.dtype)
-    _, g_n, g_q = torch_impl.gc_mlp_backward(gd, qhat, n, rstd[:, None], w, want_ctx=False)
-    return tuple(torch_impl.gc_mlp_weight_grads(ctx, qhat, n, gd, g_n, g_q))
-
-
-def _like(grads, blk):
-    """``grads`` (in field order) as ``blk``'s named tuple, each in its parameter's dtype."""
-    return type(blk)(*(g.to(p.dtype) for g, p in zip(grads, blk)))
-
-
 def _zero_grads(blk):
     return None if blk is None else type(blk)(*(torch.zeros_like(p) for p in blk))
 
 
-def _mlp_activations(x, u, gate, posc, h0c, gcx, gch, sa, stats, alpha, red) -> dict:
-    """The channel MLPs' activations for every (t, b), from the forward's kept reductions ``stats``
-    (or, without them, from two plane reductions over x and u: H_{t-1} = reset(u_{t-1} * gate_{t-1})
-    needs no recurrence). ``{"gcx"/"gch": (ctx, qhat, n, rstd), "sa": (pooled, hidden)}``."""
+def _empty_backward(x, h0, pos, gcx, gch, sa, grad_h_last):
+    """The backward of a zero-size call: H_{T-1} is H_{-1}, so grad_h0 is grad_h_last."""
+    grad_h0 = None
+    if h0 is not None:
+        grad_h0 = grad_h_last.detach().to(h0.dtype, copy=True) if grad_h_last is not None else torch.zeros_like(h0)
+    return (torch.zeros_like(x), grad_h0, torch.zeros_like(pos) if pos is not None else None,
+            _zero_grads(gcx), _zero_grads(gch), _zero_grads(sa))
+
+
+def _kept_reductions(stats, x, u, gate, posc, h0c, gcx, gch, sa, red) -> dict:
+    """The forward's summed reductions ``{"ctx1", "xsum", "ctx2", "hsum"}`` (each ``[T*B, C]``
+    contiguous, or None for a disabled block): the rows of ``stats``, or, without them,
+    rebuilt by two plane reductions over x and u (H_{t-1} = reset(u_{t-1} * gate_{t-1}) needs no
+    recurrence)."""
     T, B, C, P = x.shape
-    cd = u.dtype
-    acts = {}
     rows = stat_rows(gcx is not None, gch is not None, sa is not None)
-    if stats is not None and tuple(stats.shape) != (len(rows), T, B, C):
-        raise ValueError(f"stats must be the forward's kept reductions [K, T, B, C] = [{len(rows)}, {T}, {B}, {C}] "
-                         f"({', '.join(rows) or 'none'} for these blocks), got {tuple(stats.shape)}")
     if stats is not None:
-        kept = {n: stats[k].detach().to(cd).reshape(T * B, C) for n, k in rows.items()}
-        ctx1, xsum, ctx2, hsum = (kept.get(n) for n in ("ctx1", "xsum", "ctx2", "hsum"))
-    else:
-        if gcx is not None or sa is not None:
-            ctx1, xsum = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None, h0=None, **red)
-        if gch is not None or sa is not None:
-            ctx2, hsum = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None, h0=h0c, **red)
-    if sa is not None:
-        xmean, hmean = xsum / P, hsum / P
-    pooled_x = xmean if sa is not None else None
-    pooled_h = hmean if sa is not None else None
-    if gcx is not None:
-        d1, qh1, n1, rstd1 = gc_mlp(ctx1, gcx)
-        acts["gcx"] = (ctx1, qh1.contiguous(), n1.contiguous(), rstd1.contiguous())
-        if sa is not None:
-            pooled_x = pooled_x + d1
-    if gch is not None:
-        d2, qh2, n2, rstd2 = gc_mlp(ctx2, gch)
-        acts["gch"] = (ctx2, qh2.contiguous(), n2.contiguous(), rstd2.contiguous())
-        if sa is not None:
-            pooled_h = pooled_h + d2
-    if sa is not None:
-        pooled = float(alpha) * (pooled_x + pooled_h)
-        hid = torch.relu(torch.nn.functional.linear(pooled, sa.fc1_weight.to(cd), sa.fc1_bias.to(cd)))
-        acts["sa"] = (pooled, hid.contiguous())
-    return acts
+        if tuple(stats.shape) != (len(rows), T, B, C):
+            raise ValueError(f"stats must be the forward's kept reductions [K, T, B, C] = [{len(rows)}, {T}, {B}, {C}] "
+                             f"({', '.join(rows) or 'none'} for these blocks), got {tuple(stats.shape)}")
+        return {n: stats[rows[n]].detach().to(u.dtype).contiguous() if n in rows else None
+                for n in ("ctx1", "xsum", "ctx2", "hsum")}
+    out = dict(ctx1=None, xsum=None, ctx2=None, hsum=None)
+    if gcx is not None or sa is not None:
+        out["ctx1"], out["xsum"] = plane_reductions(x, posc, None, gcx, from_u=False, want_sum=sa is not None,
+                                                    h0=None, **red)
+    if gch is not None or sa is not None:
+        out["ctx2"], out["hsum"] = plane_reductions(u, None, gate, gch, from_u=True, want_sum=sa is not None,
+                                                    h0=h0c, **red)
+    return out
 
 
-def _weight_grads(acts, acc, gz, gsum, gpos_part, pos, gcx, gch, sa, T):
-    """Parameter gradients from the kernels' per-program partials and per-step vectors: one
-    fixed-order reduction over all (t, b) per parameter. ``(grad_pos, grad_gcx, grad_gch, grad_sa)``."""
-    grad_pos = None
-    if pos is not None:
-        grad_pos = torch.zeros_like(pos)
-        grad_pos[:T] = gpos_part.sum((1, 2)).to(pos.dtype)
-    grad_gcx = grad_gch = grad_sa = None
-    if gcx is not None:
-        key = (acc[0].sum((0, 1))[None, :], acc[1].sum().reshape(1))
-        grad_gcx = _like(key + gc_mlp_weight_grads(gsum, acts["gcx"], gcx), gcx)
-    if gch is not None:
-        key = (acc[2].sum((0, 1))[None, :], acc[3].sum().reshape(1))
-        grad_gch = _like(key + gc_mlp_weight_grads(gsum, acts["gch"], gch), gch)
-    if sa is not None:
-        pooled, hid = acts["sa"]
-        cd = pooled.dtype
-        gzf = gz.reshape(-1, gz.shape[-1])
-        ghid = (gzf @ sa.fc2_weight.to(cd)) * (hid > 0)
-        grad_sa = _like((ghid.T @ pooled, ghid.sum(0), gzf.T @ hid, gzf.sum(0)), sa)
-    return grad_pos, grad_gcx, grad_gch, grad_sa
+class _BwdBuffers(NamedTuple):
+    """Scratch and per-(t, b) factor buffers of the backward (``dummy`` for a disabled block)."""
+
+    gv: Tensor  # [2, B, C, P] dL/dV of two consecutive steps
+    part_a: Tensor  # [B, NP, C] per-tile sum_p gV u
+    part_b: Tensor  # [B, NP, C] per-tile sum_p gV
+    vecs: tuple  # gm, gctx1, gctx2: [B, C] each
+    rows: tuple  # gz, gsum, pooled [T, B, C]; hid, ghid [T, B, CHS]; r, gq, gn, gnq [T, B, CHG] per GC block
+    acc: tuple  # key-gradient partials: kw1 [T, B, NP, C], kb1 [T, B, NP], kw2, kb2
+    gpos: Tensor  # [T, B, NP, C] position-encoding gradient partials
+
+
+def _bwd_buffers(T, B, C, P, NP, hidden, has, cd, dev, dummy) -> _BwdBuffers:
+    chg1, chg2, chs = hidden
+    has_gcx, has_gch, has_sa, has_pos = has
+
+    def e(on, *shape):
+        return torch.empty(shape, dtype=cd, device=dev) if on else dummy
+
+    mlp = has_gcx or has_gch or has_sa
+    rows = (e(has_sa, T, B, C), e(mlp, T, B, C), e(has_sa, T, B, C), e(has_sa, T, B, chs), e(has_sa, T, B, chs),
+            *(e(has_gcx, T, B, chg1) for _ in range(4)), *(e(has_gch, T, B, chg2) for _ in range(4)))
+    acc = (e(has_gcx, T, B, NP, C), e(has_gcx, T, B, NP), e(has_gch, T, B, NP, C), e(has_gch, T, B, NP))
+    return _BwdBuffers(e(True, 2, B, C, P), e(True, B, NP, C), e(True, B, NP, C),
+                       tuple(e(True, B, C) for _ in range(3)), rows, acc, e(has_pos, T, B, NP, C))
+
+
+def _weight_grads(bufs: _BwdBuffers, kept, pos, gcx, gch, sa, T, B, NP, C, hidden, dummy, CD):
+    """Every parameter gradient from the loop's per-(t, b) factors and per-tile partials, by one
+    launch of ``staa_bwd_weights_kernel``: ``(grad_pos, grad_gcx, grad_gch, grad_sa)``."""
+    outs = [None if blk is None else type(blk)(*(torch.empty_like(w) for w in blk)) for blk in (gcx, gch, sa)]
+    grad_pos = torch.empty_like(pos) if pos is not None else None
+    if pos is None and all(o is None for o in outs):
+        return None, None, None, None
+    g1, g2, s4 = (_block(o, cls, dummy) for o, cls in zip(outs, (GCParams, GCParams, SAParams)))
+    block_cc, (bh1, bh2, bhs), _ = mlp_config(C, *hidden)
+    gz, gsum, pooled, hid, ghid = bufs.rows[:5]
+    _run(staa_bwd_weights_kernel, (triton.cdiv(C, block_cc), 7),
+         kept["ctx1"] if kept["ctx1"] is not None else dummy, kept["ctx2"] if kept["ctx2"] is not None else dummy,
+         gsum, gz, pooled, hid, ghid, *bufs.rows[5:], *bufs.acc, bufs.gpos,
+         *g1, *g2, *s4, grad_pos if grad_pos is not None else dummy,
+         T * B, T, pos.shape[0] if pos is not None else T, B * NP, C, *hidden,
+         HAS_POS=pos is not None, HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None,
+         BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2, BLOCK_HS=bhs, CD=CD, num_warps=4)
+    return (grad_pos, *outs)
 
 
 @_on_device
@@ -540,71 +523,45 @@ def staa_lif_backward(
         raise ValueError(f"grad_h_last must be [B, C, P] = [{B}, {C}, {P}] or None, got {tuple(grad_h_last.shape)}")
     cd, CD = _compute_dtype(x.dtype)
     dev = x.device
-    if x.numel() == 0:  # H_{T-1} is H_{-1}: grad_h0 is grad_h_last
-        grad_h0 = None
-        if h0 is not None:
-            grad_h0 = (grad_h_last.detach().to(h0.dtype, copy=True) if grad_h_last is not None
-                       else torch.zeros_like(h0))
-        return (torch.zeros_like(x), grad_h0, torch.zeros_like(pos) if pos is not None else None,
-                _zero_grads(gcx), _zero_grads(gch), _zero_grads(sa))
-    x = x.contiguous()
+    if x.numel() == 0:
+        return _empty_backward(x, h0, pos, gcx, gch, sa, grad_h_last)
+    param_blocks = (gcx, gch, sa)
+    x, drop8, h0c, posc, gcx, gch, sa = _prepare(x, drop, h0, pos, gcx, gch, sa, cd)
     u = u.detach().to(cd).contiguous()
     gate = gate.detach().to(cd).contiguous()
     grad_spikes = grad_spikes.contiguous()
-    drop8 = _drop_i8(drop, T, dev)
     rest = _rest(v_reset)
-    h0c = h0.detach().to(cd).contiguous() if h0 is not None else None
     ghl = grad_h_last.detach().to(cd).contiguous() if grad_h_last is not None else None
-    posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
-    gcx = None if gcx is None else _block(gcx, GCParams, None)
-    gch = None if gch is None else _block(gch, GCParams, None)
-    sa = None if sa is None else _block(sa, SAParams, None)
     has_mlp = gcx is not None or gch is not None or sa is not None
     persistent = loop_path(C, P, path) == "persistent"
     tc = tile_config(C, P)
     red = dict(v_threshold=v_threshold, v_reset=v_reset, CD=CD)
-
-    # Recompute every forward activation of the channel MLPs, batched over all steps.
-    with torch.no_grad():
-        acts = _mlp_activations(x, u, gate, posc, h0c, gcx, gch, sa, stats, alpha, red)
+    kept = _kept_reductions(stats, x, u, gate, posc, h0c, gcx, gch, sa, red)
 
     grad_x = torch.empty((T, B, C, P), dtype=x.dtype, device=dev)
     grad_h0 = torch.empty((B, C, P), dtype=cd, device=dev) if h0c is not None else None
-    gv = torch.empty((2, B, C, P), dtype=cd, device=dev)  # dL/dV of two consecutive steps
-    gv_bufs = [gv[0], gv[1]]
-    part_a = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
-    part_b = torch.empty((B, tc.NP, C), dtype=cd, device=dev)
-    vecs = [torch.empty((B, C), dtype=cd, device=dev) for _ in range(3)]  # gm, gctx1, gctx2
-    gz = torch.empty((T, B, C), dtype=cd, device=dev) if has_mlp else None
-    gsum = torch.empty((T, B, C), dtype=cd, device=dev) if has_mlp else None
-    gpos_part = torch.empty((T, B, tc.NP, C), dtype=cd, device=dev) if posc is not None else None
-    acc = [torch.zeros((B, tc.NP, C), dtype=cd, device=dev), torch.zeros((B, tc.NP), dtype=cd, device=dev),
-           torch.zeros((B, tc.NP, C), dtype=cd, device=dev), torch.zeros((B, tc.NP), dtype=cd, device=dev)]
-
     dummy = u
-    chs = sa.fc1_weight.shape[0] if sa is not None else 1
-    chg1 = gcx.query_weight.shape[0] if gcx is not None else 1
-    chg2 = gch.query_weight.shape[0] if gch is not None else 1
-    block_cc, (block_hs, block_h1, block_h2), mlp_warps = mlp_config(C, chs, chg1, chg2)
+    hidden = _hidden(gcx, gch, sa)
+    bufs = _bwd_buffers(T, B, C, P, tc.NP, hidden, (gcx is not None, gch is not None, sa is not None, posc is not None),
+                        cd, dev, dummy)
+    block_cc, (bh1, bh2, bhs), mlp_warps = mlp_config(C, *hidden)
     g1 = _block(gcx, GCParams, dummy)
     g2 = _block(gch, GCParams, dummy)
-    s4 = _block(sa, SAParams, dummy)
-    a1 = acts["gcx"][1:] if gcx is not None else (dummy,) * 3
-    a2 = acts["gch"][1:] if gch is not None else (dummy,) * 3
-    hid_t = acts["sa"][1] if sa is not None else dummy
+    weights = _mlp_weights(gcx, gch, sa, dummy)
+    kept_args = tuple(kept[n] if kept[n] is not None else dummy for n in ("ctx1", "xsum", "ctx2", "hsum"))
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
+    mlp_blocks = dict(BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2, BLOCK_HS=bhs, CD=CD)
     scal = (float(v_threshold), rest, rest, float(surrogate_param))  # v_th, v_reset, constant H_{-1}, p
     states = (h0c if h0c is not None else dummy, grad_h0 if grad_h0 is not None else dummy,
               ghl if ghl is not None else dummy)
+    tile_args = (grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8)
+    key_args = (g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias, *bufs.acc, bufs.gpos, bufs.part_a, bufs.part_b)
 
     def elem(t, finish, start, gv_in, gv_out):
         # Specialise only where it matters: the surrogate where a step starts, h0 at t = 0,
         # grad_h_last at t = T.
         _run(staa_bwd_elem_kernel, (B, tc.NP),
-            grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8,
-            gv_in, gv_out, vecs[0], vecs[1], vecs[2], grad_x,
-            g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias, acc[0], acc[1], acc[2], acc[3],
-            gpos_part if gpos_part is not None else dummy, part_a, part_b, *states,
+            *tile_args, gv_in, gv_out, *bufs.vecs, grad_x, *key_args, *states,
             t, B, C, P, tc.NP, *scal,
             FINISH=finish, START=start, SURROGATE=kind if start else 0,
             HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish,
@@ -614,39 +571,26 @@ def staa_lif_backward(
 
     if persistent:
         _run(staa_bwd_persistent_kernel, (B,),
-            grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8, gv,
-            vecs[0], vecs[1], vecs[2], grad_x, g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias,
-            acc[0], acc[1], acc[2], acc[3], gpos_part if gpos_part is not None else dummy, part_a, part_b,
-            hid_t, s4.fc1_weight, s4.fc2_weight,
-            a1[1], a1[0], a1[2], g1.norm_weight, g1.query_weight, g1.value_weight,
-            a2[1], a2[0], a2[2], g2.norm_weight, g2.query_weight, g2.value_weight,
-            gz if gz is not None else dummy, gsum if gsum is not None else dummy, *states,
-            T, B, C, P, tc.NP, chs, chg1, chg2, float(alpha), *scal,
+            *tile_args, bufs.gv, *bufs.vecs, grad_x, *key_args, *kept_args, *weights, *bufs.rows, *states,
+            T, B, C, P, tc.NP, *hidden, float(alpha), *scal,
             SURROGATE=kind, HAS_H0=h0c is not None, HAS_GHL=ghl is not None,
             HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
-            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P,
-            BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
-            CD=CD, num_warps=persistent_warps(tc),
+            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, **mlp_blocks, num_warps=persistent_warps(tc),
         )
     else:
-        elem(T, False, True, gv_bufs[1], gv_bufs[0])  # dL/dV_{T-1} (dL/dH_{T-1} = grad_h_last or 0)
+        gv = (bufs.gv[0], bufs.gv[1])
+        elem(T, False, True, gv[1], gv[0])  # dL/dV_{T-1} (dL/dH_{T-1} = grad_h_last or 0)
         for t in range(T - 1, -1, -1):
             k = (T - 1 - t) % 2
             if has_mlp:
                 _run(staa_bwd_mlp_kernel, (B,),
-                    part_a, part_b, gate, drop8,
-                    hid_t, s4.fc1_weight, s4.fc2_weight,
-                    a1[1], a1[0], a1[2], g1.norm_weight, g1.query_weight, g1.value_weight,
-                    a2[1], a2[0], a2[2], g2.norm_weight, g2.query_weight, g2.value_weight,
-                    vecs[0], vecs[1], vecs[2], gz, gsum,
-                    t, B, C, tc.NP, chs, chg1, chg2, float(alpha),
-                    **flags, BLOCK_CC=block_cc, BLOCK_HS=block_hs, BLOCK_HG1=block_h1, BLOCK_HG2=block_h2,
-                    CD=CD, num_warps=mlp_warps,
+                    bufs.part_a, bufs.part_b, gate, drop8, *kept_args, *weights, *bufs.vecs, *bufs.rows,
+                    t, B, C, P, tc.NP, *hidden, float(alpha), **flags, **mlp_blocks, num_warps=mlp_warps,
                 )
-            elem(t, True, t > 0, gv_bufs[k], gv_bufs[1 - k])
+            elem(t, True, t > 0, gv[k], gv[1 - k])
 
-    with torch.no_grad():
-        grad_pos, grad_gcx, grad_gch, grad_sa = _weight_grads(acts, acc, gz, gsum, gpos_part, pos, gcx, gch, sa, T)
+    grad_pos, grad_gcx, grad_gch, grad_sa = _weight_grads(bufs, kept, pos, *param_blocks, T, B, tc.NP, C, hidden,
+                                                          dummy, CD)
     if grad_h0 is not None:
         grad_h0 = grad_h0.to(h0.dtype)
     return grad_x, grad_h0, grad_pos, grad_gcx, grad_gch, grad_sa

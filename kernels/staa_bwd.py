@@ -33,55 +33,74 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .staa_fwd import _reset, _sigmoid, _sum_partials
+from .staa_fwd import _gc_query_ln, _gc_value, _relu, _reset, _sigmoid, _sum_partials
 
 
 @triton.jit
-def _ln_relu_bwd(gr, n_ptr, qh_ptr, rstd_ptr, nw_ptr, vec_h, row, offs_h, mh, CH, CD: tl.constexpr):
-    """dL/dq of relu(LayerNorm(q)) given dL/d(relu output) ``gr`` (one sample, [BLOCK_H])."""
-    n = tl.load(n_ptr + vec_h + offs_h, mask=mh, other=0.0)
-    qh = tl.load(qh_ptr + vec_h + offs_h, mask=mh, other=0.0)
-    rstd = tl.load(rstd_ptr + row)
+def _ln_relu_bwd(gr, n, qh, rstd, nw_ptr, offs_h, mh, CH, CD: tl.constexpr):
+    """Backward of relu(LayerNorm(q)) for one sample given dL/d(relu output) ``gr`` and the
+    recomputed ``n`` (LayerNorm output), ``qh`` (normalised query), ``rstd`` ([BLOCK_H]).
+    Returns ``(dL/dq, dL/dn)``, dL/dn with the relu mask applied."""
     nw = tl.load(nw_ptr + offs_h, mask=mh, other=0.0).to(CD)
-    gqh = tl.where(n > 0, gr, 0.0) * nw
+    gn = tl.where(n > 0, gr, 0.0)
+    gqh = gn * nw
     m1 = tl.sum(gqh, axis=0) / CH
     m2 = tl.sum(gqh * qh, axis=0) / CH
-    return tl.where(mh, rstd * (gqh - m1 - qh * m2), 0.0)
+    return tl.where(mh, rstd * (gqh - m1 - qh * m2), 0.0), gn
+
+
+@triton.jit
+def _store_gc_rows(row_h, r_ptr, gq_ptr, gn_ptr, gnq_ptr, r, gq, gn, qh, offs_h, mh):
+    """One (t, b)'s rows of GC's weight-gradient factors (``staa_bwd_weights_kernel``): the
+    relu output ``r``, dL/dq, dL/dn and dL/dn * qhat, each [T, B, CH]."""
+    tl.store(r_ptr + row_h + offs_h, r, mask=mh)
+    tl.store(gq_ptr + row_h + offs_h, gq, mask=mh)
+    tl.store(gn_ptr + row_h + offs_h, gn, mask=mh)
+    tl.store(gnq_ptr + row_h + offs_h, gn * qh, mask=mh)
 
 
 @triton.jit(do_not_specialize=["t"])
 def staa_bwd_mlp_kernel(
     part_a_ptr, part_b_ptr,  # [B, NP, C]: per-tile sum_p gV*u and sum_p gV of step t
     gate_ptr, drop_ptr,  # [T, B, C], [T] int8
-    hid_ptr, f1w_ptr, f2w_ptr,  # SA: hidden activation [T, B, CHS], fc1 [CHS, C], fc2 [C, CHS]
-    n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr,  # GC1 recomputed LN state + weights
-    n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,  # GC2
+    ctx1_ptr, xsum_ptr, ctx2_ptr, hsum_ptr,  # [T, B, C]: the forward's summed reductions
+    qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr,  # GC1 weights
+    qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,  # GC2 weights
+    f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
     gm_ptr, gctx1_ptr, gctx2_ptr,  # [B, C] out
-    gz_ptr, gsum_ptr,  # [T, B, C] out (zero at dropped steps)
-    t, B, C, NP, CHS, CHG1, CHG2, alpha,
+    gz_ptr, gsum_ptr, pooled_ptr,  # [T, B, C] out (gz, gsum zero at dropped steps)
+    hid_ptr, ghid_ptr,  # [T, B, CHS] out
+    r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr,  # [T, B, CHG1] out
+    r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,  # [T, B, CHG2] out
+    t, B, C, P, NP, CHG1, CHG2, CHS, alpha,
     HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
     CD: tl.constexpr,
 ):
     _bwd_mlp_sample(
-        tl.program_id(0), t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, hid_ptr, f1w_ptr, f2w_ptr,
-        n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
-        gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, B, C, NP, CHS, CHG1, CHG2, alpha,
-        HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HS, BLOCK_HG1, BLOCK_HG2, CD,
+        tl.program_id(0), t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, ctx1_ptr, xsum_ptr, ctx2_ptr, hsum_ptr,
+        qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,
+        f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, pooled_ptr,
+        hid_ptr, ghid_ptr, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
+        B, C, P, NP, CHG1, CHG2, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
     )
 
 
 @triton.jit
 def _bwd_mlp_sample(
-    b, t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, hid_ptr, f1w_ptr, f2w_ptr,
-    n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
-    gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, B, C, NP, CHS, CHG1, CHG2, alpha,
+    b, t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, ctx1_ptr, xsum_ptr, ctx2_ptr, hsum_ptr,
+    qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,
+    f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, pooled_ptr,
+    hid_ptr, ghid_ptr, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
+    B, C, P, NP, CHG1, CHG2, CHS, alpha,
     HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
     CD: tl.constexpr,
 ):
     """The channel-MLP backward of one sample b at step t (body of ``staa_bwd_mlp_kernel``,
-    also run in place by the persistent kernel)."""
+    also run in place by the persistent kernel). It recomputes the step's MLP activations from
+    the forward's summed reductions exactly as ``_fwd_mlp_sample`` computed them, back-propagates,
+    and stores the per-(t, b) factors of the weight gradients for ``staa_bwd_weights_kernel``."""
     alpha = tl.cast(tl.cast(alpha, tl.float32), CD)
     dropped = tl.load(drop_ptr + t) != 0
     row = t * B + b
@@ -96,7 +115,33 @@ def _bwd_mlp_sample(
     offs_h2 = tl.arange(0, BLOCK_HG2)
     mh2 = offs_h2 < CHG2
 
+    # The forward's activations of this (t, b).
+    if HAS_GCX:
+        qh1, rstd1, n1 = _gc_query_ln(ctx1_ptr + vec, 1, C, qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, ctx1_ptr,
+                                      offs_h1, mh1, CHG1, False, BLOCK_CC, BLOCK_HG1, CD)
+        r1 = _relu(n1)
+    if HAS_GCH:
+        qh2, rstd2, n2 = _gc_query_ln(ctx2_ptr + vec, 1, C, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, ctx2_ptr,
+                                      offs_h2, mh2, CHG2, False, BLOCK_CC, BLOCK_HG2, CD)
+        r2 = _relu(n2)
     if HAS_SA:
+        hid = tl.zeros([BLOCK_HS], dtype=CD)
+        for c0 in range(0, C, BLOCK_CC):
+            offs_c = c0 + tl.arange(0, BLOCK_CC)
+            mc = offs_c < C
+            gx = tl.load(xsum_ptr + vec + offs_c, mask=mc, other=0.0) / P
+            if HAS_GCX:
+                gx = gx + _gc_value(vw1_ptr, vb1_ptr, r1, offs_c, mc, offs_h1, mh1, CHG1, CD)
+            gh = tl.load(hsum_ptr + vec + offs_c, mask=mc, other=0.0) / P
+            if HAS_GCH:
+                gh = gh + _gc_value(vw2_ptr, vb2_ptr, r2, offs_c, mc, offs_h2, mh2, CHG2, CD)
+            pooled = alpha * (gx + gh)
+            tl.store(pooled_ptr + vec + offs_c, pooled, mask=mc)
+            w1 = tl.load(f1w_ptr + offs_hs[:, None] * C + offs_c[None, :], mask=mhs[:, None] & mc[None, :], other=0.0)
+            hid += tl.sum(w1.to(CD) * pooled[None, :], axis=1)
+        hid = _relu(hid + tl.load(f1b_ptr + offs_hs, mask=mhs, other=0.0).to(CD))
+        tl.store(hid_ptr + row.to(tl.int64) * CHS + offs_hs, hid, mask=mhs)
+
         # gate = sigmoid(z): dL/dz = (sum_p gV u) g (1 - g); dL/dhid = fc2^T dL/dz, masked by relu.
         ghid = tl.zeros([BLOCK_HS], dtype=CD)
         for c0 in range(0, C, BLOCK_CC):
@@ -108,8 +153,8 @@ def _bwd_mlp_sample(
             tl.store(gz_ptr + vec + offs_c, gz, mask=mc)
             w2 = tl.load(f2w_ptr + offs_c[None, :] * CHS + offs_hs[:, None], mask=mhs[:, None] & mc[None, :], other=0.0)
             ghid += tl.sum(w2.to(CD) * gz[None, :], axis=1)
-        hid = tl.load(hid_ptr + row.to(tl.int64) * CHS + offs_hs, mask=mhs, other=0.0)
         ghid = tl.where(hid > 0, ghid, 0.0)
+        tl.store(ghid_ptr + row.to(tl.int64) * CHS + offs_hs, ghid, mask=mhs)
 
     if HAS_GCX:
         gr1 = tl.zeros([BLOCK_HG1], dtype=CD)
@@ -137,9 +182,11 @@ def _bwd_mlp_sample(
             gr2 += tl.sum(wv2.to(CD) * gsum[None, :], axis=1)
 
     if HAS_GCX:
-        gq1 = _ln_relu_bwd(gr1, n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, row.to(tl.int64) * CHG1, row, offs_h1, mh1, CHG1, CD)
+        gq1, gn1 = _ln_relu_bwd(gr1, n1, qh1, rstd1, nw1_ptr, offs_h1, mh1, CHG1, CD)
+        _store_gc_rows(row.to(tl.int64) * CHG1, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r1, gq1, gn1, qh1, offs_h1, mh1)
     if HAS_GCH:
-        gq2 = _ln_relu_bwd(gr2, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, row.to(tl.int64) * CHG2, row, offs_h2, mh2, CHG2, CD)
+        gq2, gn2 = _ln_relu_bwd(gr2, n2, qh2, rstd2, nw2_ptr, offs_h2, mh2, CHG2, CD)
+        _store_gc_rows(row.to(tl.int64) * CHG2, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr, r2, gq2, gn2, qh2, offs_h2, mh2)
     if HAS_GCX or HAS_GCH:
         for c0 in range(0, C, BLOCK_CC):
             offs_c = c0 + tl.arange(0, BLOCK_CC)
@@ -192,7 +239,7 @@ def staa_bwd_elem_kernel(
     gm_ptr, gctx1_ptr, gctx2_ptr,  # [B, C] from the MLP kernel of step t
     gx_ptr,  # [T, B, C, P] out dL/dI, input dtype
     kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
-    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr,  # [B, NP, C], [B, NP]: key-grad partials
+    acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr,  # [T, B, NP, C], [T, B, NP] out: key-grad partials
     gpos_ptr,  # [T, B, NP, C] out: per-tile sum_p dL/dX_t
     part_a_ptr, part_b_ptr,  # [B, NP, C] out: per-tile sum_p gV_{t-1} u_{t-1}, sum_p gV_{t-1}
     h0_ptr, gh0_ptr,  # [B, C, P] CD: initial state H_{-1} and dL/dH_{-1} out (only with HAS_H0)
@@ -255,6 +302,7 @@ def _bwd_elem_tile(
 
     if FINISH:
         cur = (t * B + b).to(tl.int64) * C
+        step = (t * B * NP).to(tl.int64)  # this step's first (sample, tile) partial
         dropped = tl.load(drop_ptr + t) != 0
         gv = tl.load(gv_in_ptr + state, mask=m, other=0.0)
         gu = gv
@@ -275,13 +323,12 @@ def _bwd_elem_tile(
             dz, gl = _gc_key_bwd(xx, gctx1, kw1, kb1, mp)
             gl = tl.where(dropped, 0.0, gl)
             gxx = tl.where(dropped, gv, gu + dz)
-            akw = tl.load(acc_kw1_ptr + part + offs_c, mask=mc, other=0.0)
-            tl.store(acc_kw1_ptr + part + offs_c, akw + tl.sum(xx * gl[None, :], axis=1), mask=mc)
-            tl.store(acc_kb1_ptr + part_s, tl.load(acc_kb1_ptr + part_s) + tl.sum(gl, axis=0))
+            tl.store(acc_kw1_ptr + step * C + part + offs_c, tl.sum(xx * gl[None, :], axis=1), mask=mc)
+            tl.store(acc_kb1_ptr + step + part_s, tl.sum(gl, axis=0))
         tl.store(gx_ptr + cur * P + tile, gxx.to(gx_ptr.dtype.element_ty), mask=m)
         if HAS_POS:
             gp_sum = tl.sum(tl.where(m, gxx, 0.0), axis=1)
-            tl.store(gpos_ptr + (t * B * NP).to(tl.int64) * C + part + offs_c, tl.where(dropped, 0.0, gp_sum), mask=mc)
+            tl.store(gpos_ptr + step * C + part + offs_c, tl.where(dropped, 0.0, gp_sum), mask=mc)
         gh = gu
         if HAS_GCH:
             gctx2 = tl.load(gctx2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)
@@ -290,9 +337,8 @@ def _bwd_elem_tile(
             dz2, gl2 = _gc_key_bwd(hp, gctx2, kw2, kb2, mp)
             gl2 = tl.where(dropped, 0.0, gl2)
             gh = tl.where(dropped, gv, gu + dz2)
-            akw2 = tl.load(acc_kw2_ptr + part + offs_c, mask=mc, other=0.0)
-            tl.store(acc_kw2_ptr + part + offs_c, akw2 + tl.sum(hp * gl2[None, :], axis=1), mask=mc)
-            tl.store(acc_kb2_ptr + part_s, tl.load(acc_kb2_ptr + part_s) + tl.sum(gl2, axis=0))
+            tl.store(acc_kw2_ptr + step * C + part + offs_c, tl.sum(hp * gl2[None, :], axis=1), mask=mc)
+            tl.store(acc_kb2_ptr + step + part_s, tl.sum(gl2, axis=0))
         if HAS_H0:
             if not START:  # t = 0: dL/dH_{-1}
                 tl.store(gh0_ptr + state, gh, mask=m)
@@ -327,15 +373,17 @@ def staa_bwd_persistent_kernel(
     gv_ptr,  # [2, B, C, P] CD scratch: dL/dV of the current and the previous step (ping-pong)
     gm_ptr, gctx1_ptr, gctx2_ptr, gx_ptr, kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
     acc_kw1_ptr, acc_kb1_ptr, acc_kw2_ptr, acc_kb2_ptr, gpos_ptr, part_a_ptr, part_b_ptr,
-    hid_ptr, f1w_ptr, f2w_ptr,
-    n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr, vw2_ptr,
-    gz_ptr, gsum_ptr,
+    ctx1_ptr, xsum_ptr, ctx2_ptr, hsum_ptr,  # as in ``staa_bwd_mlp_kernel``
+    qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,
+    f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,
+    gz_ptr, gsum_ptr, pooled_ptr, hid_ptr, ghid_ptr,
+    r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
     h0_ptr, gh0_ptr, ghl_ptr,  # as in ``staa_bwd_elem_kernel``
-    T, B, C, P, NP, CHS, CHG1, CHG2, alpha, v_th, v_reset, h0, sg_param,
+    T, B, C, P, NP, CHG1, CHG2, CHS, alpha, v_th, v_reset, h0, sg_param,
     SURROGATE: tl.constexpr, HAS_H0: tl.constexpr, HAS_GHL: tl.constexpr, HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, DETACH: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HS: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
     CD: tl.constexpr,
 ):
     """The whole reverse time loop of one sample b (grid ``[B]``), for small planes: the
@@ -363,10 +411,12 @@ def staa_bwd_persistent_kernel(
         gv_out = gv_ptr + (1 - par) * plane
         if HAS_GCX or HAS_GCH or HAS_SA:
             _bwd_mlp_sample(
-                b, t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, hid_ptr, f1w_ptr, f2w_ptr,
-                n1_ptr, qh1_ptr, rstd1_ptr, nw1_ptr, qw1_ptr, vw1_ptr, n2_ptr, qh2_ptr, rstd2_ptr, nw2_ptr, qw2_ptr,
-                vw2_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, B, C, NP, CHS, CHG1, CHG2, alpha,
-                HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HS, BLOCK_HG1, BLOCK_HG2, CD,
+                b, t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, ctx1_ptr, xsum_ptr, ctx2_ptr, hsum_ptr,
+                qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr,
+                vb2_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr,
+                pooled_ptr, hid_ptr, ghid_ptr, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
+                B, C, P, NP, CHG1, CHG2, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA,
+                BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
             )
             tl.debug_barrier()
         if k < T:
@@ -388,3 +438,129 @@ def staa_bwd_persistent_kernel(
                     HAS_GHL, HAS_POS, HAS_GCX, HAS_GCH, HAS_SA, HARD, DETACH, BLOCK_C, BLOCK_P, CD,
                 )
         tl.debug_barrier()
+
+
+@triton.jit
+def _outer_sum(a_ptr, A, b_ptr, BW, out_ptr, N, offs_a, ma, offs_b, mb,
+               TRANS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, CD: tl.constexpr):
+    """``sum_n a[n, offs_a] (x) b[n, offs_b]`` over the N rows of ``a [N, A]`` and ``b [N, BW]``, in
+    row order, stored into ``out`` as ``[A, BW]`` (or ``[BW, A]`` with ``TRANS``) in its dtype."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=CD)
+    for n in range(0, N):
+        av = tl.load(a_ptr + n * A + offs_a, mask=ma, other=0.0)
+        bv = tl.load(b_ptr + n * BW + offs_b, mask=mb, other=0.0)
+        acc += av[:, None] * bv[None, :]
+    m = ma[:, None] & mb[None, :]
+    if TRANS:
+        tl.store(out_ptr + offs_b[None, :] * A + offs_a[:, None], acc.to(out_ptr.dtype.element_ty), mask=m)
+    else:
+        tl.store(out_ptr + offs_a[:, None] * BW + offs_b[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _sum_scalars(ptr, n, BLOCK: tl.constexpr, CD: tl.constexpr):
+    """Sum of the ``n`` scalars at ``ptr``, in fixed chunks (deterministic)."""
+    acc = tl.zeros([BLOCK], dtype=CD)
+    for i0 in range(0, n, BLOCK):
+        offs = i0 + tl.arange(0, BLOCK)
+        acc += tl.load(ptr + offs, mask=offs < n, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _store_vec(out_ptr, val, offs, m):
+    tl.store(out_ptr + offs, val.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _gc_small_grads(gq_ptr, gnq_ptr, gn_ptr, akb_ptr, okb_ptr, oqb_ptr, onw_ptr, onb_ptr, N, NK, CH,
+                    BLOCK_H: tl.constexpr, CD: tl.constexpr):
+    """GC's bias-like gradients: key bias (sum of the key-logit partials), query bias, LayerNorm
+    weight and bias (column sums of the per-(t, b) rows)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    mh = offs_h < CH
+    tl.store(okb_ptr, _sum_scalars(akb_ptr, NK, 128, CD).to(okb_ptr.dtype.element_ty))
+    _store_vec(oqb_ptr, _sum_partials(gq_ptr, N, CH, offs_h, mh, BLOCK_H, CD), offs_h, mh)
+    _store_vec(onw_ptr, _sum_partials(gnq_ptr, N, CH, offs_h, mh, BLOCK_H, CD), offs_h, mh)
+    _store_vec(onb_ptr, _sum_partials(gn_ptr, N, CH, offs_h, mh, BLOCK_H, CD), offs_h, mh)
+
+
+@triton.jit
+def staa_bwd_weights_kernel(
+    ctx1_ptr, ctx2_ptr,  # [T, B, C]: GC contexts (the forward's reductions)
+    gsum_ptr, gz_ptr, pooled_ptr,  # [T, B, C] from the MLP backward
+    hid_ptr, ghid_ptr,  # [T, B, CHS]
+    r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,  # [T, B, CHG*]
+    akw1_ptr, akb1_ptr, akw2_ptr, akb2_ptr,  # [T, B, NP, C], [T, B, NP]: key-gradient partials
+    gpos_ptr,  # [T, B, NP, C]: per-tile position-encoding gradient partials
+    okw1_ptr, okb1_ptr, oqw1_ptr, oqb1_ptr, onw1_ptr, onb1_ptr, ovw1_ptr, ovb1_ptr,  # GC1 gradients out
+    okw2_ptr, okb2_ptr, oqw2_ptr, oqb2_ptr, onw2_ptr, onb2_ptr, ovw2_ptr, ovb2_ptr,  # GC2 gradients out
+    of1w_ptr, of1b_ptr, of2w_ptr, of2b_ptr,  # SA gradients out
+    opos_ptr,  # [T_pos, C] position-encoding gradient out
+    N, T, T_pos, BNP, C, CHG1, CHG2, CHS,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
+    CD: tl.constexpr,
+):
+    """Every parameter gradient of the layer in one launch, after the reverse loop (grid
+    ``[cdiv(C, BLOCK_CC), 7]``). Program ``(c, task)`` owns channel tile c of one output:
+    tasks 0-5 the weight matrices (GC1 query and value, GC2 query and value, SA fc1 and fc2),
+    each a sum over the N = T*B rows of outer products of per-(t, b) factors; task 6 the
+    vectors (key weights from the elementwise kernels' per-tile partials, value biases, fc2's
+    bias, position-encoding rows; in tile 0 also the H-sized vectors and the key biases).
+    Each output element is reduced by one program in a fixed order: no atomics."""
+    pc = tl.program_id(0)
+    task = tl.program_id(1)
+    offs_c = pc * BLOCK_CC + tl.arange(0, BLOCK_CC)
+    mc = offs_c < C
+    offs_h1 = tl.arange(0, BLOCK_HG1)
+    mh1 = offs_h1 < CHG1
+    offs_h2 = tl.arange(0, BLOCK_HG2)
+    mh2 = offs_h2 < CHG2
+    offs_hs = tl.arange(0, BLOCK_HS)
+    mhs = offs_hs < CHS
+    if task == 0:
+        if HAS_GCX:
+            _outer_sum(gq1_ptr, CHG1, ctx1_ptr, C, oqw1_ptr, N, offs_h1, mh1, offs_c, mc, False, BLOCK_HG1, BLOCK_CC, CD)
+    elif task == 1:
+        if HAS_GCX:
+            _outer_sum(r1_ptr, CHG1, gsum_ptr, C, ovw1_ptr, N, offs_h1, mh1, offs_c, mc, True, BLOCK_HG1, BLOCK_CC, CD)
+    elif task == 2:
+        if HAS_GCH:
+            _outer_sum(gq2_ptr, CHG2, ctx2_ptr, C, oqw2_ptr, N, offs_h2, mh2, offs_c, mc, False, BLOCK_HG2, BLOCK_CC, CD)
+    elif task == 3:
+        if HAS_GCH:
+            _outer_sum(r2_ptr, CHG2, gsum_ptr, C, ovw2_ptr, N, offs_h2, mh2, offs_c, mc, True, BLOCK_HG2, BLOCK_CC, CD)
+    elif task == 4:
+        if HAS_SA:
+            _outer_sum(ghid_ptr, CHS, pooled_ptr, C, of1w_ptr, N, offs_hs, mhs, offs_c, mc, False, BLOCK_HS, BLOCK_CC, CD)
+    elif task == 5:
+        if HAS_SA:
+            _outer_sum(hid_ptr, CHS, gz_ptr, C, of2w_ptr, N, offs_hs, mhs, offs_c, mc, True, BLOCK_HS, BLOCK_CC, CD)
+    else:
+        NK = T * BNP  # (t, b, tile) partials per key gradient
+        if HAS_GCX or HAS_GCH:
+            gsum = _sum_partials(gsum_ptr, N, C, offs_c, mc, BLOCK_CC, CD)
+        if HAS_GCX:
+            _store_vec(okw1_ptr, _sum_partials(akw1_ptr, NK, C, offs_c, mc, BLOCK_CC, CD), offs_c, mc)
+            _store_vec(ovb1_ptr, gsum, offs_c, mc)
+        if HAS_GCH:
+            _store_vec(okw2_ptr, _sum_partials(akw2_ptr, NK, C, offs_c, mc, BLOCK_CC, CD), offs_c, mc)
+            _store_vec(ovb2_ptr, gsum, offs_c, mc)
+        if HAS_SA:
+            _store_vec(of2b_ptr, _sum_partials(gz_ptr, N, C, offs_c, mc, BLOCK_CC, CD), offs_c, mc)
+        if HAS_POS:
+            for t in range(0, T):
+                _store_vec(opos_ptr + t * C, _sum_partials(gpos_ptr + t * BNP * C, BNP, C, offs_c, mc, BLOCK_CC, CD),
+                           offs_c, mc)
+            for t in range(T, T_pos):  # rows of later steps: not used by this call
+                _store_vec(opos_ptr + t * C, tl.zeros([BLOCK_CC], dtype=CD), offs_c, mc)
+        if pc == 0:
+            if HAS_GCX:
+                _gc_small_grads(gq1_ptr, gnq1_ptr, gn1_ptr, akb1_ptr, okb1_ptr, oqb1_ptr, onw1_ptr, onb1_ptr,
+                                N, NK, CHG1, BLOCK_HG1, CD)
+            if HAS_GCH:
+                _gc_small_grads(gq2_ptr, gnq2_ptr, gn2_ptr, akb2_ptr, okb2_ptr, oqb2_ptr, onw2_ptr, onb2_ptr,
+                                N, NK, CHG2, BLOCK_HG2, CD)
+            if HAS_SA:
+                _store_vec(of1b_ptr, _sum_partials(ghid_ptr, N, CHS, offs_hs, mhs, BLOCK_HS, CD), offs_hs, mhs)

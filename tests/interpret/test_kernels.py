@@ -132,8 +132,9 @@ def test_path_rule():
     assert "STAA_TRITON_PATH" in rep["bad_env"] and "'fast'" in rep["bad_env"]
     assert "path" in rep["bad_arg"]
     assert rep["env_forced_kernels"] == ["staa_fwd_elem_kernel", "staa_fwd_mlp_kernel", "staa_plane_reduce_kernel"]
-    # The backward takes the forward's reductions (the op's route), so it launches no plane reduction.
-    assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel"]
+    # The backward takes the forward's reductions (the op's route), so it launches no plane reduction;
+    # one launch after the loop computes every parameter gradient.
+    assert rep["env_forced_bwd_kernels"] == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_bwd_weights_kernel"]
 
 
 @settings(max_examples=15, deadline=None)
