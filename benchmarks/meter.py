@@ -74,6 +74,7 @@ ROOT = os.path.dirname(HERE)
 SHAPES = {
     "cifar": (4, 2, 64, 16, 16),
     "deep": (4, 2, 256, 4, 4),
+    "deep-b32": (4, 32, 256, 4, 4),  # the deep shape at a training batch: weights per neuron-step shrink as 1/B
     "fc": (4, 2, 1024),
     "test": (4, 1, 8, 3, 3),  # the shape tests/test_meter.py re-measures against the committed table
 }

@@ -7,12 +7,14 @@ position encoding and the GC/SA weights as ``staa.reference.GCParams`` / ``SAPar
 tensors ``u [T, B, C, P]`` and ``gate [T, B, C]`` in the compute dtype. The surrogate kind
 only changes the backward kernels (a compile-time switch).
 
-Work that does not depend on the membrane state (position encoding, GC1 on every step,
-X's share of SA's spatial mean, and in backward every forward activation, since H_t is a
-pure function of the saved ``u_t`` and ``gate_t``) runs batched over all steps: one plane
-reduction kernel per input plane, then small ``[T*B, C]`` torch ops for the channel MLPs.
-The time loop launches two kernels per step, or, for small planes, one persistent program
-per sample runs all steps (``loop_path``); see docs/triton.md for the layout.
+The reductions that do not depend on the membrane state (GC1's context and the spatial sum
+of X_t = I_t + PE_t on every step, and GC2's of the initial state) run in one plane-reduction
+launch before the loop. The time loop launches two kernels per step (channel MLPs, then the
+elementwise pass), or, for small planes, one persistent program per sample runs all steps
+(``loop_path``). The forward keeps each step's summed reductions (``stats``) so the backward
+recomputes the MLP activations without re-reading x or u, and one launch after the reverse
+loop builds every parameter gradient. Apart from allocations, the only torch operation on
+the route is the TSRD mask's cast to int8; see docs/triton.md for the layout and the counts.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persi
 
 Tensor = torch.Tensor
 
-__all__ = ["TileConfig", "tile_config", "mlp_config", "loop_path", "staa_lif_forward", "staa_lif_backward"]
+__all__ = ["TileConfig", "tile_config", "mlp_config", "loop_path", "backward_elem_warps", "persistent_backward_warps", "staa_lif_forward",
+           "staa_lif_backward"]
 
 # Elements of one [BLOCK_C, BLOCK_P] plane tile held by one program of the elementwise
 # kernels; one program always holds every channel of its positions, because GC's key
@@ -99,10 +102,27 @@ def loop_path(C: int, P: int, path: Optional[str] = None) -> str:
 
 
 def persistent_warps(tc: TileConfig) -> int:
-    """Warps of a persistent program (both directions): twice the per-step tile's (at most 16). The
+    """Warps of the persistent forward program: twice the per-step tile's (at most 16). The
     program is alone on its SM, so more warps hide more latency; at 8 warps the
     ``[512, 8]`` tile spilled (benchmarks/results/kernel_compile_sm90_persistent.md)."""
     return min(16, 2 * tc.num_warps)
+
+
+def persistent_backward_warps(tc: TileConfig) -> int:
+    """Warps of the persistent backward program: twice the per-step tile's, at most 8. Its body
+    holds more tile-sized values than the forward's; at 16 warps a thread may use at most 128
+    registers and the ``[512, 8]`` tile spilled, at 8 it compiles without spills, while the
+    per-step tile's own warps (2 or 4) spilled the ``[512, 1]`` and ``[1024, 1]`` tiles
+    (benchmarks/results/kernel_compile_sm90_persistent.md)."""
+    return min(8, 2 * tc.num_warps)
+
+
+def backward_elem_warps(tc: TileConfig) -> int:
+    """Warps of the per-step backward elementwise kernel: one per 256 tile elements (8 per
+    thread), at least the forward's. Its body holds about ten tile-sized values at once; at 16
+    elements per thread (the forward's 8 warps on a 4096 tile) that compiled to ~150 registers,
+    one 8-warp block per SM, and at 8 per thread to ~90 (benchmarks/results/kernel_compile_sm90.md)."""
+    return max(tc.num_warps, min(16, tc.BLOCK_C * tc.BLOCK_P // 256))
 
 
 # Set by benchmarks/compile_kernels.py to record launches instead of running them.
@@ -566,7 +586,7 @@ def staa_lif_backward(
             FINISH=finish, START=start, SURROGATE=kind if start else 0,
             HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish,
             HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
-            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
+            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=backward_elem_warps(tc),
         )
 
     if persistent:
@@ -575,7 +595,7 @@ def staa_lif_backward(
             T, B, C, P, tc.NP, *hidden, float(alpha), *scal,
             SURROGATE=kind, HAS_H0=h0c is not None, HAS_GHL=ghl is not None,
             HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
-            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, **mlp_blocks, num_warps=persistent_warps(tc),
+            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, **mlp_blocks, num_warps=persistent_backward_warps(tc),
         )
     else:
         gv = (bufs.gv[0], bufs.gv[1])

@@ -1,25 +1,29 @@
 """Backward Triton kernels of the STAA-LIF recurrence (reverse time).
 
-Every forward activation is a pure function of the saved ``u``/``gate`` and the input, so
-the launcher recomputes the channel-MLP activations for all steps at once with torch. What
-stays sequential is the gradient flowing into the membrane state, dL/dH_{t-1}; per step t
-(from T-1 down to 0) two kernels run:
+Every forward activation is a pure function of the saved ``u``/``gate``, the input and the
+forward's per-step summed reductions (``stats``: GC contexts and spatial sums of X_t and
+H_{t-1}), so nothing is re-read to rebuild them. What stays sequential is the gradient flowing
+into the membrane state, dL/dH_{t-1}; per step t (from T-1 down to 0) two kernels run:
 
-* ``staa_bwd_mlp_kernel`` (grid ``[B]``): from the per-tile sums ``sum_p gV_t u_t`` and
-  ``sum_p gV_t`` it back-propagates through SA (gate -> fc2 -> relu -> fc1 -> mean) and
-  through the GC1/GC2 value/LayerNorm/query MLPs, giving the channel vectors ``gm_t``
-  (gradient of U_t's spatial mean), ``gctx1_t``/``gctx2_t`` (gradients of the GC contexts)
-  and, for the launcher's weight gradients, ``gz_t`` (SA pre-sigmoid) and ``gsum_t`` (of the
-  GC deltas, ``sum_p dL/dU_t``).
+* ``staa_bwd_mlp_kernel`` (grid ``[B]``): recomputes the step's MLP activations from the
+  stats rows, and from the per-tile sums ``sum_p gV_t u_t`` and ``sum_p gV_t`` back-propagates
+  through SA (gate -> fc2 -> relu -> fc1 -> mean) and the GC1/GC2 value/LayerNorm/query MLPs,
+  giving the channel vectors ``gm_t`` (gradient of U_t's spatial mean) and ``gctx1_t``/
+  ``gctx2_t`` (of the GC contexts), and stores the per-(t, b) factors the weight gradients
+  are built from (``gz``, ``gsum``, ``pooled``, ``hid``, ``ghid``; per GC block ``r``, ``gq``,
+  ``gn``, ``gn * qhat``).
 * ``staa_bwd_elem_kernel`` (grid ``[B, NP]``, a ``[C, BLOCK_P]`` tile per program): FINISHes
   step t (dL/dU_t, dL/dI_t through GC1 and the position encoding, dL/dH_{t-1} through GC2's
   key attention and the residual) and STARTs step t-1 (dL/dV_{t-1} through the surrogate
   and the reset, and its per-tile sums for the next MLP kernel). Key-weight and
-  position-encoding gradients are per-tile partials reduced by the launcher, so every
-  reduction has a fixed order (no atomics).
+  position-encoding gradients are stored as per-(step, sample, tile) partials: each is
+  written once, never read back and updated.
+
+After the loop ``staa_bwd_weights_kernel`` (one launch) reduces the factors and partials into
+every parameter gradient, each output element by one program in a fixed order (no atomics).
 
 For small planes (``launch.loop_path``) ``staa_bwd_persistent_kernel`` (grid ``[B]``) runs
-that whole launch sequence for one sample in one program, the two kernels' bodies
+the loop's launch sequence for one sample in one program, the two kernels' bodies
 (``_bwd_mlp_sample``, ``_bwd_elem_tile``) separated by CTA barriers.
 
 The surrogate derivative dS/dV is a compile-time switch ``SURROGATE`` (the index of the kind

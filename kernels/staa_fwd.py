@@ -1,10 +1,17 @@
 """Forward Triton kernels of the STAA-LIF recurrence.
 
-Two kernels run once per time step t (see ``launch.staa_lif_forward``):
+One launch before the time loop (see ``launch.staa_lif_forward``):
 
-* ``staa_fwd_mlp_kernel`` (grid ``[B]``): sums the per-tile partial reductions of
-  H_{t-1} (GC2 context and spatial sum), runs GC2's query/LayerNorm/value MLP and SA's
-  fc1/fc2 and writes GC2's channel delta ``d2[b, :]`` and the SA gate ``gate[t, b, :]``.
+* ``staa_plane_reduce_kernel`` (grid ``[T*B + B, NP]``): per-tile GC1 context partials and
+  spatial sums of X_t = I_t + PE_t for every step (they do not depend on the recurrence), and
+  the same GC2 reductions of the initial state H_{-1} for the first step.
+
+Then two kernels per time step t:
+
+* ``staa_fwd_mlp_kernel`` (grid ``[B]``): sums the per-tile partials of X_t and of H_{t-1},
+  runs GC1's and GC2's query/LayerNorm/value MLPs and SA's fc1/fc2, and writes GC1's channel
+  delta ``d1[t, b, :]``, GC2's ``d2[b, :]``, the SA gate ``gate[t, b, :]`` and (``STATS``) the
+  step's summed reductions, kept for the backward so that it need not re-read x or u.
 * ``staa_fwd_elem_kernel`` (grid ``[B, NP]``, one ``[C, BLOCK_P]`` tile of the plane per
   program): recomputes H_{t-1} from the saved ``u[t-1]`` and ``gate[t-1]``, aggregates
   ``u_t``, gates, fires, resets, writes ``u``, spikes (and H), then reduces H_t over its
