@@ -36,7 +36,9 @@ _LN_EPS = 1e-5
 
 def _cast(ws, cd: torch.dtype):
     """The block's weights (a GCParams / SAParams) in the compute dtype, same named tuple."""
-    return None if ws is None else type(ws)(*(w.to(cd) for w in ws))
+    if ws is None or all(w.dtype == cd for w in ws):  # the usual case: no dispatch at all
+        return ws
+    return type(ws)(*(w.to(cd) for w in ws))
 
 
 # --------------------------------------------------------------------- GC block
@@ -175,8 +177,11 @@ def _gc_grads_from_steps(store, p) -> List[Tensor]:
     steps = sorted(caches)
     if not steps:  # every step dropped
         return [torch.zeros_like(w) for w in p]
-    c = _GCCache(*(torch.cat(fields) for fields in zip(*(caches[t] for t in steps))))
-    g_delta, g_n, g_q, g_logit = (torch.cat(f) for f in zip(*(grads[t] for t in steps)))
+    if len(steps) == 1:  # a single-step call: nothing to stack
+        c, (g_delta, g_n, g_q, g_logit) = caches[steps[0]], grads[steps[0]]
+    else:
+        c = _GCCache(*(torch.cat(fields) for fields in zip(*(caches[t] for t in steps))))
+        g_delta, g_n, g_q, g_logit = (torch.cat(f) for f in zip(*(grads[t] for t in steps)))
     return _gc_weight_grads(c, g_delta, g_n, g_q, g_key, g_logit)
 
 
@@ -189,9 +194,11 @@ def _sa_hidden(m: Tensor, p, alpha: float) -> Tuple[Tensor, Tensor]:
 
 # --------------------------------------------------------------------- shared
 def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spike_out: Tensor,
-                    mask_buf: Tensor, h_out: Tensor) -> Tensor:
+                    mask_buf: Optional[Tensor], h_out: Tensor) -> Tensor:
     """S = [v >= v_th] (NaN where v is not finite) into ``spike_out`` and H = reset(v, S) into ``h_out``.
 
+    With ``mask_buf`` (the backward, which keeps 1 - S for later) 1 - S is written there;
+    without it (the forward) H = v - v S in one pass, the same values for S in {0, 1}.
     Masks are kept as 0/1 floats: on CPU comparisons and products with float operands
     are several times faster than with bool tensors, and the values are the same as
     the reference's v_reset * S + v * (1 - S) and v - v_th * S.
@@ -201,8 +208,11 @@ def _fire_and_reset(v: Tensor, v_threshold: float, v_reset: Optional[float], spi
     torch.ge(v, v_threshold, out=spike_out).add_(v, alpha=0.0)
     if v_reset is None:
         return torch.add(v, spike_out, alpha=-v_threshold, out=h_out)
-    torch.lt(v, v_threshold, out=mask_buf)  # 1 - S
-    torch.mul(v, mask_buf, out=h_out)
+    if mask_buf is None:
+        torch.addcmul(v, v, spike_out, value=-1.0, out=h_out)
+    else:
+        torch.lt(v, v_threshold, out=mask_buf)  # 1 - S
+        torch.mul(v, mask_buf, out=h_out)
     if v_reset != 0.0:
         h_out.add_(spike_out, alpha=v_reset)
     return h_out
@@ -289,12 +299,13 @@ def staa_lif_forward(
     gate = torch.ones((T, B, C), dtype=cd, device=dev)
     spikes = torch.empty_like(x)
     v_seq = torch.empty((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None
+    # H_t is written into h_out (overwritten in place step by step); h0, possibly the
+    # caller's tensor, is only read.
     if h0 is None:
-        h = torch.full((B, C, P), 0.0 if v_reset is None else float(v_reset), dtype=cd, device=dev)
+        h = h_out = torch.full((B, C, P), 0.0 if v_reset is None else float(v_reset), dtype=cd, device=dev)
     else:
-        h = h0.to(dtype=cd, copy=True)  # overwritten in place below: never the caller's tensor
+        h, h_out = h0.to(cd), torch.empty((B, C, P), dtype=cd, device=dev)
     v_buf = torch.empty((B, C, P), dtype=cd, device=dev)
-    mask_buf = torch.empty_like(v_buf)
     spike_buf = None if x.dtype == cd else torch.empty_like(v_buf)
     for t in range(T):
         u_t = u[t]
@@ -319,10 +330,10 @@ def staa_lif_forward(
                 v = u_t
         s_out = spikes[t] if spike_buf is None else spike_buf
         # u_t already holds H_{t-1}'s contribution, so H_t may overwrite it.
-        h = _fire_and_reset(v, v_threshold, v_reset, s_out, mask_buf, h if v_seq is None else v_seq[t])
+        h = _fire_and_reset(v, v_threshold, v_reset, s_out, None, h_out if v_seq is None else v_seq[t])
         if spike_buf is not None:
             spikes[t].copy_(spike_buf)
-    h_last = h.clone() if v_seq is not None else h
+    h_last = h if h is h_out and v_seq is None else h.clone()  # never an alias of h0 or v_seq
     return spikes, h_last, v_seq, u, gate
 
 
@@ -456,9 +467,9 @@ def staa_lif_backward(
     # dL/dU_t goes straight into grad_x[t]; GC1's context path is then added in place.
     grad_x = torch.empty((T, B, C, P), dtype=cd, device=dev)
     buf = lambda: torch.empty((B, C, P), dtype=cd, device=dev)  # noqa: E731
-    v_cur, v_prev, s_cur, ns_cur = buf(), buf(), buf(), buf()
-    h_prev, win, tmp = buf(), buf(), buf()
-    s_prev, ns_prev, gh_buf = buf(), buf(), buf()
+    v_cur, ns_cur, win, tmp, gh_buf = buf(), buf(), buf(), buf(), buf()
+    # H_{t-1} recomputed from step t-1 (only when there is one; S is kept only for the swap)
+    v_prev, s_cur, s_prev, ns_prev, h_prev = (buf() for _ in range(5)) if T > 1 else (None,) * 5
     xx_buf = buf() if pos is not None else None
     # dL/dH_t, flowing backwards in time (None: no gradient yet)
     g_h = None if grad_h_last is None else grad_h_last.to(cd)
@@ -475,14 +486,17 @@ def staa_lif_backward(
         torch.mul(u[T - 1], gate[T - 1].unsqueeze(2), out=v_cur)
         torch.lt(v_cur, v_threshold, out=ns_cur)
     for t in reversed(range(T)):
-        # H_{t-1}: the initial state, or reset(V_{t-1}) recomputed from u and gate.
+        # H_{t-1}: the initial state (read in place, only read below), or reset(V_{t-1})
+        # recomputed from u and gate.
         if t > 0:
             torch.mul(u[t - 1], gate[t - 1].unsqueeze(2), out=v_prev)
             _fire_and_reset(v_prev, v_threshold, v_reset, s_prev, ns_prev, h_prev)
         elif want_h0:
-            h_prev.copy_(h0)
-        else:
+            h_prev = h0.to(cd)
+        elif h_prev is not None:
             h_prev.fill_(h_rest)
+        else:
+            h_prev = torch.full((B, C, P), h_rest, dtype=cd, device=dev)
         need_gh = t > 0 or want_h0  # dL/dH_{t-1} is wanted
 
         _surrogate_grad_into(v_cur, v_threshold, surrogate, surrogate_param, out=win)
