@@ -409,6 +409,36 @@ def _sa_weight_grads(rows: _SARows) -> List[Tensor]:
     return [gy.t() @ flat(rows.z1), gy.sum(0), go.t() @ flat(rows.r1), go.sum(0)]
 
 
+def _aggregator_step_backward(t: int, g_v: Tensor, xx_t: Optional[Tensor], h_prev: Tensor, u_t: Tensor,
+                              gate_t: Tensor, blocks, alpha: float, sa_rows: Optional[_SARows], gc_steps,
+                              g_u: Tensor, g_hprev: Optional[Tensor]) -> None:
+    """Backward of one step that ran the aggregator, from dL/dV_t ``g_v``: dL/dX_t into ``g_u``
+    (dL/dU_t plus GC1's context path), dL/dH_{t-1} into ``g_hprev`` (None when nobody wants it),
+    the step's rows for the weight gradients into ``sa_rows`` and ``gc_steps``.
+
+    ``xx_t`` is X_t = I_t + PE_t (None when neither GC1 nor SA reads it), ``h_prev`` H_{t-1},
+    ``blocks`` the compute-dtype ``(gc_x, gc_h, sa)`` (None where off)."""
+    wx, wh, ws = blocks
+    c1, c2, pooled = _recompute_step(xx_t, h_prev, wx, wh, ws)
+    if ws is not None:
+        _sa_backward_step(t, pooled, g_v, u_t, gate_t, ws, alpha, sa_rows, out=g_u)
+    else:
+        g_u.copy_(g_v)
+    # U_t = GC1(X_t) + GC2(H_{t-1}): both blocks see dL/dU_t, and the C-vector each
+    # adds to every position sees its spatial sum.
+    g_d = g_u.sum(-1) if (c1 is not None or c2 is not None) else None
+    if c2 is not None:  # dL/dH_{t-1} (at t = 0 without h0 only the weights' share is used)
+        g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c2, wh)
+        g_l = _gc_input_grad(g_u, h_prev, g_ctx, c2, wh, out=g_hprev)
+        _keep_gc_step(gc_steps["h"], t, h_prev, c2, g_d, g_n, g_q, g_l)
+    elif g_hprev is not None:
+        g_hprev.copy_(g_u)
+    if c1 is not None:  # dL/dX_t, in place
+        g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c1, wx)
+        g_l = _gc_input_grad(g_u, xx_t, g_ctx, c1, wx, out=g_u)
+        _keep_gc_step(gc_steps["x"], t, xx_t, c1, g_d, g_n, g_q, g_l)
+
+
 def _grad_h0(h0: Tensor, from_step0: Optional[Tensor], grad_h_last: Optional[Tensor]) -> Tensor:
     """dL/dH_{-1}: what step 0 sent back, else (T = 0) the incoming gradient of the last state."""
     if from_step0 is not None:
@@ -473,6 +503,7 @@ def staa_lif_backward(
     xx_buf = buf() if pos is not None else None
     # dL/dH_t, flowing backwards in time (None: no gradient yet)
     g_h = None if grad_h_last is None else grad_h_last.to(cd)
+    sa_rows = None
     if ws is not None:
         hidden = ws.fc1_weight.shape[0]
         # per step: fc1's input alpha * mean, its relu output, and the gradients of fc1's and
@@ -511,24 +542,8 @@ def staa_lif_backward(
             xx_t = None
             if wx is not None or ws is not None:
                 xx_t = torch.add(xc[t], pos_c[t].unsqueeze(1), out=xx_buf) if pos is not None else xc[t]
-            c1, c2, pooled = _recompute_step(xx_t, h_prev, wx, wh, ws)
-            if ws is not None:
-                _sa_backward_step(t, pooled, g_v, u[t], gate[t], ws, alpha, sa_rows, out=g_u)
-            else:
-                g_u.copy_(g_v)
-            # U_t = GC1(X_t) + GC2(H_{t-1}): both blocks see dL/dU_t, and the C-vector each
-            # adds to every position sees its spatial sum.
-            g_d = g_u.sum(-1) if (c1 is not None or c2 is not None) else None
-            if c2 is not None:  # dL/dH_{t-1} (at t = 0 only the weights' share is used)
-                g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c2, wh)
-                g_l = _gc_input_grad(g_u, h_prev, g_ctx, c2, wh, out=gh_buf)
-                _keep_gc_step(gc_steps["h"], t, h_prev, c2, g_d, g_n, g_q, g_l)
-            elif need_gh:
-                gh_buf.copy_(g_u)
-            if c1 is not None:  # dL/dX_t, in place
-                g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c1, wx)
-                g_l = _gc_input_grad(g_u, xx_t, g_ctx, c1, wx, out=g_u)
-                _keep_gc_step(gc_steps["x"], t, xx_t, c1, g_d, g_n, g_q, g_l)
+            _aggregator_step_backward(t, g_v, xx_t, h_prev, u[t], gate[t], (wx, wh, ws), alpha, sa_rows,
+                                      gc_steps, g_u, gh_buf if need_gh or wh is not None else None)
             if grad_pos is not None:
                 torch.sum(g_u, dim=(0, 2), out=grad_pos[t])
         g_h = gh_buf
