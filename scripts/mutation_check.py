@@ -67,7 +67,7 @@ MUTATIONS: List[Mutation] = [
              "    if detach_reset:\n        g_v = torch.mul(win, gs_t, out=out)\n    else:",
              "    if False:\n        g_v = torch.mul(win, gs_t, out=out)\n    else:", TORCH),
     Mutation("T8", "the initial state h0 is ignored (every call starts from 0)", "staa/ops/torch_impl.py",
-             "h = h0.to(dtype=cd, copy=True)", "h = torch.zeros_like(h0, dtype=cd)", TORCH),
+             "h, h_out = h0.to(cd), torch.empty(", "h, h_out = torch.zeros_like(h0, dtype=cd), torch.empty(", TORCH),
     Mutation("T9", "dL/dh0 is dropped (no gradient between single-step calls)", "staa/ops/torch_impl.py",
              "return from_step0.to(h0.dtype)", "return torch.zeros_like(h0)", TORCH),
     Mutation("T10", "atan surrogate: p instead of p / 2 (twice the gradient)", "staa/ops/torch_impl.py",
@@ -107,7 +107,7 @@ MUTATIONS: List[Mutation] = [
     Mutation("K7", "per-step forward: the first step ignores the loaded h0", "staa/kernels/staa_fwd.py",
              "            h = tl.load(h0_ptr + b.to(tl.int64) * C * P + tile, mask=m, other=0.0)\n",
              "            h = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0\n", TRITON),
-    Mutation("K8", "persistent forward: position encoding read from row 0 at every step", "staa/kernels/staa_fwd.py",
+    Mutation("K8", "forward (both loop paths): position encoding read from row 0 at every step", "staa/kernels/staa_fwd.py",
              "pe = tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)",
              "pe = tl.load(pos_ptr + 0 * C + offs_c, mask=mc, other=0.0)", TRITON),
 ]
