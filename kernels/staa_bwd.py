@@ -37,7 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .staa_fwd import _gc_query_ln, _gc_value, _relu, _reset, _sigmoid, _sum_partials
+from .staa_fwd import _gc_query_ln, _gc_value, _plane_tile, _relu, _reset, _reset_scalars, _sigmoid, _sum_partials
 
 
 @triton.jit
@@ -277,17 +277,10 @@ def _bwd_elem_tile(
     """Tile j of sample b at step t (body of ``staa_bwd_elem_kernel``, also run in place by
     the persistent kernel). FINISH: step t's gradients down to dL/dH_{t-1} (written to
     ``grad_h0`` at t = 0 with HAS_H0); START: dL/dV_{t-1} through the surrogate and the reset."""
-    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
-    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
-    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+    v_th, v_reset, h0 = _reset_scalars(v_th, v_reset, h0, CD)
     sg_param = tl.cast(tl.cast(sg_param, tl.float32), CD)
 
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
-    mc = offs_c < C
-    mp = offs_p < P
-    m = mc[:, None] & mp[None, :]
-    tile = offs_c[:, None] * P + offs_p[None, :]
+    offs_c, mc, mp, m, tile = _plane_tile(j, C, P, BLOCK_C, BLOCK_P)
     state = b.to(tl.int64) * C * P + tile
     part = (b * NP + j).to(tl.int64) * C
     part_s = (b * NP + j).to(tl.int64)

@@ -68,6 +68,25 @@ def _reset(v, v_th, v_reset, HARD: tl.constexpr):
 
 
 @triton.jit
+def _reset_scalars(v_th, v_reset, h0, CD: tl.constexpr):
+    """The threshold, the reset value and the resting state H_{-1} as CD values (kernel scalars
+    arrive as Python floats: rounded to fp32 first, as the launchers document)."""
+    return (tl.cast(tl.cast(v_th, tl.float32), CD), tl.cast(tl.cast(v_reset, tl.float32), CD),
+            tl.cast(tl.cast(h0, tl.float32), CD))
+
+
+@triton.jit
+def _plane_tile(j, C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Tile j of a [C, P] plane: channel offsets ``offs_c`` and mask ``mc`` [BLOCK_C], position
+    mask ``mp`` [BLOCK_P], the tile's mask ``m`` and element offsets ``tile`` [BLOCK_C, BLOCK_P]."""
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
+    mc = offs_c < C
+    mp = offs_p < P
+    return offs_c, mc, mp, mc[:, None] & mp[None, :], offs_c[:, None] * P + offs_p[None, :]
+
+
+@triton.jit
 def _spike_value(s, v):
     """The stored spike: 1.0 / 0.0 from the comparison ``s``, NaN where V is not finite."""
     return tl.where(s, 1.0, 0.0) + (v - v)
@@ -274,16 +293,9 @@ def staa_fwd_elem_kernel(
 ):
     b = tl.program_id(0)
     j = tl.program_id(1)
-    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
-    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
-    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+    v_th, v_reset, h0 = _reset_scalars(v_th, v_reset, h0, CD)
 
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
-    mc = offs_c < C
-    mp = offs_p < P
-    m = mc[:, None] & mp[None, :]
-    tile = offs_c[:, None] * P + offs_p[None, :]
+    offs_c, mc, mp, m, tile = _plane_tile(j, C, P, BLOCK_C, BLOCK_P)
     cur = (t * B + b).to(tl.int64) * C  # [t, b, :] channel vector offset
     cur_plane = cur * P + tile
     dropped = tl.load(drop_ptr + t) != 0
@@ -343,9 +355,7 @@ def staa_fwd_persistent_kernel(
     to all its threads) stands in for the kernel boundary of the per-step path.
     """
     b = tl.program_id(0)
-    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
-    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
-    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+    v_th, v_reset, h0 = _reset_scalars(v_th, v_reset, h0, CD)
     offs_c = tl.arange(0, BLOCK_C)
     mc = offs_c < C
 
@@ -369,10 +379,7 @@ def staa_fwd_persistent_kernel(
         gp = tl.load(gate_ptr + prev + offs_c, mask=mc & has_prev, other=0.0)
         pe, d1, d2 = _step_vectors(pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc, HAS_POS, HAS_GCX, HAS_GCH)
         for j in range(0, NP):
-            offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
-            mp = offs_p < P
-            m = mc[:, None] & mp[None, :]
-            tile = offs_c[:, None] * P + offs_p[None, :]
+            _, _, mp, m, tile = _plane_tile(j, C, P, BLOCK_C, BLOCK_P)
             cur_plane = cur * P + tile
             i = tl.load(x_ptr + cur_plane, mask=m, other=0.0).to(CD)
             up = tl.load(u_ptr + prev * P + tile, mask=m & has_prev[:, None], other=0.0)
@@ -427,16 +434,9 @@ def staa_plane_reduce_kernel(
     ``ROWS + b`` reduce sample b's initial state H_{-1} for the first step's MLP kernel."""
     r = tl.program_id(0)
     j = tl.program_id(1)
-    v_th = tl.cast(tl.cast(v_th, tl.float32), CD)
-    v_reset = tl.cast(tl.cast(v_reset, tl.float32), CD)
-    h0 = tl.cast(tl.cast(h0, tl.float32), CD)
+    v_th, v_reset, h0 = _reset_scalars(v_th, v_reset, h0, CD)
 
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_p = j * BLOCK_P + tl.arange(0, BLOCK_P)
-    mc = offs_c < C
-    mp = offs_p < P
-    m = mc[:, None] & mp[None, :]
-    tile = offs_c[:, None] * P + offs_p[None, :]
+    offs_c, mc, mp, m, tile = _plane_tile(j, C, P, BLOCK_C, BLOCK_P)
     if r < ROWS:
         t = r // B
         if FROM_U:
