@@ -228,39 +228,28 @@ def _fwd_mlp_sample(
 
 
 @triton.jit
-def _step_vectors(pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc,
-                  HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr):
-    """Step t's channel vectors for sample b: PE_t, GC1's delta and GC2's delta (0.0 placeholders,
-    never read, for blocks that are off); ``cur`` is the [t, b, :] row offset."""
-    pe = 0.0
-    d1 = 0.0
-    d2 = 0.0
+def _fwd_u(i, h, pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc, dropped,
+           HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr):
+    """One tile of U_t = GC1(X_t) + GC2(H_{t-1}) with X_t = I_t + PE_t (I_t + H_{t-1} at a dropped
+    step), for both loop paths: ``i`` and ``h`` are [BLOCK_C, BLOCK_P] tiles of I_t and H_{t-1} of
+    sample b; PE_t and the GC deltas are loaded here, next to the additions (``cur``: the [t, b, :]
+    row offset), which keeps the per-step kernel's registers as they were with the code inline."""
+    xx = i
     if HAS_POS:
-        pe = tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)
+        xx = xx + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)[:, None]
     if HAS_GCX:
-        d1 = tl.load(d1_ptr + cur + offs_c, mask=mc, other=0.0)
+        xx = xx + tl.load(d1_ptr + cur + offs_c, mask=mc, other=0.0)[:, None]
+    hh = h
     if HAS_GCH:
-        d2 = tl.load(d2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)
-    return pe, d1, d2
+        hh = hh + tl.load(d2_ptr + b.to(tl.int64) * C + offs_c, mask=mc, other=0.0)[:, None]
+    return tl.where(dropped, i + h, xx + hh)
 
 
 @triton.jit
-def _fwd_elem_tile(i, h, pe, d1, d2, g, dropped, u_ptr, s_ptr, vseq_ptr, cur_plane, m, v_th, v_reset,
-                   HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr,
-                   HARD: tl.constexpr, STORE_V: tl.constexpr):
-    """One tile of step t (both loop paths): U_t = GC1(X_t) + GC2(H_{t-1}) with X_t = I_t + PE_t
-    (I_t + H_{t-1} at a dropped step), V_t = U_t * gate_t, S_t and H_t; stores U_t, S_t and (with
-    STORE_V) H_t at ``cur_plane``, returns H_t. ``i`` and ``h`` are [BLOCK_C, BLOCK_P] tiles of
-    I_t and H_{t-1}, ``pe``, ``d1``, ``d2``, ``g`` the step's [BLOCK_C] vectors."""
-    xx = i
-    if HAS_POS:
-        xx = xx + pe[:, None]
-    if HAS_GCX:
-        xx = xx + d1[:, None]
-    hh = h
-    if HAS_GCH:
-        hh = hh + d2[:, None]
-    u = tl.where(dropped, i + h, xx + hh)
+def _fwd_fire(u, g, u_ptr, s_ptr, vseq_ptr, cur_plane, m, v_th, v_reset, HARD: tl.constexpr,
+              STORE_V: tl.constexpr):
+    """V_t = U_t * gate_t, S_t and H_t of one tile (both loop paths); stores U_t, S_t and (with
+    STORE_V) H_t at ``cur_plane``, returns H_t."""
     v = u * g[:, None]
     s, hn = _reset(v, v_th, v_reset, HARD)
     tl.store(u_ptr + cur_plane, u, mask=m)
@@ -313,10 +302,9 @@ def staa_fwd_elem_kernel(
         gp = tl.load(gate_ptr + prev + offs_c, mask=mc, other=0.0)
         _, h = _reset(up * gp[:, None], v_th, v_reset, HARD)
 
-    pe, d1, d2 = _step_vectors(pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc, HAS_POS, HAS_GCX, HAS_GCH)
+    u = _fwd_u(i, h, pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc, dropped, HAS_POS, HAS_GCX, HAS_GCH)
     g = tl.load(gate_ptr + cur + offs_c, mask=mc, other=0.0)
-    hn = _fwd_elem_tile(i, h, pe, d1, d2, g, dropped, u_ptr, s_ptr, vseq_ptr, cur_plane, m, v_th, v_reset,
-                        HAS_POS, HAS_GCX, HAS_GCH, HARD, STORE_V)
+    hn = _fwd_fire(u, g, u_ptr, s_ptr, vseq_ptr, cur_plane, m, v_th, v_reset, HARD, STORE_V)
     if LAST:
         tl.store(hlast_ptr + b.to(tl.int64) * C * P + tile, hn, mask=m)
     else:
@@ -377,7 +365,6 @@ def staa_fwd_persistent_kernel(
         has_prev = (offs_c * 0 + t) > 0
         is_last = (offs_c * 0 + t) == T - 1
         gp = tl.load(gate_ptr + prev + offs_c, mask=mc & has_prev, other=0.0)
-        pe, d1, d2 = _step_vectors(pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc, HAS_POS, HAS_GCX, HAS_GCH)
         for j in range(0, NP):
             _, _, mp, m, tile = _plane_tile(j, C, P, BLOCK_C, BLOCK_P)
             cur_plane = cur * P + tile
@@ -389,8 +376,8 @@ def staa_fwd_persistent_kernel(
                 h = tl.where(has_prev[:, None], hp, hi)
             else:
                 h = tl.where(has_prev[:, None], hp, h0)
-            hn = _fwd_elem_tile(i, h, pe, d1, d2, g, dropped, u_ptr, s_ptr, vseq_ptr, cur_plane, m, v_th, v_reset,
-                                HAS_POS, HAS_GCX, HAS_GCH, HARD, STORE_V)
+            u = _fwd_u(i, h, pos_ptr, d1_ptr, d2_ptr, t, b, cur, C, offs_c, mc, dropped, HAS_POS, HAS_GCX, HAS_GCH)
+            hn = _fwd_fire(u, g, u_ptr, s_ptr, vseq_ptr, cur_plane, m, v_th, v_reset, HARD, STORE_V)
             tl.store(hlast_ptr + b.to(tl.int64) * C * P + tile, hn, mask=m & is_last[:, None])
             _tile_reductions(hn, m, mp, mc, offs_c, kw_ptr, kb_ptr, part_ctx_ptr, part_hsum_ptr,
                              (b * NP + j).to(tl.int64) * C, HAS_GCH, HAS_SA, CD)

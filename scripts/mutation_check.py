@@ -108,8 +108,8 @@ MUTATIONS: List[Mutation] = [
              "            h = tl.load(h0_ptr + b.to(tl.int64) * C * P + tile, mask=m, other=0.0)\n",
              "            h = tl.zeros([BLOCK_C, BLOCK_P], dtype=CD) + h0\n", TRITON),
     Mutation("K8", "forward (both loop paths): position encoding read from row 0 at every step", "staa/kernels/staa_fwd.py",
-             "pe = tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)",
-             "pe = tl.load(pos_ptr + 0 * C + offs_c, mask=mc, other=0.0)", TRITON),
+             "xx = xx + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)",
+             "xx = xx + tl.load(pos_ptr + 0 * C + offs_c, mask=mc, other=0.0)", TRITON),
 ]
 
 
