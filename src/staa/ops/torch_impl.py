@@ -498,8 +498,8 @@ def staa_lif_backward(
     grad_x = torch.empty((T, B, C, P), dtype=cd, device=dev)
     buf = lambda: torch.empty((B, C, P), dtype=cd, device=dev)  # noqa: E731
     v_cur, ns_cur, win, tmp, gh_buf = buf(), buf(), buf(), buf(), buf()
-    # H_{t-1} recomputed from step t-1 (only when there is one; S is kept only for the swap)
-    v_prev, s_cur, s_prev, ns_prev, h_prev = (buf() for _ in range(5)) if T > 1 else (None,) * 5
+    # H_{t-1} recomputed from step t-1, only when there is one (its spikes are scratch: never read)
+    v_prev, s_scratch, ns_prev, h_prev = (buf() for _ in range(4)) if T > 1 else (None,) * 4
     xx_buf = buf() if pos is not None else None
     # dL/dH_t, flowing backwards in time (None: no gradient yet)
     g_h = None if grad_h_last is None else grad_h_last.to(cd)
@@ -521,7 +521,7 @@ def staa_lif_backward(
         # recomputed from u and gate.
         if t > 0:
             torch.mul(u[t - 1], gate[t - 1].unsqueeze(2), out=v_prev)
-            _fire_and_reset(v_prev, v_threshold, v_reset, s_prev, ns_prev, h_prev)
+            _fire_and_reset(v_prev, v_threshold, v_reset, s_scratch, ns_prev, h_prev)
         elif want_h0:
             h_prev = h0.to(cd)
         elif h_prev is not None:
@@ -548,7 +548,6 @@ def staa_lif_backward(
                 torch.sum(g_u, dim=(0, 2), out=grad_pos[t])
         g_h = gh_buf
         v_cur, v_prev = v_prev, v_cur
-        s_cur, s_prev = s_prev, s_cur
         ns_cur, ns_prev = ns_prev, ns_cur
 
     grads_gcx = None if wx is None else _gc_grads_from_steps(gc_steps["x"], wx)
