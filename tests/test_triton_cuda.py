@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import triton_cases as F
+from triton_checks import check_deterministic_backward, check_non_finite_input, check_parity
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -17,21 +17,6 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
                        reason="TRITON_INTERPRET is set: these tests need compiled kernels"),
 ]
-
-
-def _check(rep, margin=F.MARGIN):
-    assert rep["margin"] >= margin, f"inputs too close to a switching point: margin {rep['margin']}"
-    assert rep["spike_mismatches"] == 0
-    assert rep["nan_outputs"] == []
-    assert rep["failures"] == [], "\n".join(rep["failures"])
-
-
-@pytest.fixture(autouse=True)
-def _default_tile():
-    from staa.kernels import launch
-
-    F._DEFAULT_TILE[0] = launch.MAX_TILE
-    yield
 
 
 SMALL = {
@@ -54,10 +39,9 @@ PATHS = [("per_step", "per_step"), ("persistent", "persistent"), ("persistent", 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_cuda_parity_small(name, paths):
     T, B, C, P, opts = SMALL[name]
-    rep = F.parity(T, B, C, P, device="cuda", fwd_path=paths[0], bwd_path=paths[1], **opts)
-    _check(rep)
-    assert any(k.startswith("staa_fwd_persistent") for k in rep["fwd_kernels"]) == (paths[0] == "persistent")
-    assert any(k.startswith("staa_bwd_persistent") for k in rep["bwd_kernels"]) == (paths[1] == "persistent")
+    run = check_parity(T, B, C, P, device="cuda", fwd_path=paths[0], bwd_path=paths[1], **opts)
+    assert any(k.startswith("staa_fwd_persistent") for k in run.fwd_kernels) == (paths[0] == "persistent")
+    assert any(k.startswith("staa_bwd_persistent") for k in run.bwd_kernels) == (paths[1] == "persistent")
 
 
 # The goal layers at batch 2, in float64: with ~1e-15 relative agreement a margin of 1e-8
@@ -67,20 +51,18 @@ def test_cuda_parity_small(name, paths):
 @pytest.mark.parametrize("shape", [(4, 2, 128, 1024), (4, 2, 512, 16)])
 def test_cuda_parity_goal_shapes_fp64(shape, path):
     T, B, C, P = shape
-    _check(F.parity(T, B, C, P, device="cuda", dtype="float64", drop=[2], margin=1e-8, fwd_path=path, bwd_path=path),
-           margin=1e-8)
+    check_parity(T, B, C, P, device="cuda", dtype="float64", drop=[2], margin=1e-8, fwd_path=path, bwd_path=path)
 
 
 @pytest.mark.parametrize("shape,path", [((4, 2, 128, 256), "per_step"), ((4, 3, 512, 16), "persistent")])
 def test_cuda_gradients_are_deterministic(shape, path):
-    rep = F.determinism(*shape, device="cuda", drop=[1], margin=0.0, path=path)  # no comparison: any inputs
-    assert rep["identical"] and rep["n"] >= 20
+    # margin 0: no comparison with the reference, any inputs do
+    assert check_deterministic_backward(*shape, device="cuda", drop=[1], margin=0.0, path=path) >= 20
 
 
 @pytest.mark.parametrize("path", ["per_step", "persistent"])
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_cuda_non_finite_input_gives_nan_spikes(path, value):
     # Compiled code must keep V - V (no folding to 0): NaN spikes exactly where the reference has them.
-    rep = F.nan_inputs(path=path, value=float(value), device="cuda")
-    assert rep["same_as_reference"] and rep["spike_values_ok"] and rep["dtype_ok"], rep
-    assert rep["all_nan_rows"] == [[1, 1], [2, 1]] and rep["h_last_nan_samples"] == [1], rep
+    check_non_finite_input(path=path, value=float(value), device="cuda", all_nan_rows=[[1, 1], [2, 1]],
+                           h_last_nan_samples=[1])

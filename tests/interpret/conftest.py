@@ -19,12 +19,3 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 if importlib.util.find_spec("triton") is None and os.environ.get("STAA_REQUIRE_OPTIONAL") != "1":
     collect_ignore_glob = ["test_*.py"]  # no triton on this platform: nothing to interpret
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _default_tile():
-    """The launchers' tile size as shipped (cases that shrink it restore this value)."""
-    import triton_cases
-    from staa.kernels import launch
-
-    triton_cases._DEFAULT_TILE[0] = launch.MAX_TILE
-    yield
