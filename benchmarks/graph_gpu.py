@@ -16,7 +16,7 @@ def main() -> int:
 
     import staa
 
-    print(f"| shape | path | eager ms | graph replay ms | replay = eager output |")
+    print("| shape | path | eager ms | graph replay ms | replay = eager output |")
     print("|---|---|---|---|---|")
     for sname, shape in {"early [4,64,128,32,32]": (4, 64, 128, 32, 32), "deep [4,64,512,4,4]": (4, 64, 512, 4, 4)}.items():
         for path in ("per_step", "persistent"):

@@ -163,14 +163,20 @@ class _Tally:
 class _OpMode(TorchDispatchMode):
     """Counts the torch operations dispatched while it is on, except inside a launch."""
 
-    def __init__(self, meter, tally_fn):
+    def __init__(self, meter, tally_fn, phase):
         super().__init__()
         self.meter = meter
         self.tally_fn = tally_fn
+        self.phase = phase
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         m = self.meter
+        if m.phase != self.phase:
+            # An op of a launcher reaches this (outer) mode again after the launcher's own mode
+            # counted it: the module runs the op's body directly in eager mode, not behind the
+            # custom op's dispatch.
+            return func(*args, **kwargs)
         if not m.in_launch:
             name = str(_packet(func))
             if not name.startswith("staa.") and _composite(func):
@@ -423,7 +429,7 @@ class Meter:
         saved, self.phase = self.phase, name
         self.tallies.setdefault(name, _Tally())
         try:
-            with _OpMode(self, lambda: self.tallies[name]):
+            with _OpMode(self, lambda: self.tallies[name], name):
                 yield
         finally:
             self.phase = saved
@@ -476,7 +482,7 @@ class Meter:
             m.reset()
             self.watching = True
             try:
-                with _OpMode(self, lambda: self.tallies["glue"]):
+                with _OpMode(self, lambda: self.tallies["glue"], "glue"):
                     y = m(x)
                     grads = torch.autograd.grad(y, params, gy)
             finally:

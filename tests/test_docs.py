@@ -14,7 +14,6 @@ Snippet rules (for writers of docs):
 """
 from __future__ import annotations
 
-import ast
 import functools
 import inspect
 import json

@@ -7,7 +7,7 @@ import staa
 from staa.reference import staa_lif_reference
 
 from conftest import requires_spikingjelly
-from helpers import make_neuron, randomize
+from helpers import make_neuron
 
 
 def _run_single_steps(m, x):

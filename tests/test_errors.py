@@ -1,6 +1,4 @@
 """Bad input gets a clear error naming the offending value and what was expected."""
-import os
-
 import pytest
 import torch
 

@@ -96,6 +96,48 @@ def test_every_weight_gets_a_gradient():
         assert g.abs().sum() > 0, f"{name} got an all-zero gradient"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("use_h_last", [False, True])
+def test_eager_path_equals_the_custom_op(dtype, with_h0, use_h_last):
+    """Eager calls go through ``_op.EagerLIF``, compiled ones through the custom op: both run
+    the same bodies, so spikes, states and every gradient agree bit for bit."""
+    from staa.ops import staa_lif_op
+    m, x, _ = _case(3, 2, 5, 4, dtype=dtype, seed=4)
+    drop = torch.tensor([False, True, False])
+    g = torch.Generator().manual_seed(5)
+    h0 = torch.randn(2, 5, 4, generator=g, dtype=torch.float64).to(dtype) if with_h0 else None
+    gout = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    gh = torch.randn(2, 5, 4, generator=g, dtype=torch.float64).to(dtype)
+
+    def run(call):
+        xx = x.detach().requires_grad_()
+        hh = None if h0 is None else h0.detach().requires_grad_()
+        spikes, h_last, v_seq = call(xx, hh)
+        loss = (spikes * gout).sum() + ((h_last * gh).sum() if use_h_last else 0)
+        wrt = [xx] + ([hh] if hh is not None else []) + _weights(m)
+        return (spikes, h_last, v_seq), torch.autograd.grad(loss, wrt, allow_unused=True)
+
+    eager_out, eager_grads = run(lambda xx, hh: staa_lif_op(xx, m.params(), drop, m.cfg, h0=hh, store_v_seq=True))
+    op_out, op_grads = run(lambda xx, hh: _op.lif_forward(*_op_args(m, xx, drop, True, hh))[:3])
+    assert eager_out[0].grad_fn is not None and "EagerLIF" in type(eager_out[0].grad_fn).__name__
+    for a, b in zip(eager_out, op_out):
+        assert torch.equal(a, b)
+    assert len(eager_grads) == len(op_grads)
+    for a, b in zip(eager_grads, op_grads):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+
+
+def test_eager_path_refuses_double_backward_through_single_steps():
+    m = make_neuron(5, 3, seed=2, tsrd=0.0, step_mode="s")
+    x = torch.randn(3, 2, 5, 2, 2, requires_grad=True)
+    loss = sum(m(x[t]).sum() for t in range(3))
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match=r"does not support double backward"):
+        torch.autograd.grad(g.sum(), x)
+
+
 def test_module_uses_the_op_for_5d_and_3d_inputs():
     for shape in [(3, 2, 5, 4, 4), (3, 2, 5)]:
         m = make_neuron(5, 3, seed=2, tsrd=0.0, dtype=torch.float64, store_v_seq=True)
@@ -106,7 +148,7 @@ def test_module_uses_the_op_for_5d_and_3d_inputs():
         assert out.shape == x.shape and torch.equal(out, want.reshape(x.shape))
         torch.testing.assert_close(m.v_seq, h.reshape(x.shape), rtol=0, atol=1e-12)
         spikes = m(x.detach().requires_grad_())
-        assert "lif_forward" in type(spikes.grad_fn.next_functions[0][0]).__name__
+        assert "EagerLIF" in type(spikes.grad_fn.next_functions[0][0]).__name__
 
 
 def test_t_larger_pos_and_drop_at_step_zero():
@@ -273,7 +315,7 @@ def test_saved_memory_per_neuron_step():
 
     # Nothing but save_for_backward holds tensors: the node's attributes carry only scalars.
     node = spikes.grad_fn
-    while "lif_forward" not in type(node).__name__:  # past the reshape views
+    while "EagerLIF" not in type(node).__name__:  # past the reshape views
         node = node.next_functions[0][0]
     assert not any(isinstance(v, torch.Tensor) for v in vars(node).values())
     saved = [t for t in node.saved_tensors if t is not None]  # h0 is None from rest
@@ -293,7 +335,7 @@ def test_no_tensors_left_alive_beside_the_saved_ones():
     gc.collect()
     new = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and id(o) not in before and o is not spikes]
     node = spikes.grad_fn
-    while "lif_forward" not in type(node).__name__:  # past the reshape views
+    while "EagerLIF" not in type(node).__name__:  # past the reshape views
         node = node.next_functions[0][0]
     saved = {t.untyped_storage().data_ptr() for t in node.saved_tensors if t is not None}
     saved.add(spikes.untyped_storage().data_ptr())  # the op's output behind the returned view

@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import sysconfig
 import venv
 from pathlib import Path
 

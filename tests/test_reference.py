@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 import staa
 from staa.reference import GCParams, SAParams, STAAParams, global_context, rect_spike, staa_lif_reference, step_attention
 
-from helpers import make_neuron, randomize
+from helpers import make_neuron
 
 
 def _sigmoid(x):

@@ -3,11 +3,9 @@
 Spec (float64): spikes equal, states to 1e-12, every gradient to 1e-10, over shapes, blocks,
 reset modes, surrogate kinds and TSRD masks; plus the op's pitfalls with an initial state.
 """
-import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import staa
 from staa.functional import staa_lif
 
 from helpers import make_neuron

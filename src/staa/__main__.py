@@ -434,8 +434,8 @@ def selftest(device=None, interpret=False, tiny=False, dtypes=None, paths=PATHS,
     out(f"staa {staa.__version__} selftest: backend='triton' vs backend='torch' on {_machine(device)}")
     if device.type == "cpu":
         out("kernels run in the Triton interpreter (TRITON_INTERPRET=1): this checks their logic, not a GPU compile")
-    out(f"tolerance: |difference| <= atol + rtol * max|torch|; rtol 1e-9 (float64), 1e-4 (float32; bfloat16 "
-        f"weights), 2^-7 (bfloat16 input gradient); spikes must match exactly")
+    out("tolerance: |difference| <= atol + rtol * max|torch|; rtol 1e-9 (float64), 1e-4 (float32; bfloat16 "
+        "weights), 2^-7 (bfloat16 input gradient); spikes must match exactly")
     rows = []
     for case in cases:
         for path in paths:

@@ -117,6 +117,9 @@ class STAALIF(nn.Module):
         self._step: Optional[Tensor] = None  # the same counter as a device tensor (compiled calls)
         self._t_on_host = True  # False after a compiled single-step call: read _step instead
         self._v_seq: Optional[Tensor] = None
+        # True once every parameter is materialized (lazy layers: after the first call); a
+        # shortcut for the per-call check, which walks every submodule.
+        self._sized = not self.has_uninitialized_params()
         self._register_load_state_dict_pre_hook(self._materialize_from_state_dict)
 
     def _init_settings(self, r, alpha, tsrd, v_threshold, v_reset, detach_reset, surrogate, surrogate_width,
@@ -297,6 +300,7 @@ class STAALIF(nn.Module):
             with torch.no_grad():
                 self.pos.materialize((self.T, self.channels))
                 self.pos.zero_()
+        self._sized = not self.has_uninitialized_params()
 
     def _materialize_from_state_dict(self, state_dict, prefix, *args):
         if not self.has_uninitialized_params():
@@ -341,7 +345,7 @@ class STAALIF(nn.Module):
                 f"STAALIF was built for {self.channels} channels but the input has {c} at dim {c_dim} "
                 f"(shape {list(x.shape)})"
             )
-        if c == 0 and self.has_uninitialized_params():
+        if c == 0 and not self._sized and self.has_uninitialized_params():
             raise ValueError(
                 f"STAALIF cannot size itself from an input with 0 channels (shape {list(x.shape)}); pass "
                 f"channels=... to the constructor or give it a non-empty input first"
@@ -396,7 +400,7 @@ class STAALIF(nn.Module):
 
     def _multi_step(self, x: Tensor) -> Tensor:
         T = x.shape[0]
-        if self.has_uninitialized_params() or self.T is None:
+        if (not self._sized and self.has_uninitialized_params()) or self.T is None:
             self._materialize(x.shape[2], T)
         if self.T is not None and T > self.T:
             raise ValueError(
@@ -414,7 +418,7 @@ class STAALIF(nn.Module):
         return spikes
 
     def _single_step(self, x: Tensor) -> Tensor:
-        if self.has_uninitialized_params():
+        if not self._sized and self.has_uninitialized_params():
             if self.pos is not None and self.T is None:
                 raise ValueError(
                     "single-step STAALIF with pe=True needs T (the sequence length) to size the position "

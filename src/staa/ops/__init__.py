@@ -45,10 +45,15 @@ def staa_lif_op(x4: Tensor, params: STAAParams, drop: Tensor, cfg, h0: Optional[
         the states are float32 (float64 for float64 input); ``h_last`` carries the gradient
         to ``x4``, ``h0`` and the weights, ``v_seq`` is detached.
     """
-    spikes, h_last, v_seq = _op.lif_forward(
-        x4.contiguous(), drop, None if h0 is None else h0.contiguous(), *flatten_params(params),
-        float(cfg.alpha), float(cfg.v_threshold), None if cfg.v_reset is None else float(cfg.v_reset),
-        bool(cfg.detach_reset), cfg.surrogate.kind, float(cfg.surrogate.param), bool(store_v_seq),
-        bool(use_triton),
-    )[:3]
+    x4 = x4.contiguous()
+    h0 = None if h0 is None else h0.contiguous()
+    flat, present = flatten_params(params)
+    scalars = (float(cfg.alpha), float(cfg.v_threshold), None if cfg.v_reset is None else float(cfg.v_reset),
+               bool(cfg.detach_reset), cfg.surrogate.kind, float(cfg.surrogate.param), bool(use_triton))
+    if torch.compiler.is_compiling():  # one opaque node in the graph
+        alpha, v_th, v_reset, detach, kind, param, tri = scalars
+        spikes, h_last, v_seq = _op.lif_forward(x4, drop, h0, flat, present, alpha, v_th, v_reset, detach, kind,
+                                                param, bool(store_v_seq), tri)[:3]
+    else:  # the same bodies without the custom op's per-call wrapper (see _op.EagerLIF)
+        spikes, h_last, v_seq = _op.EagerLIF.apply(x4, drop, h0, present, scalars, bool(store_v_seq), *flat)
     return spikes, h_last, (v_seq if store_v_seq else None)

@@ -2,7 +2,9 @@
 
 One ``torch.library`` op runs the whole multi-step recurrence; its backward is a second
 op, so ``torch.compile`` sees two opaque nodes (with fake implementations for shape
-propagation) and never traces into the time loops.
+propagation) and never traces into the time loops. Eager calls run the same two bodies
+through :class:`EagerLIF`, a plain ``autograd.Function``, which skips the custom op's
+per-call wrapper (it matters to single-step networks, which make one call per step).
 
 Parameters travel as a list of the present tensors plus a list of flags saying which of
 ``[pos, *gc_x, *gc_h, *sa]`` are there (a disabled block has its flags off); on each side
@@ -83,6 +85,17 @@ def lif_forward(
     """Returns ``(spikes, h_last, v_seq, u, gate, stats)``; ``v_seq`` is empty unless
     ``store_v_seq``. ``stats`` is what the backward reuses of the forward's reductions: the
     Triton launcher's ``[K, T, B, C]`` (``keep_stats``), empty on the torch route."""
+    spikes, h_last, v_seq, u, gate, stats = _forward_impl(
+        x, drop, h0, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param,
+        store_v_seq, use_triton)
+    empty = lambda t: x.new_empty((0,), dtype=compute_dtype(x.dtype)) if t is None else t  # noqa: E731
+    return spikes, h_last, empty(v_seq), u, gate, empty(stats)
+
+
+def _forward_impl(x, drop, h0, params, present, alpha, v_threshold, v_reset, detach_reset, surrogate,
+                  surrogate_param, store_v_seq, use_triton):
+    """The body of ``staa::lif_forward`` (also run directly by the eager autograd path), with
+    ``None`` for an absent ``v_seq`` / ``stats`` (the op returns empty tensors there)."""
     pos, gcx, gch, sa = _split(_expand(params, present))
     # Only the Triton launcher keeps its reductions for the backward.
     extra = dict(keep_stats=True) if use_triton else {}
@@ -93,10 +106,7 @@ def lif_forward(
             surrogate=surrogate, surrogate_param=surrogate_param, store_v_seq=store_v_seq, **extra,
         )
     spikes, h_last, v_seq, u, gate = out[:5]
-    stats = out[5] if use_triton else x.new_empty((0,), dtype=compute_dtype(x.dtype))
-    if v_seq is None:
-        v_seq = x.new_empty((0,), dtype=compute_dtype(x.dtype))
-    return spikes, h_last, v_seq, u, gate, stats
+    return spikes, h_last, v_seq, u, gate, (out[5] if use_triton else None)
 
 
 @lif_forward.register_fake
@@ -136,6 +146,17 @@ def lif_backward(
 ) -> List[Tensor]:
     """Returns ``[grad_x, grad_h0, *grads of params in list order]``; ``grad_h0`` is empty
     when ``h0`` is ``None``."""
+    out = _backward_impl(grad_spikes, grad_h_last, x, drop, h0, params, present, u, gate, stats, alpha,
+                         v_threshold, v_reset, detach_reset, surrogate, surrogate_param, use_triton)
+    if out[1] is None:
+        out[1] = x.new_empty((0,), dtype=compute_dtype(x.dtype))
+    return out
+
+
+def _backward_impl(grad_spikes, grad_h_last, x, drop, h0, params, present, u, gate, stats, alpha, v_threshold,
+                   v_reset, detach_reset, surrogate, surrogate_param, use_triton):
+    """The body of ``staa::lif_backward`` (also run directly by the eager autograd path), with
+    ``None`` for the gradient of an absent ``h0`` (the op returns an empty tensor there)."""
     pos, gcx, gch, sa = _split(_expand(params, present))
     extra = dict(stats=stats) if use_triton else {}
     with torch.autocast(x.device.type, enabled=False):
@@ -146,7 +167,7 @@ def lif_backward(
             alpha=alpha, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
             surrogate=surrogate, surrogate_param=surrogate_param, **extra,
         )
-    out = [gx, x.new_empty((0,), dtype=compute_dtype(x.dtype)) if gh0 is None else gh0]
+    out = [gx, gh0]
     if gpos is not None:
         out.append(gpos)
     for g in (ggcx, ggch, gsa):
@@ -205,3 +226,63 @@ def _setup_nothing(ctx, inputs, output):
 # Without a formula torch reports "no autograd formula was registered" for an internal op name;
 # this says what is not supported and what to use instead.
 torch.library.register_autograd("staa::lif_backward", _no_double_backward, setup_context=_setup_nothing)
+
+
+# --------------------------------------------------------------------- eager path
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on the first-order gradients when they are built with ``create_graph=True``;
+    differentiating them again raises :data:`DOUBLE_BACKWARD_MESSAGE`, as the custom op does."""
+
+    @staticmethod
+    def forward(ctx, n_grads, *tensors):
+        """``tensors`` = the ``n_grads`` gradients, then the inputs that require grad (which
+        connect the outputs to the graph)."""
+        return tuple(g.view_as(g) for g in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+class EagerLIF(torch.autograd.Function):
+    """The same forward and backward as ``staa::lif_forward`` with its registered autograd,
+    as a plain ``autograd.Function`` for eager calls.
+
+    Outside ``torch.compile`` the custom op's autograd wrapper (argument flattening, schema
+    handling, two dispatcher round trips per call) costs about 0.2 ms per call on a CPU,
+    which a single-step network pays at every step; this path runs the same two bodies
+    (``_forward_impl``, ``_backward_impl``) without it. Under ``torch.compile`` the custom op
+    is used, so the compiled graph holds one opaque node.
+
+    ``apply(x, drop, h0, present, scalars, store_v_seq, *params)`` returns
+    ``(spikes, h_last, v_seq)``, ``v_seq`` ``None`` unless ``store_v_seq``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, drop, h0, present, scalars, store_v_seq, *params):
+        alpha, v_threshold, v_reset, detach_reset, surrogate, surrogate_param, use_triton = scalars
+        spikes, h_last, v_seq, u, gate, stats = _forward_impl(
+            x, drop, h0, list(params), present, alpha, v_threshold, v_reset, detach_reset, surrogate,
+            surrogate_param, store_v_seq, use_triton)
+        ctx.set_materialize_grads(False)
+        ctx.present, ctx.scalars, ctx.has_h0 = present, scalars, h0 is not None
+        if v_seq is not None:
+            ctx.mark_non_differentiable(v_seq)
+        ctx.save_for_backward(x, drop, u, gate, stats, h0, *params)
+        return spikes, h_last, v_seq
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_h_last, _grad_v_seq):
+        x, drop, u, gate, stats, h0, *params = ctx.saved_tensors
+        if grad_spikes is None:  # only the last state is used by the loss
+            grad_spikes = torch.zeros_like(x)
+        with torch.no_grad():
+            grads = _backward_impl(grad_spikes, grad_h_last, x, drop, h0, params, ctx.present, u, gate, stats,
+                                   *ctx.scalars)
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative must fail loudly
+            inputs = [t for t in (x, h0, *params) if t is not None and t.requires_grad]
+            given = [g for g in grads if g is not None]
+            it = iter(_NoDoubleBackward.apply(len(given), *given, *inputs))
+            grads = [None if g is None else next(it) for g in grads]
+        grad_h0 = grads[1] if ctx.has_h0 else None
+        return (grads[0], None, grad_h0, None, None, None, *grads[2:])
