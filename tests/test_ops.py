@@ -96,6 +96,20 @@ def test_every_weight_gets_a_gradient():
         assert g.abs().sum() > 0, f"{name} got an all-zero gradient"
 
 
+@pytest.mark.parametrize("blocks", [dict(), dict(sa=False), dict(gc=False)])
+@pytest.mark.parametrize("soft", [False, True])
+def test_one_position_matches_reference(blocks, soft):
+    """With one position (``[T, B, C]`` input, P = 1) the torch route takes its own GC formulas
+    (products instead of batched matmuls): spikes and every gradient as the reference's."""
+    m, x, drop = _case(4, 5, 7, 1, soft=soft, seed=13, drop=[False, True, False, False], **blocks)
+    gout = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s_ref, g_ref = _run(_ref_fn(m, drop), x, m, gout)
+    s_op, g_op = _run(_op_fn(m, drop), x, m, gout)
+    assert torch.equal(s_op, s_ref) and 0 < s_op.mean() < 1
+    for name, a, b in zip(["x"] + [n for n, _ in m.named_parameters()], g_op, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda s: f"grad of {name}: {s}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("use_h_last", [False, True])

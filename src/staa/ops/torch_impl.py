@@ -57,14 +57,20 @@ def _weighted_sum(z: Tensor, w: Tensor) -> Tensor:
     """sum_p w[n, p] z[n, :, p] for ``z`` ``[N, C, P]`` and ``w`` ``[N, P]`` -> ``[N, C]``.
 
     Written as ``w @ z^T`` on a transposed view: a row-vector times matrix batched matmul,
-    which CPU BLAS runs several times faster than ``z @ w`` or a multiply-and-sum.
+    which CPU BLAS runs several times faster than ``z @ w`` or a multiply-and-sum. With one
+    position (``P = 1``, a layer after ``nn.Linear``) the sum is a product: CPU BLAS runs a
+    batch of 1 x 1 by 1 x C products one by one, about 20x slower.
     """
+    if z.shape[2] == 1:
+        return z[:, :, 0] * w
     return torch.bmm(w.unsqueeze(1), z.transpose(1, 2)).squeeze(1)
 
 
 def gc_key_weights(z: Tensor, key_weight: Tensor, key_bias: Tensor) -> Tensor:
     """GC's attention over positions, sigmoid(key(z_p)) ``[N, P]``, for ``z`` ``[N, C, P]`` (eq. 7)."""
-    N, C, _ = z.shape
+    N, C, P = z.shape
+    if P == 1:  # one matmul [N, C] x [C, 1] instead of N row-vector products
+        return torch.sigmoid(torch.addmm(key_bias, z.reshape(N, C), key_weight.reshape(C, 1)))
     return torch.sigmoid(torch.bmm(key_weight.expand(N, 1, C), z).squeeze(1) + key_bias)
 
 
@@ -120,7 +126,9 @@ def _gc_forward(z: Tensor, p, with_mean: bool = False):
     """
     P = z.shape[-1]
     w = gc_key_weights(z, p.key_weight, p.key_bias)  # [N, P]
-    if with_mean:
+    if with_mean and P == 1:  # mean over one position: z itself (a copy: callers add to it in place)
+        ctx, zmean = _weighted_sum(z, w), z[:, :, 0].clone()
+    elif with_mean:
         rows = torch.stack((w, torch.full_like(w, 1.0 / P)), dim=1)  # [N, 2, P]
         red = torch.bmm(rows, z.transpose(1, 2))  # [N, 2, C]
         ctx, zmean = red[:, 0], red[:, 1]
@@ -147,7 +155,13 @@ def _gc_mlp_backward(g_delta: Tensor, c: _GCCache, p):
 def _gc_input_grad(g_out: Tensor, z: Tensor, g_ctx: Tensor, c: _GCCache, p, out: Tensor):
     """dL/dz for GC(z) = z + delta(ctx(z)): ``g_out`` (the identity path) plus the
     context path, written to ``out``. Returns the key-logit gradient ``[N, P]``."""
-    N, C, _ = z.shape
+    N, C, P = z.shape
+    if P == 1:  # the same sums as below without batches of tiny matmuls (see _weighted_sum)
+        g_logit = torch.linalg.vecdot(g_ctx, z[:, :, 0]).unsqueeze(1).mul_(c.w * (1.0 - c.w))
+        out0 = out[:, :, 0]
+        torch.addcmul(g_out[:, :, 0], g_ctx, c.w, out=out0)
+        out0.addcmul_(p.key_weight.reshape(1, C), g_logit)
+        return g_logit
     g_w = torch.bmm(g_ctx.unsqueeze(1), z).squeeze(1)  # d ctx / d w_p = z_p
     g_logit = g_w.mul_(c.w * (1.0 - c.w))
     left = torch.cat((g_ctx.unsqueeze(2), p.key_weight.reshape(1, C, 1).expand(N, C, 1)), dim=2)  # [N, C, 2]
@@ -169,7 +183,10 @@ def _keep_gc_step(store, t, z, c: _GCCache, g_delta, g_n, g_q, g_logit) -> None:
     """Keep one step's small GC intermediates for the weight gradients; add its key gradient."""
     caches, grads, g_key = store
     caches[t], grads[t] = c, (g_delta, g_n, g_q, g_logit)
-    g_key += _weighted_sum(z, g_logit).sum(0)
+    if z.shape[2] == 1:
+        g_key.add_((g_logit.t() @ z[:, :, 0]).squeeze(0))
+    else:
+        g_key += _weighted_sum(z, g_logit).sum(0)
 
 
 def _gc_grads_from_steps(store, p) -> List[Tensor]:
