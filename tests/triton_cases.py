@@ -133,7 +133,6 @@ def build_case(T, B, C, P, *, dtype="float32", param_dtype=None, gc=True, sa=Tru
     return x, params, mask, kw, got, v, h_init
 
 
-
 def on_device(device, x, drop, params, h0, *more):
     """The case's tensors on ``device`` (None stays None)."""
     if device == "cpu":
@@ -172,19 +171,15 @@ def poisoned(active=True):
         return
     empty, empty_like = torch.empty, torch.empty_like
 
-    def p_empty(*a, **k):
-        t = empty(*a, **k)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
+    def nan_filled(make):
+        def poisoned_make(*a, **k):
+            t = make(*a, **k)
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            return t
+        return poisoned_make
 
-    def p_empty_like(*a, **k):
-        t = empty_like(*a, **k)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    torch.empty, torch.empty_like = p_empty, p_empty_like
+    torch.empty, torch.empty_like = nan_filled(empty), nan_filled(empty_like)
     try:
         yield
     finally:

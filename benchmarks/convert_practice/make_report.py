@@ -143,15 +143,18 @@ def write(runs_dir: str) -> None:
     lines = [
         "# `staa.convert` in practice: third-party spikingjelly networks on Fashion-MNIST",
         "",
-        "Two networks we did not write, taken from spikingjelly 2.0's installed files and trained with their own "
-        "loss (MSE between output firing rates and one-hot labels) and surrogate (ATan), before and after "
-        "`staa.convert`. How they are loaded without torchvision: `benchmarks/convert_practice/third_party.py`.",
+        "Two networks we did not write (one also in single-step mode), taken from spikingjelly 2.0's installed "
+        "files and trained with their own loss (MSE between output firing rates and one-hot labels) and "
+        "surrogate (ATan), before and after `staa.convert`. How they are loaded without torchvision: "
+        "`benchmarks/convert_practice/third_party.py`.",
         "",
         "| network | source |",
         "|---|---|",
         "| csnn | `examples/conv_fashion_mnist.py`, class `CSNN`: two conv-BN-IF-pool blocks, Linear-IF, Linear-IF |",
         "| plif_net | `model/parametric_lif_net.py`, `FashionMNISTNet` with `LIFNode`, `detach_reset=True`: two "
         "conv-BN-LIF-pool blocks, dropout, Linear-LIF, Linear-LIF, a voting layer |",
+        "| plif_net_s | the same network in the zoo's default single-step mode, called once per step; converted, its "
+        "STAA-LIF nodes are single-step too and carry their state between calls |",
         "",
         "## Verdict (each converted variant against its network's original)",
         "",

@@ -100,7 +100,7 @@ def build(net_name: str, variant: str, seed: int):
     if options is not None:
         import staa
 
-        staa.convert(net, third_party.example_input(net_name, T), **options)
+        staa.convert(net, third_party.example_input(net_name, T), T=T, **options)
         report = str(net.staa_report)
     return net, rates, report
 

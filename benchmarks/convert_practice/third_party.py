@@ -1,4 +1,4 @@
-"""Two third-party spikingjelly networks, loaded from the installed spikingjelly 2.0 files.
+"""Two third-party spikingjelly networks (one in both step modes), loaded from the installed spikingjelly 2.0 files.
 
 Neither file can be imported as it stands here: the example ``conv_fashion_mnist.py``
 imports torchvision, tensorboard and spikingjelly's plotting module at the top, and the
@@ -18,6 +18,8 @@ torchvision) in its ``__init__``. So, without changing a line of either network:
   surrogate_function=surrogate.ATan(), detach_reset=True``, multi-step, and trained with
   ``F.mse_loss(net(x_seq).mean(0), one_hot(label))``; its ``VotingLayer`` averages groups
   of 10 of the 100 output neurons into 10 class rates.
+* ``plif_net_s``: the same network in the zoo's default single-step mode, called once per
+  step (``[B, 1, 28, 28]`` each time) and averaged, as a single-step training loop does.
 """
 from __future__ import annotations
 
@@ -87,6 +89,19 @@ def plif_net_rates(net: nn.Module, img: torch.Tensor, T: int) -> torch.Tensor:
     return net(x_seq).mean(0)
 
 
+def build_plif_net_s(T: int, channels: int) -> nn.Module:
+    """``plif_net`` left in the step mode the zoo builds it in: single-step (spikingjelly's default)."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    zoo = zoo_module("parametric_lif_net")
+    return zoo.FashionMNISTNet(channels=channels, spiking_neuron=neuron.LIFNode,
+                               surrogate_function=surrogate.ATan(), detach_reset=True)
+
+
+def plif_net_s_rates(net: nn.Module, img: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.stack([net(img) for _ in range(T)]).mean(0)  # one call per step, the same image each time
+
+
 def mse_onehot(rates: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """The loss both spikingjelly examples use."""
     return F.mse_loss(rates, F.one_hot(label, 10).to(rates.dtype))
@@ -97,9 +112,11 @@ NETWORKS: Dict[str, Tuple[Callable, Callable, str]] = {
     "csnn": (build_csnn, csnn_rates, "spikingjelly/activation_based/examples/conv_fashion_mnist.py: CSNN"),
     "plif_net": (build_plif_net, plif_net_rates,
                  "spikingjelly/activation_based/model/parametric_lif_net.py: FashionMNISTNet"),
+    "plif_net_s": (build_plif_net_s, plif_net_s_rates,
+                   "spikingjelly/activation_based/model/parametric_lif_net.py: FashionMNISTNet, single-step"),
 }
 
 
 def example_input(name: str, T: int, batch: int = 2) -> torch.Tensor:
     """The input each network's own forward takes, for ``staa.convert``'s sizing probe."""
-    return torch.zeros(batch, 1, 28, 28) if name == "csnn" else torch.zeros(T, batch, 1, 28, 28)
+    return torch.zeros(batch, 1, 28, 28) if name in ("csnn", "plif_net_s") else torch.zeros(T, batch, 1, 28, 28)
