@@ -127,13 +127,13 @@ def _empty_result(x: Tensor, h0: Optional[Tensor], store_v_seq: bool):
 
 
 def _check_not_transformed(x: Tensor) -> None:
-    """torch.func transforms (grad, vmap, jacrev, ...) cannot run the custom op: say so plainly."""
+    """torch.func transforms (grad, vmap, jacrev, ...) cannot run the op: say so plainly."""
     if torch.compiler.is_compiling():  # dynamo cannot trace the check (and compiled code has no wrappers here)
         return
     if torch._C._functorch.is_functorch_wrapped_tensor(x):
         raise RuntimeError(
             "STAA-LIF does not support torch.func transforms (grad, vmap, jacrev, functional_call under grad, ...): "
-            "its fast path is a custom op with a hand-written backward and a random TSRD draw. Use "
+            "its fast path has a hand-written backward and a random TSRD draw. Use "
             "torch.autograd.grad / loss.backward() for gradients, and a loop over the batch instead of vmap"
         )
 
