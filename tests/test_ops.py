@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import staa
 from staa._memory import saved_tensor_bytes
 from staa.functional import staa_lif
-from staa.ops import _op, flatten_params
+from staa.ops import _op, flatten_params, staa_lif_op
 from staa.reference import STAAParams, global_context, staa_lif_reference, step_attention
 
 from helpers import make_neuron, randomize
@@ -116,7 +116,6 @@ def test_one_position_matches_reference(blocks, soft):
 def test_eager_path_equals_the_custom_op(dtype, with_h0, use_h_last):
     """Eager calls go through ``_op.EagerLIF``, compiled ones through the custom op: both run
     the same bodies, so spikes, states and every gradient agree bit for bit."""
-    from staa.ops import staa_lif_op
     m, x, _ = _case(3, 2, 5, 4, dtype=dtype, seed=4)
     drop = torch.tensor([False, True, False])
     g = torch.Generator().manual_seed(5)

@@ -302,6 +302,10 @@ class STAALIF(nn.Module):
                 self.pos.zero_()
         self._sized = not self.has_uninitialized_params()
 
+    def _unsized(self) -> bool:
+        """True while a lazy layer still has parameters to materialize."""
+        return not self._sized and self.has_uninitialized_params()
+
     def _materialize_from_state_dict(self, state_dict, prefix, *args):
         if not self.has_uninitialized_params():
             return
@@ -345,7 +349,7 @@ class STAALIF(nn.Module):
                 f"STAALIF was built for {self.channels} channels but the input has {c} at dim {c_dim} "
                 f"(shape {list(x.shape)})"
             )
-        if c == 0 and not self._sized and self.has_uninitialized_params():
+        if c == 0 and self._unsized():
             raise ValueError(
                 f"STAALIF cannot size itself from an input with 0 channels (shape {list(x.shape)}); pass "
                 f"channels=... to the constructor or give it a non-empty input first"
@@ -400,7 +404,7 @@ class STAALIF(nn.Module):
 
     def _multi_step(self, x: Tensor) -> Tensor:
         T = x.shape[0]
-        if (not self._sized and self.has_uninitialized_params()) or self.T is None:
+        if self._unsized() or self.T is None:
             self._materialize(x.shape[2], T)
         if self.T is not None and T > self.T:
             raise ValueError(
@@ -418,7 +422,7 @@ class STAALIF(nn.Module):
         return spikes
 
     def _single_step(self, x: Tensor) -> Tensor:
-        if not self._sized and self.has_uninitialized_params():
+        if self._unsized():
             if self.pos is not None and self.T is None:
                 raise ValueError(
                     "single-step STAALIF with pe=True needs T (the sequence length) to size the position "

@@ -126,8 +126,8 @@ def _gc_forward(z: Tensor, p, with_mean: bool = False):
     """
     P = z.shape[-1]
     w = gc_key_weights(z, p.key_weight, p.key_bias)  # [N, P]
-    if with_mean and P == 1:  # mean over one position: z itself (a copy: callers add to it in place)
-        ctx, zmean = _weighted_sum(z, w), z[:, :, 0].clone()
+    if with_mean and P == 1:  # no batched matmul for one position (see _weighted_sum)
+        ctx, zmean = _weighted_sum(z, w), z.mean(-1)
     elif with_mean:
         rows = torch.stack((w, torch.full_like(w, 1.0 / P)), dim=1)  # [N, 2, P]
         red = torch.bmm(rows, z.transpose(1, 2))  # [N, 2, C]
@@ -183,10 +183,7 @@ def _keep_gc_step(store, t, z, c: _GCCache, g_delta, g_n, g_q, g_logit) -> None:
     """Keep one step's small GC intermediates for the weight gradients; add its key gradient."""
     caches, grads, g_key = store
     caches[t], grads[t] = c, (g_delta, g_n, g_q, g_logit)
-    if z.shape[2] == 1:
-        g_key.add_((g_logit.t() @ z[:, :, 0]).squeeze(0))
-    else:
-        g_key += _weighted_sum(z, g_logit).sum(0)
+    g_key += _weighted_sum(z, g_logit).sum(0)
 
 
 def _gc_grads_from_steps(store, p) -> List[Tensor]:
