@@ -3,9 +3,10 @@
 One small Conv-SNN, trained with one fixed protocol, once per neuron variant and seed:
 
 * static task (direct encoding, T=4): LIF (tau=2), IF (STAALIF with every block off),
-  GC, GC+PE, GC+PE+SA, GC+PE+SA+TSRD;
+  IF+SA and IF+SA+TSRD (step attention alone, without and with TSRD), GC, GC+PE,
+  GC+PE+SA, GC+PE+SA+TSRD;
 * event task (N-MNIST-style events simulated from the same images, T=8 frames of
-  ON/OFF counts): LIF, IF, STAA (GC+PE+SA+TSRD).
+  ON/OFF counts): LIF, IF, IF+SA, STAA (GC+PE+SA+TSRD).
 
 Each finished run is cached as one JSON file in ``--out``; running the command again
 skips the finished runs, so an interrupted ladder resumes where it stopped. At the
@@ -43,13 +44,15 @@ from staa.reference import staa_lif_reference  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_OUT = os.path.join(REPO, "docs", "results", "accuracy-runs")
 
-STATIC_VARIANTS = ("LIF", "IF", "GC", "GC+PE", "GC+PE+SA", "GC+PE+SA+TSRD")
-EVENT_VARIANTS = ("LIF", "IF", "STAA")
+STATIC_VARIANTS = ("LIF", "IF", "IF+SA", "IF+SA+TSRD", "GC", "GC+PE", "GC+PE+SA", "GC+PE+SA+TSRD")
+EVENT_VARIANTS = ("LIF", "IF", "IF+SA", "STAA")
 TASKS = {"static": STATIC_VARIANTS, "event": EVENT_VARIANTS}
 
 # STAALIF block switches per variant name; "STAA" is the full neuron.
 _STAA_BLOCKS = {
     "IF": dict(gc=False, pe=False, sa=False, tsrd=0.0),
+    "IF+SA": dict(gc=False, pe=False, sa=True, tsrd=0.0),
+    "IF+SA+TSRD": dict(gc=False, pe=False, sa=True, tsrd=0.1),
     "GC": dict(gc=True, pe=False, sa=False, tsrd=0.0),
     "GC+PE": dict(gc=True, pe=True, sa=False, tsrd=0.0),
     "GC+PE+SA": dict(gc=True, pe=True, sa=True, tsrd=0.0),
