@@ -130,6 +130,61 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
         run_ladder.main(argv[:-7] + ["--epochs", "2", "--batch-size", "10", "--widths", "4", "8"])
 
 
+def test_validation_split_is_disjoint_from_training_and_fixed():
+    train = run_ladder.fixed_subset(100, 40, 0)
+    val = run_ladder.validation_subset(100, train, 25, 2)
+    assert len(val) == 25 and len(set(val)) == 25
+    assert not set(val) & set(train), "validation images must never be trained on"
+    assert np.array_equal(val, run_ladder.validation_subset(100, train, 25, 2))
+    with pytest.raises(ValueError, match="exceeds the 60 training images"):
+        run_ladder.validation_subset(100, train, 61, 2)
+
+
+@pytest.mark.parametrize("accs, stop", [
+    ([0.80, 0.85], False),                # fewer than 3 epochs: never
+    ([0.80, 0.85, 0.851], False),         # +5.1 points over 2 epochs
+    ([0.80, 0.850, 0.8509], False),       # 0.8509 - 0.80
+    ([0.85, 0.8505, 0.8509], True),       # +0.09 points over 2 epochs
+    ([0.85, 0.86, 0.84], True),           # a drop
+])
+def test_plateau_rule(accs, stop):
+    assert run_ladder.plateaued(accs, 0.001) is stop
+
+
+def test_large_protocol_config_unchanged_by_the_long_protocol_flags():
+    """The long protocol's flags add config keys only when set, so the large protocol's cached
+    runs keep matching the runner's config."""
+    args = run_ladder.parse_args(["--train-size", "20000", "--test-size", "0", "--epochs", "3"])
+    cfg = run_ladder.build_config(args)
+    cached = json.load(open(os.path.join(run_ladder.REPO, "docs", "results", "accuracy-large-runs",
+                                         "static_IF_seed0.json")))["config"]
+    assert set(cfg) == set(cached)
+
+
+def test_runner_validation_early_stop_and_train_accuracy(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_fake_dataset(str(data))
+    out = tmp_path / "runs"
+    argv = ["--data", str(data), "--out", str(out), "--report", "", "--tasks", "static", "--variants", "LIF",
+            "--seeds", "0", "--train-size", "20", "--test-size", "10", "--val-size", "10", "--epochs", "6",
+            "--stop-gain", "1.0", "--eval-train", "--batch-size", "10", "--widths", "4", "8"]
+    torch_threads = torch.get_num_threads()
+    try:
+        assert run_ladder.main(argv) == 0
+    finally:
+        torch.set_num_threads(torch_threads)
+    rec = json.loads((out / "static_LIF_seed0.json").read_text())
+    # A gain of 100 points is never reached: the rule stops at the third epoch.
+    assert [e["epoch"] for e in rec["epochs"]] == [1, 2, 3]
+    assert all(0.0 <= e["val_acc"] <= 1.0 for e in rec["epochs"])
+    assert 0.0 <= rec["train_eval_acc"] <= 1.0
+    assert rec["test_acc"] is None, "an epoch-count selection run must not evaluate on the test set"
+    assert rec["config"]["val_size"] == 10 and rec["config"]["eval_train"] is True
+    with pytest.raises(SystemExit):
+        run_ladder.parse_args(["--stop-gain", "0.001"])
+
+
 def test_runner_missing_data_exit_code(tmp_path, capsys):
     assert run_ladder.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--report", ""]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err

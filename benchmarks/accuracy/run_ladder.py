@@ -142,24 +142,36 @@ def fixed_subset(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
+def validation_subset(n_total: int, train_idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` fixed indices drawn from the training images that are NOT in the train subset, so a
+    validation split never overlaps the images trained on (and never touches the test set)."""
+    rest = np.setdiff1d(np.arange(n_total), train_idx)
+    if n > len(rest):
+        raise ValueError(f"--val-size {n} exceeds the {len(rest)} training images outside the train subset")
+    return np.sort(np.random.default_rng(seed).permutation(rest)[:n])
+
+
 def prepare_task(task: str, raw: Dict[str, np.ndarray], cfg: dict) -> Dict[str, torch.Tensor]:
-    """Inputs and labels of one task on the fixed train subset and test set."""
+    """Inputs and labels of one task on the fixed train subset and test set, plus a validation split
+    (``x_val``, ``y_val``) from the unused training images when ``cfg["val_size"]`` is set."""
     tr = fixed_subset(len(raw["train_images"]), cfg["train_size"], cfg["subset_seed"])
     te = fixed_subset(len(raw["test_images"]), cfg["test_size"], cfg["subset_seed"] + 1)
-    out = {
-        "y_train": torch.as_tensor(raw["train_labels"][tr].astype(np.int64)),
-        "y_test": torch.as_tensor(raw["test_labels"][te].astype(np.int64)),
-    }
-    if task == "static":
-        for split, idx in (("train", tr), ("test", te)):
-            out["x_" + split] = torch.as_tensor(raw[split + "_images"][idx], dtype=torch.float32)[:, None] / 255.0
-    elif task == "event":
-        for split, idx, seed in (("train", tr, cfg["event_seed"]), ("test", te, cfg["event_seed"] + 1)):
-            out["x_" + split] = fmnist_events.simulate_events(
-                raw[split + "_images"][idx], T=cfg["event_T"], seed=seed, size=cfg["event_size"]
-            )
-    else:
+    # (split name, source images, indices, event seed)
+    splits = [("train", "train", tr, cfg["event_seed"]), ("test", "test", te, cfg["event_seed"] + 1)]
+    if cfg.get("val_size"):
+        va = validation_subset(len(raw["train_images"]), tr, cfg["val_size"], cfg["subset_seed"] + 2)
+        splits.append(("val", "train", va, cfg["event_seed"] + 2))
+    if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    out = {}
+    for split, source, idx, seed in splits:
+        out["y_" + split] = torch.as_tensor(raw[source + "_labels"][idx].astype(np.int64))
+        if task == "static":
+            out["x_" + split] = torch.as_tensor(raw[source + "_images"][idx], dtype=torch.float32)[:, None] / 255.0
+        else:
+            out["x_" + split] = fmnist_events.simulate_events(
+                raw[source + "_images"][idx], T=cfg["event_T"], seed=seed, size=cfg["event_size"]
+            )
     return out
 
 
@@ -170,6 +182,12 @@ def _batch_input(x: torch.Tensor, task: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- training
+def plateaued(val_accs: Sequence[float], gain: float) -> bool:
+    """True once the last epoch's validation accuracy is less than ``gain`` (a fraction, 0.001 = 0.1
+    points) above the accuracy two epochs before it: the long protocol's rule for its epoch count."""
+    return len(val_accs) >= 3 and val_accs[-1] - val_accs[-3] < gain
+
+
 def _is_neuron(m: nn.Module) -> bool:
     return isinstance(m, (STAALIF, MultiStepLIF))
 
@@ -232,13 +250,31 @@ def train_one(task: str, variant: str, seed: int, data: Dict[str, torch.Tensor],
                     f"{el:.0f}s, ~{el / (k + 1) * (steps_per_epoch - k - 1):.0f}s left in epoch")
         dt = time.perf_counter() - t0
         epoch_times.append(dt)
-        epoch_log.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n, "seconds": dt})
-        log(f"    epoch {epoch + 1}/{cfg['epochs']}  loss {loss_sum / n:.3f}  train acc {correct / n:.4f}  {dt:.1f}s")
+        entry = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n, "seconds": dt}
+        line = f"    epoch {epoch + 1}/{cfg['epochs']}  loss {loss_sum / n:.3f}  train acc {correct / n:.4f}  {dt:.1f}s"
+        if "x_val" in data:
+            entry["val_acc"], _ = evaluate(model, data["x_val"], data["y_val"], task)
+            line += f"  val acc {entry['val_acc']:.4f}"
+        epoch_log.append(entry)
+        log(line)
+        if cfg.get("stop_gain") is not None and plateaued([e["val_acc"] for e in epoch_log], cfg["stop_gain"]):
+            log(f"    validation gained less than {100 * cfg['stop_gain']:.2f} points over 2 epochs: stop")
+            break
+    extra = {}
+    if cfg.get("eval_train"):  # accuracy on the training images in eval mode (no TSRD), for the train-test gap
+        extra["train_eval_acc"], _ = evaluate(model, x_tr, y_tr, task)
+        log(f"    train acc (eval mode) {extra['train_eval_acc']:.4f}")
     t0 = time.perf_counter()
-    acc, rate = evaluate(model, data["x_test"], data["y_test"], task)
+    if cfg.get("stop_gain") is not None:
+        # A run that chooses the epoch count never looks at the test set.
+        acc, rate = None, None
+        log("    epoch-count selection run: no test evaluation")
+    else:
+        acc, rate = evaluate(model, data["x_test"], data["y_test"], task)
+        log(f"    test acc {acc:.4f}  firing rate {rate:.4f}  (eval {time.perf_counter() - t0:.1f}s)")
     eval_s = time.perf_counter() - t0
-    log(f"    test acc {acc:.4f}  firing rate {rate:.4f}  (eval {eval_s:.1f}s)")
     return {
+        **extra,
         "task": task,
         "variant": variant,
         "seed": seed,
@@ -308,6 +344,10 @@ def build_config(args) -> dict:
         "event_size": 34,
         "event_seed": 0,
         "data_dir": os.path.abspath(args.data),
+        # Added for the long protocol; left out when unset so earlier protocols' cached runs still match.
+        **({"val_size": args.val_size} if args.val_size else {}),
+        **({"stop_gain": args.stop_gain} if args.stop_gain is not None else {}),
+        **({"eval_train": True} if args.eval_train else {}),
     }
 
 
@@ -375,12 +415,22 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--widths", nargs="+", type=int, default=[16, 32])
     p.add_argument("--event-T", type=int, default=8)
+    p.add_argument("--val-size", type=int, default=0,
+                   help="validation images drawn from the training images outside the train subset; "
+                        "validation accuracy is recorded after every epoch")
+    p.add_argument("--stop-gain", type=float, default=None,
+                   help="stop early once validation accuracy gains less than this fraction over 2 epochs "
+                        "(needs --val-size; 0.001 = 0.1 points); --epochs is then the maximum")
+    p.add_argument("--eval-train", action="store_true",
+                   help="also record the accuracy on the training images in eval mode (train-test gap)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--impl", default="module", choices=IMPLS,
                    help="STAA neuron implementation: staa.STAALIF as shipped, or the same neuron via staa.reference")
     args = p.parse_args(argv)
     if args.event_T < 8:
         p.error("--event-T must be >= 8")
+    if args.stop_gain is not None and not args.val_size:
+        p.error("--stop-gain needs a validation split (--val-size)")
     chosen = args.variants
 
     def variants_for(task):
