@@ -248,10 +248,10 @@ def _fake_run(task, variant, seed, acc, impl="module", sec=10.0):
 def _fake_large(ref_offset):
     """Five seeds per row with a known spread; reference runs shifted by ``ref_offset`` (fraction)."""
     spread = [-0.002, -0.001, 0.0, 0.001, 0.002]  # std 0.158 points
-    base = {"LIF": 0.860, "IF": 0.870, "GC": 0.8705, "GC+PE": 0.8700, "GC+PE+SA": 0.876, "GC+PE+SA+TSRD": 0.872,
-            "STAA": 0.858}
+    base = {"LIF": 0.860, "IF": 0.870, "IF+SA": 0.8755, "IF+SA+TSRD": 0.8715, "GC": 0.8705, "GC+PE": 0.8700,
+            "GC+PE+SA": 0.876, "GC+PE+SA+TSRD": 0.872, "STAA": 0.858}
     runs = []
-    for task, variants in make_report.TASKS.items():
+    for task, variants in make_report.LARGE_TASKS.items():
         for v in variants:
             b = base[v] if task == "static" or v == "STAA" else base[v] - 0.01
             runs += [_fake_run(task, v, s, b + d) for s, d in enumerate(spread)]
@@ -272,7 +272,9 @@ def test_large_report_states_every_step_and_the_protocol_target():
     assert "did not help at this scale, static" in page
     line = next(l for l in page.splitlines() if "did not help at this scale, static" in l)
     assert "GC (IF → GC: +0.05" in line and "PE (GC → GC+PE: -0.05" in line and "TSRD (" in line
-    assert "SA (" not in line.replace("TSRD (", "")
+    assert "SA (GC+PE → GC+PE+SA" not in line and "SA alone" not in line  # +0.60 and +0.55: they helped
+    assert "GC+PE on top of SA (IF+SA → GC+PE+SA: +0.05" in line and "TSRD on IF+SA (IF+SA → IF+SA+TSRD: -0.40" in line
+    assert "| IF+SA | STAALIF, sa | 5 | 87.55 ± 0.16 |" in page
     assert "target <= 0.25: met" in page
     assert "Not measured yet" in page  # no timing file given
 
@@ -321,10 +323,70 @@ def test_large_report_reads_timing_and_writes_files(tmp_path):
 
 def test_small_report_says_its_protocol():
     runs, _ = _fake_large(0.0)
+    runs = [r for r in runs if r["variant"] in make_report.TASKS[r["task"]]]
     for r in runs:
         r["config"] = {"train_size": 4000, "test_size": 2000}
     page = make_report.render(runs, plotted=False)
     assert page.startswith("# Accuracy, small protocol") and "accuracy-large.md" in page
+
+
+def _fake_long(lif_spread=1.0):
+    spread = [-0.002, -0.001, 0.0, 0.001, 0.002]  # std 0.158 points
+    base = {"LIF": 0.870, "IF+SA": 0.880, "IF+SA+TSRD": 0.877, "GC+PE+SA": 0.8805, "GC+PE+SA+TSRD": 0.8790}
+    runs = []
+    for v, b in base.items():
+        for s, d in enumerate(spread):
+            r = _fake_run("static", v, s, b + d * (lif_spread if v == "LIF" else 1.0))
+            r["train_eval_acc"], r["config"] = 0.95, {"epochs": 9}
+            runs.append(r)
+    sel = dict(_fake_run("static", "LIF", 0, None), epochs=[{"epoch": e, "val_acc": a} for e, a in
+                                                           enumerate([0.85, 0.86, 0.865, 0.8655], 1)],
+               config={"val_size": 10000, "epochs": 15, "stop_gain": 0.001})
+    return runs, [sel]
+
+
+def test_long_report_verdicts_gap_and_cost():
+    runs, sel = _fake_long()
+    cost = {"command": "python benchmarks/accuracy/cost_rows.py", "started_utc": "now", "batch_size": 128,
+            "block": 20, "steps": 200, "machine": {"machine": "test CPU", "torch_threads": 1, "torch": "x",
+                                                   "git_commit": "abc1234"},
+            "rows": {v: {"params": 100 + i, "params_over_lif": i, "seconds_per_step": 0.1 * (1 + i),
+                         "saved_bytes_per_step": 2 ** 20 * (1 + i)} for i, v in enumerate(make_report.LONG_ROWS)}}
+    page = make_report.render_long(runs, sel, cost)
+    assert "stopped after **4 epochs**" in page and "| validation | 85.00 | 86.00 | 86.50 | 86.55 |" in page
+    # full - IF+SA = -0.10 with SE 0.10: IF+SA keeps the gain
+    assert "the full neuron is -0.10 ± 0.10 points above IF+SA" in page
+    assert "IF+SA keeps the full neuron's gain within one standard error." in page
+    assert "TSRD on the long schedule, GC+PE+SA → GC+PE+SA+TSRD**: -0.15 ± 0.10" in page
+    assert "TSRD on the long schedule, IF+SA → IF+SA+TSRD**: -0.30 ± 0.10 points (beyond twice" in page
+    assert "target <= 0.20: met" in page
+    # train 95.00, test 88.00: gap +7.00
+    assert "| IF+SA | STAALIF, sa | 5 | 88.00 ± 0.16 | 87.80, 87.90, 88.00, 88.10, 88.20 | 95.00 | +7.00 |" in page
+    # cost: IF+SA is LONG_ROWS[1]: 0.2 s/step, 2x LIF, 2 MiB
+    assert "| IF+SA | +1.00 ± 0.10 | 101 | 1 | 200.0 | 2.00x | 2.0 |" in page
+    runs, sel = _fake_long(lif_spread=3.0)  # LIF std 0.47: LIF -> rows SE 0.21
+    page = make_report.render_long(runs, sel, None)
+    assert "NOT met" in page and "Not measured yet" in page
+
+
+def test_cost_rows_measures_every_row(tmp_path):
+    import cost_rows
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _write_fake_dataset(str(data_dir))
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    try:
+        assert cost_rows.main(["--data", str(data_dir), "--train-size", "20", "--steps", "2", "--block", "1",
+                               "--rows", "LIF", "IF+SA", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rec = json.loads((out / "accuracy-long-cost.json").read_text())
+    lif, sa = rec["rows"]["LIF"], rec["rows"]["IF+SA"]
+    assert lif["params_over_lif"] == 0 and sa["params_over_lif"] > 0
+    assert len(sa["per_block_seconds_per_step"]) == 2 and sa["seconds_per_step"] > 0
+    assert sa["saved_bytes_per_step"] > lif["saved_bytes_per_step"] > 0
 
 
 def test_time_epoch_interleaves_both_implementations(tmp_path):

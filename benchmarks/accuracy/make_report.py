@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy/make_report.py [--runs docs/results/accuracy-runs] [--out docs/results]
     python benchmarks/accuracy/make_report.py --large
+    python benchmarks/accuracy/make_report.py --long
 
 Writes ``accuracy.md`` and ``accuracy.png`` (the small protocol), or with ``--large``
 ``accuracy-large.md`` and ``accuracy-large.png`` from the large protocol's runs, its
@@ -24,7 +25,27 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 STATIC_VARIANTS = ("LIF", "IF", "GC", "GC+PE", "GC+PE+SA", "GC+PE+SA+TSRD")
 EVENT_VARIANTS = ("LIF", "IF", "STAA")
-TASKS = {"static": STATIC_VARIANTS, "event": EVENT_VARIANTS}
+TASKS = {"static": STATIC_VARIANTS, "event": EVENT_VARIANTS}  # the small protocol's ladder
+# The large protocol's ladder: the small one plus step attention alone, without and with TSRD.
+LARGE_TASKS = {
+    "static": ("LIF", "IF", "IF+SA", "IF+SA+TSRD", "GC", "GC+PE", "GC+PE+SA", "GC+PE+SA+TSRD"),
+    "event": ("LIF", "IF", "IF+SA", "STAA"),
+}
+LONG_ROWS = ("LIF", "IF+SA", "IF+SA+TSRD", "GC+PE+SA", "GC+PE+SA+TSRD")  # the long protocol, static task
+FULL = {"static": "GC+PE+SA+TSRD", "event": "STAA"}  # the paper's neuron on each task
+# The ladder's steps (each adds a block or blocks); pairs whose rows have no runs are left out.
+STEPS = {
+    "static": [("LIF", "IF"), ("IF", "GC"), ("GC", "GC+PE"), ("GC+PE", "GC+PE+SA"), ("GC+PE+SA", "GC+PE+SA+TSRD"),
+               ("IF", "IF+SA"), ("IF+SA", "GC+PE+SA"), ("IF+SA", "IF+SA+TSRD")],
+    "event": [("LIF", "IF"), ("IF", "STAA"), ("IF", "IF+SA"), ("IF+SA", "STAA")],
+}
+# What a step adds, where the name of its upper row does not say it.
+STEP_ADDS = {
+    ("IF", "IF+SA"): "SA alone",
+    ("IF+SA", "GC+PE+SA"): "GC+PE on top of SA",
+    ("IF+SA", "IF+SA+TSRD"): "TSRD on IF+SA",
+    ("IF+SA", "STAA"): "GC+PE+TSRD on top of SA",
+}
 TASK_TITLES = {
     "static": "Fashion-MNIST, static images (direct encoding, T=4)",
     "event": "Fashion-MNIST, events simulated from the images (T=8)",
@@ -32,6 +53,8 @@ TASK_TITLES = {
 NEURONS = {
     "LIF": "LIF, tau=2, hard reset",
     "IF": "STAALIF, all blocks off (no leak, no attention)",
+    "IF+SA": "STAALIF, sa",
+    "IF+SA+TSRD": "STAALIF, sa, tsrd=0.1",
     "GC": "STAALIF, gc",
     "GC+PE": "STAALIF, gc+pe",
     "GC+PE+SA": "STAALIF, gc+pe+sa",
@@ -92,9 +115,13 @@ def _fmt_acc(st: dict) -> str:
 
 
 def _ladder_steps(task: str) -> List[Tuple[str, str]]:
-    """Consecutive pairs of the ladder, then the baseline against the full neuron."""
-    variants = TASKS[task]
-    return list(zip(variants[:-1], variants[1:])) + [("LIF", variants[-1])]
+    """The ladder's steps, then the baseline against the full neuron."""
+    return STEPS[task] + [("LIF", FULL[task])]
+
+
+def _added(a: str, b: str) -> str:
+    """What the step ``a -> b`` adds, for the summary."""
+    return STEP_ADDS.get((a, b)) or (b[len(a) + 1:] if b.startswith(a + "+") else b)
 
 
 def _compare(sa: dict, sb: dict) -> Tuple[float, Optional[float]]:
@@ -108,7 +135,7 @@ def summary_lines(summary: Dict[Tuple[str, str], dict]) -> List[str]:
     """Plain-language summary computed from the numbers (no hand-written claims)."""
     out = []
     for task in TASKS:
-        full = TASKS[task][-1]
+        full = FULL[task]
         pairs = [(a, b) for a, b in _ladder_steps(task) if (task, a) in summary and (task, b) in summary]
         if not pairs:
             continue
@@ -166,7 +193,7 @@ LARGE_SUPTITLE = ("Large protocol: mean ± std over 5 seeds (dots: single seeds)
                   "full test set")
 
 
-def plot(summary: Dict[Tuple[str, str], dict], path: str, suptitle: str = SMALL_SUPTITLE) -> bool:
+def plot(summary: Dict[Tuple[str, str], dict], path: str, suptitle: str = SMALL_SUPTITLE, tasks=TASKS) -> bool:
     """One panel per task: mean test accuracy per variant with ±1 std error bars and the seeds."""
     try:
         import matplotlib
@@ -177,7 +204,7 @@ def plot(summary: Dict[Tuple[str, str], dict], path: str, suptitle: str = SMALL_
         print("matplotlib is not installed; skipping the plot (pip install matplotlib)", file=sys.stderr)
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [2, 1]})
-    for ax, (task, variants) in zip(axes, TASKS.items()):
+    for ax, (task, variants) in zip(axes, tasks.items()):
         xs, labels = [], []
         for i, v in enumerate(variants):
             labels.append(v.replace("+", "+\n"))
@@ -433,7 +460,7 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
     lines += ["## Summary", "", "Computed from the tables below (accuracy differences in points, standard errors "
               "from the seed spreads):", ""] + summary_lines(summary)
     for task in TASKS:
-        full = TASKS[task][-1]
+        full = FULL[task]
         if (task, "LIF") in summary and (task, full) in summary:
             diff, se = _compare(summary[(task, "LIF")], summary[(task, full)])
             se_text = "" if se is None else f", standard error {se:.2f}"
@@ -444,8 +471,7 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
                 continue  # LIF -> IF changes the neuron model, not a block; LIF -> full is stated above
             diff, se = _compare(summary[(task, a)], summary[(task, b)])
             if diff < 0 or (se is not None and diff <= se):
-                added = b[len(a) + 1:] if b.startswith(a + "+") else b
-                unhelpful.append(f"{added} ({a} → {b}: {diff:+.2f} ± {se:.2f})")
+                unhelpful.append(f"{_added(a, b)} ({a} → {b}: {diff:+.2f} ± {se:.2f})")
         if unhelpful:
             lines.append(f"- Blocks that did not help at this scale, {task} (step within one standard error or "
                          "below zero): " + "; ".join(unhelpful) + ".")
@@ -457,7 +483,7 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
     lines.append("")
     if plotted:
         lines += [f"![test accuracy per variant, one panel per task]({plot_name})", ""]
-    for task, variants in TASKS.items():
+    for task, variants in LARGE_TASKS.items():
         lines += [f"## {TASK_TITLES[task]}", "",
                   "| variant | neuron | seeds | test accuracy % (mean ± std) | per seed | firing rate | params |",
                   "|---|---|---|---|---|---|---|"]
@@ -542,6 +568,184 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
     return "\n".join(lines)
 
 
+LONG_SE_TARGET = 0.2  # points: the long protocol's bound on the standard error of a reported difference
+# The differences the long protocol reports (docs/results/accuracy-long-protocol.md).
+LONG_DIFFS = [("LIF", "GC+PE+SA+TSRD"), ("LIF", "IF+SA"), ("IF+SA", "GC+PE+SA"), ("GC+PE+SA", "GC+PE+SA+TSRD"),
+              ("IF+SA", "IF+SA+TSRD")]
+LONG_FLAGS = "--train-size 20000 --test-size 0 --eval-train --batch-size 128 --lr 0.001 --widths 32 64 --tasks static"
+SELECTION_FLAGS = ("--train-size 20000 --test-size 0 --val-size 10000 --epochs 15 --stop-gain 0.001 --batch-size 128 "
+                   "--lr 0.001 --widths 32 64 --tasks static --variants LIF --seeds 0")
+
+
+def _verdict(diff: float, se: Optional[float]) -> str:
+    if se is None:
+        return "too few seeds to judge"
+    if se == 0.0 or abs(diff) > 2.0 * se:
+        return "beyond twice its standard error"
+    if abs(diff) > se:
+        return "between one and two standard errors: suggestive, not conclusive"
+    return "within one standard error: not distinguishable from seed noise"
+
+
+def _long_summary(summary: Dict[Tuple[str, str], dict]) -> List[str]:
+    """The two verdicts the long protocol exists for, computed from the runs."""
+    def diff(a, b):
+        if ("static", a) not in summary or ("static", b) not in summary:
+            return None
+        return _compare(summary[("static", a)], summary[("static", b)])
+
+    out = []
+    full, cheap = diff("LIF", "GC+PE+SA+TSRD"), diff("LIF", "IF+SA")
+    gap = diff("IF+SA", "GC+PE+SA+TSRD")
+    if full and cheap and gap:
+        d, se = gap
+        keeps = se is not None and d <= se
+        out.append(
+            f"- **Step attention alone (IF+SA) against the paper's full neuron (GC+PE+SA+TSRD)**: LIF → full "
+            f"{full[0]:+.2f} ± {full[1]:.2f}, LIF → IF+SA {cheap[0]:+.2f} ± {cheap[1]:.2f}; the full neuron is "
+            f"{d:+.2f} ± {se:.2f} points above IF+SA ({_verdict(d, se)}). "
+            + ("IF+SA keeps the full neuron's gain within one standard error." if keeps else
+               "IF+SA does NOT keep the full neuron's gain within one standard error."))
+    for a, b in (("GC+PE+SA", "GC+PE+SA+TSRD"), ("IF+SA", "IF+SA+TSRD")):
+        r = diff(a, b)
+        if r:
+            d, se = r
+            se_text = "" if se is None else f" ± {se:.2f}"
+            out.append(f"- **TSRD on the long schedule, {a} → {b}**: {d:+.2f}{se_text} points ({_verdict(d, se)}).")
+    ses = [r[1] for r in (diff(a, b) for a, b in LONG_DIFFS) if r and r[1] is not None]
+    if ses:
+        met = "met" if max(ses) <= LONG_SE_TARGET else "NOT met"
+        out.append(f"- Protocol target: the largest standard error of a reported difference is {max(ses):.2f} points "
+                   f"(target <= {LONG_SE_TARGET:.2f}: {met}).")
+    return out
+
+
+def _selection_lines(selection: List[dict]) -> List[str]:
+    if not selection:
+        return ["The epoch-count selection run has not finished.", ""]
+    r = selection[0]
+    accs = [e["val_acc"] for e in r["epochs"]]
+    lines = [f"Chosen by one LIF run (seed {r['seed']}) on a {r['config']['val_size']}-image validation split drawn "
+             "from the training images outside the training subset, the cosine schedule spread over "
+             f"{r['config']['epochs']} epochs; it stopped after **{len(accs)} epochs** (validation accuracy gained "
+             f"less than {100 * r['config']['stop_gain']:.1f} points over 2 epochs, or the maximum). Validation "
+             "accuracy per epoch (%):", "",
+             "| epoch | " + " | ".join(str(e["epoch"]) for e in r["epochs"]) + " |",
+             "|---|" + "---|" * len(accs),
+             "| validation | " + " | ".join(f"{100 * a:.2f}" for a in accs) + " |", ""]
+    return lines
+
+
+def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -> str:
+    """The long-protocol results page: rows with their train-test gaps, the reported differences, and each
+    row's cost beside its accuracy gain."""
+    summary = summarize(runs)
+    lines = [
+        "# Accuracy, long protocol: which blocks earn their cost",
+        "",
+        "Every number on this page comes from the **long protocol**, fixed before its runs in "
+        "[accuracy-long-protocol.md](accuracy-long-protocol.md): the static Fashion-MNIST task with the large "
+        "protocol's 20,000 training images and full test set, trained for an epoch count chosen on a validation "
+        "split, `staa.STAALIF` as shipped. It asks two questions the [3-epoch large protocol](accuracy-large.md) "
+        "cannot answer: does step attention alone keep the full neuron's gain at a fraction of its cost, and does "
+        "TSRD help or hurt once training runs long enough to overfit?",
+        "",
+        "## Epoch count",
+        "",
+    ] + _selection_lines(selection)
+    if not runs:
+        return "\n".join(lines + ["No finished runs yet.", ""])
+    lines += ["## Summary", "", "Computed from the tables below (differences in points, standard errors from the "
+              "seed spreads):", ""] + _long_summary(summary) + [""]
+    lines += ["## Rows", "",
+              "Train accuracy is measured after training on the 20,000 training images in eval mode (no TSRD draws); "
+              "the gap is train minus test.", "",
+              "| row | neuron | seeds | test accuracy % (mean ± std) | per seed | train accuracy % | train-test gap | "
+              "firing rate | params |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for v in LONG_ROWS:
+        st = summary.get(("static", v))
+        if st is None:
+            lines.append(f"| {v} | {NEURONS[v]} | 0 | missing | | | | | |")
+            continue
+        rs = [r for r in runs if r["variant"] == v and "train_eval_acc" in r]
+        train = mean_std([100.0 * r["train_eval_acc"] for r in rs])[0] if rs else float("nan")
+        lines.append(f"| {v} | {NEURONS[v]} | {st['n']} | {_fmt_acc(st)} | {', '.join(f'{a:.2f}' for a in st['acc'])} "
+                     f"| {train:.2f} | {train - st['mean']:+.2f} | {st['rate']:.3f} | {st['n_params']} |")
+    lines += ["", "The differences the protocol reports:", ""]
+    lines += [_step_text(a, b, summary[("static", a)], summary[("static", b)])
+              for a, b in LONG_DIFFS if ("static", a) in summary and ("static", b) in summary]
+    lines += ["", "## Cost beside benefit", ""]
+    if not cost:
+        lines += ["Not measured yet: run `python benchmarks/accuracy/cost_rows.py` on an idle machine.", ""]
+    else:
+        mach = cost.get("machine", {})
+        base = cost["rows"].get("LIF", {}).get("seconds_per_step")
+        lines += [
+            f"Measured by `{cost.get('command', 'python benchmarks/accuracy/cost_rows.py').strip()}` on "
+            f"{mach.get('machine')}, {mach.get('torch_threads')} torch thread, torch {mach.get('torch')}, commit "
+            f"{(mach.get('git_commit') or 'unknown')[:7]}, {cost.get('started_utc')}: the protocol's whole network at "
+            f"batch {cost.get('batch_size')}, every row built from the same seed and trained in alternating blocks "
+            f"of {cost.get('block')} steps ({cost.get('steps')} steps each), the median over blocks. Saved for "
+            "backward: the bytes autograd keeps during one training forward (parameters excluded).",
+            "",
+            "| row | accuracy over LIF (points) | params | params over LIF | CPU ms / training step | x LIF | "
+            "MiB saved for backward |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in LONG_ROWS:
+            c = cost["rows"].get(v)
+            if c is None:
+                continue
+            gain = "baseline"
+            if v != "LIF" and ("static", "LIF") in summary and ("static", v) in summary:
+                d, se = _compare(summary[("static", "LIF")], summary[("static", v)])
+                gain = f"{d:+.2f}" + ("" if se is None else f" ± {se:.2f}")
+            ratio = f"{c['seconds_per_step'] / base:.2f}x" if base else ""
+            lines.append(f"| {v} | {gain} | {c['params']} | {c['params_over_lif']} | "
+                         f"{1000 * c['seconds_per_step']:.1f} | {ratio} | {c['saved_bytes_per_step'] / 2**20:.1f} |")
+        lines.append("")
+    commits = sorted({r.get("machine", {}).get("git_commit") or "unknown" for r in runs})
+    machine = runs[0].get("machine", {})
+    epochs = runs[0]["config"]["epochs"]
+    seeds = " ".join(str(x) for x in sorted({r["seed"] for r in runs}))
+    lines += [
+        "## Machine and reproduce",
+        "",
+        f"Runs on {machine.get('machine')}, {machine.get('torch_threads')} torch thread per run, torch "
+        f"{machine.get('torch')}, Python {machine.get('python')}. Each run file records the commit the tree was at "
+        f"when the run finished: {', '.join(c[:7] for c in commits)}.",
+        "",
+        "```",
+        "sudo apt-get install -y dataset-fashion-mnist",
+        f"{REPRODUCE} {SELECTION_FLAGS} \\",
+        "    --out docs/results/accuracy-long-selection --report ''",
+        f"{REPRODUCE} {LONG_FLAGS} --epochs {epochs} \\",
+        f"    --variants {' '.join(LONG_ROWS)} --seeds {seeds} \\",
+        "    --out docs/results/accuracy-long-runs --report ''",
+        "python benchmarks/accuracy/cost_rows.py           # on an idle machine",
+        "python benchmarks/accuracy/make_report.py --long  # this page",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_long_report(runs_dir: str, selection_dir: str, cost_path: str, out_dir: str, log=print) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    runs = load_runs(runs_dir) if os.path.isdir(runs_dir) else []
+    selection = load_runs(selection_dir) if os.path.isdir(selection_dir) else []
+    cost = None
+    if os.path.isfile(cost_path):
+        with open(cost_path) as f:
+            cost = json.load(f)
+    path = os.path.join(out_dir, "accuracy-long.md")
+    with open(path, "w") as f:
+        f.write(render_long(runs, selection, cost))
+    log(f"wrote {path}")
+    return path
+
+
 def write_large_report(runs_dir: str, ref_dir: str, timing_path: str, out_dir: str, log=print) -> str:
     os.makedirs(out_dir, exist_ok=True)
     runs, ref_runs = load_runs(runs_dir), (load_runs(ref_dir) if os.path.isdir(ref_dir) else [])
@@ -549,7 +753,8 @@ def write_large_report(runs_dir: str, ref_dir: str, timing_path: str, out_dir: s
     if os.path.isfile(timing_path):
         with open(timing_path) as f:
             timing = json.load(f)
-    plotted = plot(summarize(runs), os.path.join(out_dir, "accuracy-large.png"), LARGE_SUPTITLE) if runs else False
+    plotted = (plot(summarize(runs), os.path.join(out_dir, "accuracy-large.png"), LARGE_SUPTITLE, LARGE_TASKS)
+               if runs else False)
     path = os.path.join(out_dir, "accuracy-large.md")
     with open(path, "w") as f:
         f.write(render_large(runs, ref_runs, timing, "accuracy-large.png", plotted))
@@ -581,7 +786,15 @@ def main(argv=None) -> int:
                         "docs/results/accuracy-large-runs; reference runs from --reference-runs; timing from --timing)")
     p.add_argument("--reference-runs", default=os.path.join(REPO, "docs", "results", "accuracy-large-runs-reference"))
     p.add_argument("--timing", default=os.path.join(REPO, "docs", "results", "accuracy-large-timing.json"))
+    p.add_argument("--long", action="store_true",
+                   help="build the long-protocol page accuracy-long.md (runs from docs/results/accuracy-long-runs, "
+                        "the epoch-count selection run from accuracy-long-selection, costs from accuracy-long-cost.json)")
     args = p.parse_args(argv)
+    if args.long:
+        res = os.path.join(REPO, "docs", "results")
+        write_long_report(os.path.join(res, "accuracy-long-runs"), os.path.join(res, "accuracy-long-selection"),
+                          os.path.join(res, "accuracy-long-cost.json"), args.out)
+        return 0
     if args.large:
         runs = args.runs
         if runs == p.get_default("runs"):

@@ -65,34 +65,41 @@ def _train_steps(model, opt, data, task, batches) -> float:
     return (time.perf_counter() - t0) / len(batches)
 
 
-def time_task(task: str, data, cfg: dict, steps: int, block: int, seed: int = 0, warmup: int = 3, log=print) -> dict:
-    """Interleaved blocks of training steps of both implementations; per-step seconds per block."""
-    variant = TIMED_VARIANT[task]
-    pair = _model_pair(task, variant, cfg, seed)
+def interleaved_seconds_per_step(models: dict, data, task: str, cfg: dict, steps: int, block: int, seed: int = 0,
+                                 warmup: int = 3, log=print) -> dict:
+    """Train every model of ``models`` (name -> (model, optimiser)) in alternating blocks of ``block``
+    steps until each has run ``steps`` steps; the order rotates from block to block and every model sees
+    the same batches in a block. Returns name -> seconds per step of each block."""
     n, bs = len(data["y_train"]), cfg["batch_size"]
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     steps_per_epoch = math.ceil(n / bs)
 
     def batches(k0, k):  # the epoch's batches in order, wrapping round
         return [perm[(j % steps_per_epoch) * bs:][:bs] for j in range(k0, k0 + k)]
 
-    for impl, (model, opt) in pair.items():
+    for model, opt in models.values():
         _train_steps(model, opt, data, task, batches(0, warmup))
-    per_step = {impl: [] for impl in pair}
-    impls = list(pair)
+    per_step = {name: [] for name in models}
+    names = list(models)
     n_blocks = math.ceil(steps / block)
     for b in range(n_blocks):
-        order = impls if b % 2 == 0 else impls[::-1]
-        for impl in order:
-            model, opt = pair[impl]
-            # Both implementations see the same batches in the same block.
-            per_step[impl].append(_train_steps(model, opt, data, task, batches(warmup + b * block, block)))
-        log(f"  {task} block {b + 1}/{n_blocks}: " + ", ".join(f"{i} {per_step[i][-1]:.3f} s/step" for i in impls))
+        shift = b % len(names)
+        for name in names[shift:] + names[:shift]:
+            model, opt = models[name]
+            per_step[name].append(_train_steps(model, opt, data, task, batches(warmup + b * block, block)))
+        log(f"  {task} block {b + 1}/{n_blocks}: " + ", ".join(f"{i} {per_step[i][-1]:.3f} s/step" for i in names))
+    return per_step
+
+
+def time_task(task: str, data, cfg: dict, steps: int, block: int, seed: int = 0, warmup: int = 3, log=print) -> dict:
+    """Interleaved blocks of training steps of both implementations; per-step seconds per block."""
+    variant = TIMED_VARIANT[task]
+    pair = _model_pair(task, variant, cfg, seed)
+    per_step = interleaved_seconds_per_step(pair, data, task, cfg, steps, block, seed, warmup, log)
+    steps_per_epoch = math.ceil(len(data["y_train"]) / cfg["batch_size"])
     out = {"task": task, "variant": variant, "steps_per_epoch": steps_per_epoch, "block": block,
-           "blocks": n_blocks, "per_step_seconds": per_step}
-    for impl in impls:
+           "blocks": math.ceil(steps / block), "per_step_seconds": per_step}
+    for impl in pair:
         out[impl + "_seconds_per_epoch"] = statistics.median(per_step[impl]) * steps_per_epoch
     ratios = [r / m for m, r in zip(per_step["module"], per_step["reference"])]
     out["reference_over_module"] = statistics.median(ratios)
