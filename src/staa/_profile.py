@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from . import _checks, _spikingjelly
+from . import _checks
 from ._blocks import is_uninitialized
 from ._state import kept_state
 from ._text import aligned_rows
@@ -111,15 +111,28 @@ def _staalif_call_macs(module: STAALIF, x: Tensor) -> int:
     return per_step * steps * batch
 
 
+def _adapters():
+    """The convert adapters of the frameworks now imported (they know each framework's neurons)."""
+    from ._convert import ADAPTERS
+
+    return [a for a in ADAPTERS if a.loaded()]
+
+
+def _adapter_of(module: nn.Module):
+    return next((a for a in _adapters() if a.is_neuron(module)), None)
+
+
 def is_spiking_layer(module: nn.Module) -> bool:
     """Whether :func:`profile` reports ``module`` as a spiking layer (see the module docs)."""
     if isinstance(module, STAALIF) or getattr(module, "is_spiking_neuron", False) is True:
         return True
-    node = _spikingjelly.node_base_class()
-    return node is not None and isinstance(module, node)
+    return _adapter_of(module) is not None
 
 
 def _is_multi_step(module: nn.Module) -> bool:
+    adapter = None if isinstance(module, STAALIF) else _adapter_of(module)
+    if adapter is not None:
+        return adapter.step_mode(module) == "m"
     return getattr(module, "step_mode", "s") == "m"
 
 
@@ -567,10 +580,10 @@ def _layer_rows(order: List[_Row], batch_size: int, e_ac: float, e_mac: float):
 
 
 def _reset_spiking_state(model: nn.Module) -> None:
-    """Start every neuron from rest (its previous state is restored afterwards)."""
-    memory_cls = _spikingjelly.memory_module_class()
+    """Start every neuron from rest with its framework's own reset (the previous state is restored
+    afterwards)."""
+    for adapter in _adapters():
+        adapter.reset(model)
     for m in model.modules():
-        if isinstance(m, STAALIF) or (memory_cls is not None and isinstance(m, memory_cls)) or (
-            is_spiking_layer(m) and callable(getattr(m, "reset", None))
-        ):
+        if isinstance(m, STAALIF) or (is_spiking_layer(m) and callable(getattr(m, "reset", None))):
             m.reset()
