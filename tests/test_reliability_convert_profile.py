@@ -95,6 +95,10 @@ def test_dropout_between_norm_and_node_is_looked_through():
         assert m[3].sa.init_bias is None, type(drop)  # after a norm: step attention's default initialisation
     m = staa.convert(net(layer.MaxPool2d(2, step_mode="m")), torch.rand(2, 2, 2, 6, 6))
     assert m[3].sa.init_bias == 3.0  # pooling changes the values: not "after a norm"
+    # judged by type and identity, not values: a BatchNorm given zeros (it returns zeros) is still a norm
+    zeros = torch.nn.Sequential(layer.Conv2d(2, 4, 3, bias=False, step_mode="m"), layer.BatchNorm2d(4, step_mode="m"),
+                                neuron.IFNode(step_mode="m"))
+    assert staa.convert(zeros, torch.zeros(2, 2, 2, 6, 6))[2].sa.init_bias is None
 
 
 @requires_spikingjelly

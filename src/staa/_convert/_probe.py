@@ -29,8 +29,8 @@ CONVERT_SA_INIT_BIAS = 3.0
 
 # Normalisation layers: a neuron right after one of these gets step attention's default
 # initialisation; elsewhere convert starts the gate open (see sa_init_bias_for). Layers that pass
-# their input on unchanged in the probe's eval-mode forward (Dropout, Identity, Flatten) are looked
-# through: BatchNorm -> Dropout -> node counts as after a norm.
+# their input on unchanged in the probe's eval-mode forward (Dropout, Identity, Flatten; see
+# _passes_through) are looked through: BatchNorm -> Dropout -> node counts as after a norm.
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -86,7 +86,7 @@ def probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int,
         name = names_by_id[id(m)]
         while stack and stack.pop() != name:
             pass
-        if not m._modules and (id(m) in seen or not _passes_through(args, out)):
+        if not m._modules and (id(m) in seen or not _passes_through(m, args, out)):
             last_leaf[0] = m
 
     try:
@@ -111,15 +111,18 @@ def probe(model: nn.Module, example_input, watched: Dict[int, str]) -> Dict[int,
     return seen
 
 
-def _passes_through(args, out) -> bool:
-    """Whether a layer returned its first input's values unchanged (maybe reshaped): Dropout in eval
-    mode, Identity, Flatten."""
-    x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-        return False
-    if out is x:
+# Layers that only pass values on (never rescale them) in eval mode.
+_PASS_THROUGH = (nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Unflatten)
+
+
+def _passes_through(m: nn.Module, args, out) -> bool:
+    """Whether a layer passed its input on unchanged in the probe: torch's Dropout (eval mode),
+    Identity, Flatten and Unflatten, or any layer that returned its input tensor itself (such as
+    spikingjelly's Dropout in eval mode). Judged by type and identity, never by values (a
+    BatchNorm given zeros returns zeros)."""
+    if isinstance(m, _PASS_THROUGH):
         return True
-    return out.numel() == x.numel() and out.dtype == x.dtype and torch.equal(out.reshape(-1), x.reshape(-1))
+    return bool(args) and isinstance(args[0], torch.Tensor) and out is args[0]
 
 
 def _describe(example_input) -> str:
