@@ -12,6 +12,9 @@ from staa._convert import Adapter, NeuronKind
 from staa._convert._core import run
 
 
+SEEN_CALLS = []  # ToyNeuron.calls at each forward
+
+
 class ToyNeuron(nn.Module):
     """A made-up multi-step neuron: spikes where the running sum of its input crosses ``thresh``."""
 
@@ -21,6 +24,7 @@ class ToyNeuron(nn.Module):
         self.calls = 0
 
     def forward(self, x):  # [T, B, C, ...]
+        SEEN_CALLS.append(self.calls)
         self.calls += 1
         return (x.cumsum(0) >= self.thresh).float()
 
@@ -108,7 +112,9 @@ def test_profile_sees_and_resets_toy_neurons(monkeypatch):
     monkeypatch.setattr(conv, "ADAPTERS", (ToyAdapter(),) + conv.ADAPTERS)
     model = _Seq(_model())
     model.net[1].calls = 7
+    SEEN_CALLS.clear()
     report = staa.profile(model, torch.rand(3, 2, 2, 5, 5))
+    assert SEEN_CALLS == [0, 0]  # the adapter's reset ran before the forward (both toy neurons)
     spiking = {r.name: r for r in report.spiking_rows}
     assert set(spiking) == {"net.1", "net.3"}
     assert len(spiking["net.1"].firing_rate_per_step) == 3  # multi-step, as the adapter says
