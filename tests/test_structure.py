@@ -135,3 +135,14 @@ def test_the_rules_see_what_they_check(tmp_path):
     init = tmp_path / "a.py"
     init.write_text("def g():\n    from .b import thing\n")
     assert _imports("staa.a", str(init), modules) == {"staa.b"}
+
+
+def test_convert_core_imports_no_adapter_and_adapters_not_each_other():
+    modules = _modules()
+    adapters = {"staa._convert.spikingjelly", "staa._convert.snntorch"}
+    core = {"staa._convert._core", "staa._convert._probe", "staa._convert._report", "staa._convert._adapter"}
+    assert adapters | core <= set(modules)
+    for name in core:
+        assert not _imports(name, modules[name], modules) & (adapters | {"staa._convert"}), name
+    for name in adapters:
+        assert not _imports(name, modules[name], modules) & (adapters - {name}), name
