@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import staa  # noqa: E402
 from staa.reference import staa_lif_reference  # noqa: E402
-from staa._memory import saved_tensor_bytes  # noqa: E402
+from _memory import saved_tensor_bytes  # noqa: E402  (benchmarks/_memory.py)
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path)
 
 SHAPES = {

@@ -1,15 +1,19 @@
 """The fast custom op (staa.ops) against the reference: values, gradients, dtypes, memory, compile."""
 import gc
+import os
+import sys
 
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import staa
-from staa._memory import saved_tensor_bytes
 from staa.functional import staa_lif
 from staa.ops import _op, flatten_params, staa_lif_op
 from staa.reference import STAAParams, global_context, staa_lif_reference, step_attention
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from _memory import saved_tensor_bytes  # noqa: E402  (benchmarks/_memory.py)
 
 from helpers import make_neuron, randomize
 

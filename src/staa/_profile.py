@@ -2,14 +2,14 @@
 
 One forward of ``model`` on ``example_input`` is observed with module hooks:
 
-* **Spiking layers** (:class:`staa.STAALIF`; spikingjelly neurons, i.e. subclasses of
-  ``spikingjelly.activation_based.neuron.BaseNode``, when spikingjelly is already imported;
-  any module with a truthy ``is_spiking_neuron`` attribute) get a row with their output
+* **Spiking layers** (:class:`staa.STAALIF`; the neurons of every framework convert has an
+  adapter for, spikingjelly's and snnTorch's, when that framework is already imported, see
+  :mod:`staa._convert`; any module with a truthy ``is_spiking_neuron`` attribute) get a row with their output
   shape, firing rate per time step and overall, and their own real-valued MACs. Only
   STAALIF has such MACs (its aggregator, see :func:`staa_step_macs`); the membrane update,
   threshold and reset of every neuron are not counted, as is usual for SNN energy estimates.
-  A layer's ``step_mode`` attribute (``"m"``: output ``[T, B, ...]``; otherwise one call is
-  one time step) tells how its output is split into time steps.
+  The adapter (else a layer's ``step_mode`` attribute: ``"m"``, output ``[T, B, ...]``;
+  otherwise one call is one time step) tells how its output is split into time steps.
 * **Synaptic layers** (every ``nn.Conv1d/2d/3d`` and ``nn.Linear``, including subclasses
   and layers inside wrappers such as spikingjelly's ``SeqToANNContainer``) get a row with
   their dense MACs, ``output elements x in_channels / groups x kernel size`` (``x
@@ -24,26 +24,22 @@ with the 45 nm figures the STAA-SNN paper uses (0.9 pJ per AC, 4.6 pJ per MAC).
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from . import _checks, _spikingjelly
+from . import _checks
 from ._blocks import is_uninitialized
+from ._profile_report import E_AC, E_MAC, LayerStats, ProfileReport, format_report  # noqa: F401
 from ._state import kept_state
-from ._text import aligned_rows
 from .neuron import STAALIF
 
 Tensor = torch.Tensor
 
 __all__ = ["profile", "ProfileReport", "LayerStats", "staa_step_macs", "is_spiking_layer"]
-
-E_AC = 0.9e-12
-E_MAC = 4.6e-12
 
 _SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Attributes every nn.Module has; everything else in a module's __dict__ is its own state.
@@ -111,188 +107,38 @@ def _staalif_call_macs(module: STAALIF, x: Tensor) -> int:
     return per_step * steps * batch
 
 
+def _staalif_in(module: nn.Module) -> Optional[STAALIF]:
+    """The STAALIF that does a spiking layer's work: the layer itself, or the one a converted
+    neuron of another framework holds as ``staa`` (snnTorch's converted Leaky)."""
+    if isinstance(module, STAALIF):
+        return module
+    inner = getattr(module, "staa", None)
+    return inner if isinstance(inner, STAALIF) else None
+
+
+def _adapters():
+    """The convert adapters of the frameworks now imported (they know each framework's neurons)."""
+    from ._convert import ADAPTERS
+
+    return [a for a in ADAPTERS if a.loaded()]
+
+
+def _adapter_of(module: nn.Module):
+    return next((a for a in _adapters() if a.is_neuron(module)), None)
+
+
 def is_spiking_layer(module: nn.Module) -> bool:
     """Whether :func:`profile` reports ``module`` as a spiking layer (see the module docs)."""
     if isinstance(module, STAALIF) or getattr(module, "is_spiking_neuron", False) is True:
         return True
-    node = _spikingjelly.node_base_class()
-    return node is not None and isinstance(module, node)
+    return _adapter_of(module) is not None
 
 
 def _is_multi_step(module: nn.Module) -> bool:
+    adapter = None if isinstance(module, STAALIF) else _adapter_of(module)
+    if adapter is not None:
+        return adapter.step_mode(module) == "m"
     return getattr(module, "step_mode", "s") == "m"
-
-
-# --------------------------------------------------------------------------- report
-@dataclass
-class LayerStats:
-    """One row of a :class:`ProfileReport`; counts are per single-sample inference over T.
-
-    Attributes:
-        name: qualified module name in the model (``""`` for the model itself).
-        kind: ``"spiking"`` or ``"synaptic"``.
-        type: class name of the module.
-        output_shape: output shape of the layer's first call.
-        calls: how many times the layer ran in the forward.
-        firing_rate: spiking rows: fraction of non-zero outputs over all steps.
-        firing_rate_per_step: spiking rows: that fraction for each time step.
-        input_binary: synaptic rows: whether every input value was 0 or 1.
-        input_nonzero: synaptic rows: fraction of non-zero input values.
-        dense_macs: synaptic rows: MACs of the layer as a dense, real-valued layer.
-        acs: accumulates (synaptic rows with binary input).
-        macs: real-valued multiply-accumulates that are charged as MACs.
-        energy_j: ``acs * e_ac + macs * e_mac`` in joules.
-    """
-
-    name: str
-    kind: str
-    type: str
-    output_shape: List[int]
-    calls: int = 0
-    firing_rate: Optional[float] = None
-    firing_rate_per_step: Optional[List[float]] = None
-    input_binary: Optional[bool] = None
-    input_nonzero: Optional[float] = None
-    dense_macs: Optional[float] = None
-    acs: float = 0.0
-    macs: float = 0.0
-    energy_j: float = 0.0
-
-
-@dataclass
-class ProfileReport:
-    """What :func:`profile` measured. ``str(report)`` is a table.
-
-    Attributes:
-        rows: one :class:`LayerStats` per spiking and synaptic layer, in the order they ran.
-        batch_size: samples in the observed forward (counts are divided by it).
-        T: time steps seen by the spiking layers (``None`` without spiking layers).
-        e_ac, e_mac: energy per AC and per MAC in joules.
-    """
-
-    rows: List[LayerStats]
-    batch_size: int
-    T: Optional[int]
-    e_ac: float = E_AC
-    e_mac: float = E_MAC
-    _spikes: float = field(default=0.0, repr=False)
-    _neuron_steps: float = field(default=0.0, repr=False)
-
-    @property
-    def spiking_rows(self) -> List[LayerStats]:
-        return [r for r in self.rows if r.kind == "spiking"]
-
-    @property
-    def synaptic_rows(self) -> List[LayerStats]:
-        return [r for r in self.rows if r.kind == "synaptic"]
-
-    @property
-    def total_acs(self) -> float:
-        return sum(r.acs for r in self.rows)
-
-    @property
-    def total_macs(self) -> float:
-        return sum(r.macs for r in self.rows)
-
-    @property
-    def energy_j(self) -> float:
-        """Energy of one single-sample inference over T steps, in joules."""
-        return self.total_acs * self.e_ac + self.total_macs * self.e_mac
-
-    @property
-    def firing_rate(self) -> Optional[float]:
-        """Spikes over neuron-steps across all spiking layers."""
-        return self._spikes / self._neuron_steps if self._neuron_steps else None
-
-    def to_list(self) -> List[Dict[str, Any]]:
-        """The rows as a list of plain dicts."""
-        return [asdict(r) for r in self.rows]
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Rows, totals and settings as one JSON-serialisable dict."""
-        return {
-            "batch_size": self.batch_size,
-            "T": self.T,
-            "e_ac": self.e_ac,
-            "e_mac": self.e_mac,
-            "rows": self.to_list(),
-            "totals": {
-                "acs": self.total_acs,
-                "macs": self.total_macs,
-                "energy_j": self.energy_j,
-                "firing_rate": self.firing_rate,
-            },
-        }
-
-    def to_json(self, path) -> None:
-        """Write :meth:`to_dict` to ``path`` as JSON."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    def __str__(self) -> str:
-        return format_report(self)
-
-
-def _si(x: Optional[float]) -> str:
-    if x is None:
-        return "-"
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}" if x != int(x) else str(int(x))
-
-
-def _energy(j: float) -> str:
-    if j == 0:
-        return "0"
-    for div, unit in ((1e-3, "mJ"), (1e-6, "uJ"), (1e-9, "nJ")):
-        if abs(j) >= div:
-            return f"{j / div:.3g} {unit}"
-    return f"{j / 1e-12:.3g} pJ"
-
-
-def _rates(r: LayerStats, limit: int = 8) -> str:
-    if r.firing_rate_per_step is None:
-        return "-"
-    steps = [f"{v:.2f}" for v in r.firing_rate_per_step]
-    if len(steps) > limit:
-        steps = steps[: limit - 1] + ["..."]
-    return " ".join(steps)
-
-
-def format_report(report: ProfileReport) -> str:
-    header = ["layer", "type", "output", "input", "rate", "rate per step", "dense MACs", "ACs", "MACs", "energy"]
-    lines = []
-    for r in report.rows:
-        shape = "x".join(str(s) for s in r.output_shape)
-        if r.calls > 1:
-            shape += f" ({r.calls} calls)"
-        if r.kind == "spiking":
-            inp = "-"
-            rate = "-" if r.firing_rate is None else f"{r.firing_rate:.3f}"
-        else:
-            inp = f"spikes {r.input_nonzero:.3f}" if r.input_binary else "real"
-            rate = "-"
-        lines.append(
-            [r.name or "(model)", r.type, shape, inp, rate, _rates(r), _si(r.dense_macs), _si(r.acs), _si(r.macs),
-             _energy(r.energy_j)]
-        )
-    rate = report.firing_rate
-    lines.append(
-        ["total", "", "", "", "-" if rate is None else f"{rate:.3f}", "", "", _si(report.total_acs),
-         _si(report.total_macs), _energy(report.energy_j)]
-    )
-    head, *body, total = aligned_rows([header, *lines], right={4, 6, 7, 8, 9})
-    rule = "-" * max(len(line) for line in (head, *body, total))
-    out = [head, rule, *body, rule, total]
-    T = "-" if report.T is None else report.T
-    out.append(
-        f"per single-sample inference over T={T} (batch of {report.batch_size} observed); input: 'spikes f' = "
-        f"binary with non-zero fraction f (ACs), 'real' (MACs); energy = ACs x {report.e_ac * 1e12:g} pJ "
-        f"+ MACs x {report.e_mac * 1e12:g} pJ"
-    )
-    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -309,6 +155,8 @@ class _Row:
         self.binary = True
         self.in_nonzero = 0
         self.in_numel = 0
+        self.nan = 0  # NaN outputs of a spiking layer (not counted as spikes)
+        self.multi_step = False
 
 
 def _first_tensor(obj) -> Optional[Tensor]:
@@ -360,14 +208,18 @@ def profile(
     model: nn.Module,
     example_input,
     *,
+    steps: Optional[int] = None,
+    sequence: bool = False,
     e_ac: float = E_AC,
     e_mac: float = E_MAC,
     batch_size: Optional[int] = None,
 ) -> ProfileReport:
     """Firing rates, ACs, MACs and energy of ``model`` on ``example_input``.
 
-    Runs ``model(example_input)`` once in eval mode under ``no_grad`` (so TSRD drops
-    nothing) with every spiking layer reset first, and reports one row per spiking layer
+    Runs ``model(example_input)`` once (or once per time step, see ``steps`` and
+    ``sequence``) in eval mode under ``no_grad`` (so TSRD drops nothing) with every spiking
+    layer reset first by its framework's own reset (STAALIF's ``reset()``, spikingjelly's
+    ``reset_net``, snnTorch's ``reset_mem()``), and reports one row per spiking layer
     and per synaptic layer (see :mod:`staa._profile` for what counts as which and how
     operations are counted). Afterwards the model is left exactly as it was: training
     flags, buffers, neuron state (STAALIF's membrane, spikingjelly memories, any other
@@ -380,6 +232,13 @@ def profile(
         example_input: the input tensor (e.g. ``[T, B, C, H, W]`` or ``[B, C, H, W]``,
             whatever the model takes), a tuple of positional arguments or a dict of keyword
             arguments (as for ``staa.convert``). Empty tensors are rejected.
+        steps: for a single-step model (one call is one time step: spikingjelly's default
+            mode, every snnTorch model): run it ``steps`` times on ``example_input`` (one time
+            step, e.g. ``[B, C, H, W]``), as a multi-step model runs T steps. Without it a
+            single-step model is profiled over T = 1 with a warning saying how to pass T.
+        sequence: ``example_input`` is a ``[T, ...]`` sequence of per-step inputs (every
+            tensor in it has the time steps first): the model runs once on each ``x[t]``.
+            With ``steps`` as well, the two must agree.
         e_ac, e_mac: energy per accumulate and per multiply-accumulate, in joules
             (defaults: 0.9 pJ and 4.6 pJ, 45 nm, as in the STAA-SNN paper, sec. 4.5).
         batch_size: samples in ``example_input``; by default taken from the first
@@ -398,6 +257,7 @@ def profile(
     e_ac = _checks.real(e_ac, "profile: e_ac", low=0.0, what="a finite energy in joules >= 0")
     e_mac = _checks.real(e_mac, "profile: e_mac", low=0.0, what="a finite energy in joules >= 0")
     args, kwargs = _split_input(example_input)
+    calls = _step_calls(args, kwargs, steps, sequence)
     recorder = _Recorder()
     handles = []
     try:
@@ -407,13 +267,16 @@ def profile(
                 handles.append(module.register_forward_hook(hook))
             _reset_spiking_state(model)
             model.eval()
-            model(*args, **kwargs)
+            for call_args, call_kwargs in calls:
+                model(*call_args, **call_kwargs)
     finally:
         for h in handles:
             h.remove()
+    first = calls[0][0] + tuple(calls[0][1].values())
     if batch_size is None:
-        batch_size = _infer_batch_size(recorder.first_spiking_input, args + tuple(kwargs.values()))
+        batch_size = _infer_batch_size(recorder.first_spiking_input, first)
     rows, spikes, neuron_steps, T = _layer_rows(recorder.order, batch_size, e_ac, e_mac)
+    _warn(recorder.order, T, steps is None and not sequence)
     return ProfileReport(
         rows=rows, batch_size=batch_size, T=T, e_ac=e_ac, e_mac=e_mac, _spikes=spikes, _neuron_steps=neuron_steps
     )
@@ -453,6 +316,52 @@ def _split_input(example_input):
     return args, kwargs
 
 
+def _step_calls(args, kwargs, steps, sequence):
+    """The ``(args, kwargs)`` of each model call: one call, ``steps`` calls on the same input, or one
+    call per step of a ``[T, ...]`` sequence."""
+    steps = _checks.count(steps, "profile: steps", allow_none=True)
+    if not isinstance(sequence, bool):
+        raise TypeError(f"profile: sequence must be True or False, got {sequence!r}")
+    if not sequence:
+        return [(args, kwargs)] * (steps or 1)
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    lengths = sorted({t.shape[0] for t in tensors if t.dim() > 0})
+    if len(lengths) != 1:
+        raise ValueError(
+            f"profile: sequence=True takes inputs with the time steps first ([T, ...]); got tensors of shapes "
+            f"{[list(t.shape) for t in tensors]}"
+        )
+    T = lengths[0]
+    if steps is not None and steps != T:
+        raise ValueError(f"profile: steps={steps} but the sequence has T={T} steps (dim 0); pass one of them")
+
+    def at(v, t):
+        return v[t] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+
+    return [(tuple(at(v, t) for v in args), {k: at(v, t) for k, v in kwargs.items()}) for t in range(T)]
+
+
+def _warn(order, T, no_steps: bool) -> None:
+    """Warnings on what the counts cannot show: NaN outputs of spiking layers, a single-step model
+    profiled over one step."""
+    nan = [(r.name or "(model)", r.nan) for r in order if r.kind == "spiking" and r.nan]
+    if nan:
+        where = ", ".join(f"'{n}' ({k})" for n, k in nan)
+        warnings.warn(
+            f"profile: spiking layer(s) {where} output NaN values; NaN is not counted as a spike (nor in the "
+            f"neuron count), so the rates cover the other outputs only. The model or its input produce NaN",
+            stacklevel=3,
+        )
+    spiking = [r for r in order if r.kind == "spiking"]
+    if no_steps and T == 1 and spiking and not any(r.multi_step for r in spiking):
+        warnings.warn(
+            "profile: the model's spiking layers run one time step per call (single-step), so this report covers "
+            "T=1 step; pass steps=T to run T steps on example_input (one time step), or sequence=True with a "
+            "[T, ...] input (profile resets the model first with its framework's own reset)",
+            stacklevel=3,
+        )
+
+
 class _Recorder:
     """Forward hooks that count spikes and operations into one :class:`_Row` per layer."""
 
@@ -474,28 +383,27 @@ class _Recorder:
             x, out = _first_tensor(inputs), _first_tensor(output)
             if x is not None and not self.first_spiking_input:
                 self.first_spiking_input.append((x.shape, _is_multi_step(module)))
-            if isinstance(module, STAALIF) and x is not None:
-                row.macs += _staalif_call_macs(module, x)
+            staa = _staalif_in(module)
+            if staa is not None and x is not None:
+                row.macs += _staalif_call_macs(staa, x)
             if out is None:
                 return
             if row.output_shape is None:
                 row.output_shape = list(out.shape)
-            if _is_multi_step(module):
-                flat = out.reshape(out.shape[0], -1)
-                counts = torch.count_nonzero(flat, dim=1).tolist()
-                per = flat.shape[1]
-                start = 0
-            else:
-                counts = [int(torch.count_nonzero(out))]
-                per = out.numel()
-                start = row.calls
+            row.multi_step = _is_multi_step(module)
+            flat = out.reshape(out.shape[0], -1) if row.multi_step else out.reshape(1, -1)
+            nan = torch.isnan(flat) if flat.is_floating_point() else torch.zeros_like(flat, dtype=torch.bool)
+            row.nan += int(nan.sum())
+            counts = torch.count_nonzero(flat.masked_fill(nan, 0), dim=1).tolist()
+            per_step = (flat.shape[1] - nan.sum(dim=1)).tolist()
+            start = 0 if row.multi_step else row.calls
             for i, c in enumerate(counts):
                 t = start + i
                 while len(row.spikes_per_step) <= t:
                     row.spikes_per_step.append(0.0)
                     row.elems_per_step.append(0.0)
                 row.spikes_per_step[t] += c
-                row.elems_per_step[t] += per
+                row.elems_per_step[t] += per_step[i]
             row.calls += 1
 
         return hook
@@ -567,10 +475,10 @@ def _layer_rows(order: List[_Row], batch_size: int, e_ac: float, e_mac: float):
 
 
 def _reset_spiking_state(model: nn.Module) -> None:
-    """Start every neuron from rest (its previous state is restored afterwards)."""
-    memory_cls = _spikingjelly.memory_module_class()
+    """Start every neuron from rest with its framework's own reset (the previous state is restored
+    afterwards)."""
+    for adapter in _adapters():
+        adapter.reset(model)
     for m in model.modules():
-        if isinstance(m, STAALIF) or (memory_cls is not None and isinstance(m, memory_cls)) or (
-            is_spiking_layer(m) and callable(getattr(m, "reset", None))
-        ):
+        if isinstance(m, STAALIF) or (is_spiking_layer(m) and callable(getattr(m, "reset", None))):
             m.reset()

@@ -1,86 +1,21 @@
-"""What staa knows about spikingjelly, in one place.
+"""What :class:`staa.STAALIF` needs from spikingjelly: a subclass that its utilities accept.
 
-Nothing here imports spikingjelly: its classes are looked up in ``sys.modules`` only. A model that
-holds spikingjelly nodes has imported spikingjelly, and a model that does not needs nothing from it,
-so ``import staa`` stays light. ``staa.convert``, ``staa.profile`` and ``STAALIF`` ask this module;
-it never imports them (``compat_class`` takes the STAALIF class as its argument).
+Nothing here imports spikingjelly until a STAALIF is built while spikingjelly is loaded, so
+``import staa`` stays light. spikingjelly's neuron and surrogate classes, as convert and profile
+see them, are listed in the spikingjelly adapter (:mod:`staa._convert.spikingjelly`).
+This module imports no other staa module (``compat_class`` takes the STAALIF class as its argument).
 """
 from __future__ import annotations
 
 import functools
 import sys
-from typing import List, Optional, Tuple
-
-from torch import nn
-
-#: spikingjelly node classes ``staa.convert`` replaces: (module, class, neuron kind, step mode the
-#: class fixes, or None where the node has a ``step_mode`` attribute).
-NODE_CLASSES = (
-    ("spikingjelly.activation_based.neuron", "LIFNode", "lif", None),
-    ("spikingjelly.activation_based.neuron", "ParametricLIFNode", "plif", None),
-    ("spikingjelly.activation_based.neuron", "IFNode", "if", None),
-    ("spikingjelly.clock_driven.neuron", "LIFNode", "lif", "s"),
-    ("spikingjelly.clock_driven.neuron", "MultiStepLIFNode", "lif", "m"),
-    ("spikingjelly.clock_driven.neuron", "ParametricLIFNode", "plif", "s"),
-    ("spikingjelly.clock_driven.neuron", "MultiStepParametricLIFNode", "plif", "m"),
-    ("spikingjelly.clock_driven.neuron", "IFNode", "if", "s"),
-    ("spikingjelly.clock_driven.neuron", "MultiStepIFNode", "if", "m"),
-)
-#: Base classes of other spikingjelly neurons (listed as skipped by ``convert``).
-BASE_CLASSES = (
-    ("spikingjelly.activation_based.neuron", "BaseNode"),
-    ("spikingjelly.clock_driven.neuron", "BaseNode"),
-)
-#: The surrogate modules: spikingjelly 2.x and 0.0.0.0.14 (activation_based) and the legacy API.
-SURROGATE_MODULES = ("spikingjelly.activation_based.surrogate", "spikingjelly.clock_driven.surrogate")
 
 _BASE = "spikingjelly.activation_based.base"
-
-
-def exported(pairs) -> List[Tuple[str, type]]:
-    """``[(qualified name, class)]`` for the ``(module, class)`` pairs whose module is loaded."""
-    found = []
-    for module_name, class_name in pairs:
-        module = sys.modules.get(module_name)
-        cls = getattr(module, class_name, None) if module is not None else None
-        if isinstance(cls, type):
-            found.append((f"{module_name}.{class_name}", cls))
-    return found
-
-
-def surrogate_class_name(sg) -> Optional[str]:
-    """The class name of a spikingjelly surrogate module (``"ATan"``), or None for anything else."""
-    cls = type(sg)
-    for module_name in SURROGATE_MODULES:
-        module = sys.modules.get(module_name)
-        if module is not None and getattr(module, cls.__name__, None) is cls:
-            return cls.__name__
-    return None
-
-
-def node_base_class() -> Optional[type]:
-    """spikingjelly's ``activation_based.neuron.BaseNode``, if loaded."""
-    return getattr(sys.modules.get("spikingjelly.activation_based.neuron"), "BaseNode", None)
-
-
-def memory_module_class() -> Optional[type]:
-    """spikingjelly's ``activation_based.base.MemoryModule``, if loaded."""
-    return getattr(sys.modules.get(_BASE), "MemoryModule", None)
 
 
 def is_loaded() -> bool:
     """Whether spikingjelly's activation_based API (whose utilities STAALIF must satisfy) is loaded."""
     return _BASE in sys.modules
-
-
-def invalidate_reset_cache(model: nn.Module) -> None:
-    """Drop ``reset_net``'s per-network cache for ``model`` and its sub-networks (after ``convert``
-    changed which modules they hold); nothing when spikingjelly has no such cache."""
-    functional = sys.modules.get("spikingjelly.activation_based.functional")
-    invalidate = getattr(functional, "invalidate_reset_cache", None)
-    if invalidate is not None:
-        for m in model.modules():
-            invalidate(m)
 
 
 @functools.lru_cache(maxsize=None)

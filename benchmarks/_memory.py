@@ -1,4 +1,5 @@
-"""Measuring what autograd saves for backward."""
+"""Measuring what autograd saves for backward (used by benchmarks/bench_neuron.py and tests/test_ops.py;
+no library code needs it)."""
 from __future__ import annotations
 
 import torch
