@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+for _path in (HERE, os.path.dirname(HERE)):  # this folder, and benchmarks/ for _memory
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 import fmnist_events  # noqa: E402
 import run_ladder  # noqa: E402
 import time_epoch  # noqa: E402
-from staa._memory import saved_tensor_bytes  # noqa: E402
+from _memory import saved_tensor_bytes  # noqa: E402
 
 LONG_ROWS = ("LIF", "IF+SA", "IF+SA+TSRD", "GC+PE+SA", "GC+PE+SA+TSRD")
 # The long protocol's network and data (docs/results/accuracy-long-protocol.md); epochs do not matter here.
