@@ -1,0 +1,247 @@
+"""MkDocs hooks for the documentation site (mkdocs.yml: ``hooks:``); nothing here reaches the network.
+
+The pages under docs/ are written to read on GitHub too, so some of them link to files outside
+docs/ (``../benchmarks/results/neuron_cpu.md``, ``../src/staa/reference.py``, ``../README.md``), and
+the README links into docs/. MkDocs only knows docs/, so this hook:
+
+* follows every relative link of every page (and of the pages it adds, transitively) to the file it
+  names in the repository; a link to a file that does not exist is a warning, so
+  ``mkdocs build --strict`` fails on it exactly as on a broken link inside docs/;
+* adds each file outside the site to it under ``repo/<path in the repository>``: a Markdown file as a
+  page (its own links rewritten the same way, links back into docs/ to the real pages), a text file
+  (a script, a source file, a JSON table) as a page showing it as a code block, anything else as it is;
+  and rewrites the link to point there. Files under docs/ that mkdocs.yml excludes from the site
+  (docs/README.md) count as outside;
+* expands ``<!-- staa-selftest -->`` in the API reference to the self-test's documentation, wherever
+  it lives in this checkout (``staa.selftest``, or ``staa.__main__.selftest`` before it moved);
+* writes Sphinx cross-reference roles in rendered docstrings (``:func:`staa.convert```) as code, and
+  the ``::`` that introduces a literal block as one colon.
+"""
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files, InclusionLevel
+
+log = logging.getLogger("mkdocs.plugins.staa")
+
+REPO_PREFIX = "repo"
+TEXT_LANG = {".py": "python", ".sh": "bash", ".json": "json", ".cfg": "ini", ".toml": "toml",
+             ".yml": "yaml", ".yaml": "yaml", ".txt": "text", ".cff": "yaml", "": "text"}
+# A link or an image target, or a code span or fenced block to leave alone.
+_CODE_OR_LINK = re.compile(
+    r"(?P<fence>^(?P<ticks>```|~~~)[^\n]*\n.*?^(?P=ticks)[ \t]*$)"
+    r"|(?P<span>(?P<bt>`+).+?(?P=bt))"
+    r"|(?P<open>\]\()(?P<target>[^)\s]+)(?P<close>\))",
+    re.S | re.M,
+)
+_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc):(<code>)")
+# reStructuredText's "text::" before a literal block: Markdown keeps both colons
+_LITERAL_INTRO = re.compile(r"::(</p>\s*<div class=\"(?:language-\w+ )?highlight)")
+
+# The repository files a page links to are part of the site, reached from the page, not the menu.
+NOT_IN_NAV = InclusionLevel.NOT_IN_NAV
+_state: dict = {}
+
+
+def _root(config) -> Path:
+    return Path(config.config_file_path).resolve().parent
+
+
+def _real_path(page_src_uri: str, config) -> Path:
+    """The repository file a site page comes from (for a folder's listing, ``<folder>/index.md``)."""
+    if page_src_uri in _state["page_real"]:
+        return _state["page_real"][page_src_uri]
+    return Path(config.docs_dir).resolve() / page_src_uri
+
+
+def _relative_targets(markdown: str):
+    for m in _CODE_OR_LINK.finditer(markdown):
+        if m.group("target") is not None:
+            target = m.group("target")
+            if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^#|^/", target):
+                yield target
+
+
+def _is_source(real: Path) -> bool:
+    return real.is_file() and real.suffix in TEXT_LANG and real.stat().st_size < 200_000
+
+
+def _site_uri(real: Path, config, files: Files) -> str | None:
+    """The src_uri a repository file or folder has in the site, or None if it is not there yet.
+    Text files other than Markdown (scripts, sources) are shown on a page of their own, also
+    when mkdocs copies them from docs/ as they are."""
+    if real.is_dir() or _is_source(real):
+        return _state["outside"].get(real)
+    docs = Path(config.docs_dir).resolve()
+    try:
+        rel = real.relative_to(docs).as_posix()
+    except ValueError:
+        rel = None
+    if rel is not None:
+        f = files.get_file_from_path(rel)
+        if f is not None and not f.inclusion.is_excluded():
+            return rel
+    return _state["outside"].get(real)
+
+
+def _add(real: Path, config, files: Files, queue: list) -> None:
+    """Put a repository file or folder into the site; Markdown pages go on ``queue`` to be followed."""
+    rel = real.relative_to(_root(config)).as_posix()
+    if real.is_dir():
+        uri = f"{REPO_PREFIX}/{rel}/index.md"
+        entries = sorted(p for p in real.iterdir() if not p.name.startswith((".", "__")))
+        lines = [f"# `{rel}/`", "", "| file |", "|---|"]
+        lines += [f"| [`{p.name}{'/' if p.is_dir() else ''}`]({p.name}{'/index.md' if p.is_dir() else ''}) |"
+                  for p in entries if p.is_file()]
+        files.append(File.generated(config, uri, content="\n".join(lines) + "\n", inclusion=NOT_IN_NAV))
+        _state["page_real"][uri] = real / "index.md"
+        for p in entries:
+            if p.is_file() and _site_uri(p, config, files) is None:
+                _add(p, config, files, queue)
+    elif real.suffix == ".md":
+        uri = f"{REPO_PREFIX}/{rel}"
+        files.append(File.generated(config, uri, abs_src_path=str(real), inclusion=NOT_IN_NAV))
+        _state["page_real"][uri] = real
+        queue.append(real)
+    elif _is_source(real):
+        uri = f"{REPO_PREFIX}/{rel}.md"
+        text = real.read_text()
+        ticks = "`" * max(3, 1 + max((len(t) for t in re.findall(r"`+", text)), default=0))
+        body = f"# `{rel}`\n\n{ticks}{TEXT_LANG[real.suffix]}\n{text.rstrip()}\n{ticks}\n"
+        files.append(File.generated(config, uri, content=body, inclusion=NOT_IN_NAV))
+        _state["page_real"][uri] = real
+    else:
+        uri = f"{REPO_PREFIX}/{rel}"
+        files.append(File.generated(config, uri, abs_src_path=str(real), inclusion=NOT_IN_NAV))
+    _state["outside"][real] = uri
+
+
+def on_config(config):
+    _state.clear()
+    _state.update(outside={}, page_real={})
+    return config
+
+
+def on_files(files: Files, config) -> Files:
+    """Bring every file that a page links to from outside the site into it, transitively."""
+    root = _root(config)
+    docs = Path(config.docs_dir).resolve()
+    queue = [docs / f.src_uri for f in files.documentation_pages()]
+    seen = set()
+    while queue:
+        page = queue.pop()
+        if page in seen:
+            continue
+        seen.add(page)
+        for target in _relative_targets(page.read_text()):
+            path = target.split("#", 1)[0]
+            if not path:
+                continue
+            real = (page.parent / path).resolve()
+            if not real.exists():
+                continue  # reported in on_page_markdown, with the page that has the link
+            if not real.is_relative_to(root):
+                continue  # reported in on_page_markdown
+            if _site_uri(real, config, files) is None:
+                _add(real, config, files, queue)
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files: Files) -> str:
+    src = page.file.src_uri
+    real_page = _real_path(src, config)
+    root = _root(config)
+
+    if src.startswith("reference/") and "<!-- staa-selftest -->" in markdown:
+        moved = (root / "src" / "staa" / "selftest.py").is_file()
+        markdown = markdown.replace("<!-- staa-selftest -->",
+                                    "::: staa.selftest" if moved else "::: staa.__main__.selftest")
+
+    def rewrite(m: re.Match) -> str:
+        target = m.group("target")
+        if target is None or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^#|^/", target):
+            return m.group(0)
+        path, _, anchor = target.partition("#")
+        real = (real_page.parent / path).resolve()
+        rel_page = real_page.relative_to(root).as_posix()
+        if not real.exists():
+            log.warning("%s links to %r, which does not exist in the repository", rel_page, target)
+            return m.group(0)
+        if not real.is_relative_to(root):
+            log.warning("%s links to %r, outside the repository", rel_page, target)
+            return m.group(0)
+        uri = _site_uri(real, config, files)
+        if uri is None:
+            log.warning("%s links to %r, which the site does not carry", rel_page, target)
+            return m.group(0)
+        new = posixpath.relpath(uri, posixpath.dirname(src) or ".")
+        if new == target.split("#", 1)[0]:
+            return m.group(0)
+        return f"{m.group('open')}{new}{'#' + anchor if anchor else ''}{m.group('close')}"
+
+    return _CODE_OR_LINK.sub(rewrite, markdown)
+
+
+def on_page_content(html: str, page, config, files: Files) -> str:
+    if page.file.src_uri.startswith("reference/"):
+        html = _LITERAL_INTRO.sub(r":\1", _ROLE.sub(r"\1", html))
+    return html
+
+
+# ------------------------------------------------------------------ docstrings (a griffe extension)
+_RST_BORDER = re.compile(r"^(?P<indent> *)=+(?: +=+)+ *$")
+
+
+def rst_simple_tables_to_markdown(text: str) -> str:
+    """reStructuredText simple tables (``=== ===`` borders) in ``text`` as Markdown tables.
+
+    Columns start where the border's ``=`` runs start; a cell whose text runs past the next
+    column's start keeps the word it overflows with."""
+    lines = text.split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        m = _RST_BORDER.match(lines[i])
+        ends = [j for j in range(i + 1, len(lines)) if lines[j] == lines[i]] if m else []
+        if len(ends) < 2:
+            out.append(lines[i])
+            i += 1
+            continue
+        head_end, body_end = ends[0], ends[1]
+        starts = [k.start() for k in re.finditer(r"=+", lines[i])]
+
+        def cells(row: str) -> list[str]:
+            cuts = [starts[0]]
+            for c in starts[1:]:
+                while 0 < c < len(row) and row[c - 1] != " " and row[c] != " ":
+                    c += 1
+                cuts.append(c)
+            cuts.append(len(row))
+            return [row[a:b].strip() for a, b in zip(cuts, cuts[1:])]
+
+        indent = m.group("indent")
+        header = [" ".join(c) for c in zip(*(cells(r) for r in lines[i + 1:head_end]))]
+        out.append(indent + "| " + " | ".join(header) + " |")
+        out.append(indent + "|" + "---|" * len(starts))
+        for row in lines[head_end + 1:body_end]:
+            if row.strip():
+                out.append(indent + "| " + " | ".join(cells(row)) + " |")
+        i = body_end + 1
+    return "\n".join(out)
+
+
+try:
+    from griffe import Extension as _GriffeExtension
+except ImportError:  # griffe comes with the docs extra; the function above stands alone
+    _GriffeExtension = object
+
+
+class RstSimpleTables(_GriffeExtension):
+    """mkdocstrings' ``extensions:`` entry: docstrings' reStructuredText tables read as Markdown."""
+
+    def on_instance(self, *, obj, **kwargs) -> None:
+        if obj.docstring is not None and "==" in obj.docstring.value:
+            obj.docstring.value = rst_simple_tables_to_markdown(obj.docstring.value)
