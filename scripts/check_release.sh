@@ -3,9 +3,10 @@
 #   1. the wheel: build it, install it (not editable) into a fresh virtual environment that borrows
 #      this environment's torch, and run `python -m staa` and a forward + backward from a folder
 #      outside the checkout, so a file missing from the wheel fails here and not on a user's machine;
-#   2. the documentation site: install the `docs` extra and build it with warnings as errors
-#      (`mkdocs build --strict`: a broken link, a missing page or an API name that does not resolve
-#      fails), with nothing fetched from the network.
+#   2. the documentation site: install the `docs` extra, check CITATION.cff parses, test the site's
+#      hooks (tests/test_docs_site.py, skipped in the main suite without the extra) and build the
+#      site with warnings as errors (`mkdocs build --strict`: a broken link or anchor, a page missing
+#      from the menu or an API name that does not resolve fails), with nothing fetched from the network.
 # Usage: bash scripts/check_release.sh [wheel|docs]   (both by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +93,7 @@ for key in ("cff-version", "message", "title", "authors", "version", "license", 
 assert c["preferred-citation"]["year"] == 2025 and len(c["preferred-citation"]["authors"]) == 6
 print("CITATION.cff: parses")
 EOF
+    python -m pytest -q -p no:cacheprovider tests/test_docs_site.py     # the site's hooks on a small project
     NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --clean --site-dir "$WORK/site"   # no theme banner
     echo "docs: OK ($(find "$WORK/site" -name '*.html' | wc -l) pages)"
 }
