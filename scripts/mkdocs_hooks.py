@@ -14,8 +14,9 @@ the README links into docs/. MkDocs only knows docs/, so this hook:
   (docs/README.md) count as outside;
 * expands ``<!-- staa-selftest -->`` in the API reference to the self-test's documentation, wherever
   it lives in this checkout (``staa.selftest``, or ``staa.__main__.selftest`` before it moved);
-* writes Sphinx cross-reference roles in rendered docstrings (``:func:`staa.convert```) as code, and
-  the ``::`` that introduces a literal block as one colon.
+* (``StaaDocstrings``, a griffe extension named in mkdocs.yml) resolves the names ``staa`` exports
+  lazily and writes the docstrings' reStructuredText habits (roles, ``::``, doctest lines, simple
+  tables) as Markdown.
 """
 from __future__ import annotations
 
@@ -38,9 +39,6 @@ _CODE_OR_LINK = re.compile(
     r"|(?P<open>\]\()(?P<target>[^)\s]+)(?P<close>\))",
     re.S | re.M,
 )
-_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc):(<code>)")
-# reStructuredText's "text::" before a literal block: Markdown keeps both colons
-_LITERAL_INTRO = re.compile(r"::(</p>\s*<div class=\"(?:language-\w+ )?highlight)")
 
 # The repository files a page links to are part of the site, reached from the page, not the menu.
 NOT_IN_NAV = InclusionLevel.NOT_IN_NAV
@@ -186,12 +184,6 @@ def on_page_markdown(markdown: str, page, config, files: Files) -> str:
     return _CODE_OR_LINK.sub(rewrite, markdown)
 
 
-def on_page_content(html: str, page, config, files: Files) -> str:
-    if page.file.src_uri.startswith("reference/"):
-        html = _LITERAL_INTRO.sub(r":\1", _ROLE.sub(r"\1", html))
-    return html
-
-
 # ------------------------------------------------------------------ docstrings (a griffe extension)
 _RST_BORDER = re.compile(r"^(?P<indent> *)=+(?: +=+)+ *$")
 
@@ -233,15 +225,59 @@ def rst_simple_tables_to_markdown(text: str) -> str:
     return "\n".join(out)
 
 
+# Sphinx cross-reference roles: :func:`staa.convert`, :class:`~staa.surrogate.Surrogate`
+_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc):`~?([^`]+)`")
+_DOCTEST = re.compile(r"^(?P<indent> *)>>> ")
+
+
+def docstring_to_markdown(text: str) -> str:
+    """The reStructuredText habits of the docstrings in their Markdown form: roles as code spans
+    (``~a.b.C`` as ``C``), a paragraph's ``::`` before a literal block as ``:``, doctest lines in a
+    ``pycon`` block (Markdown would read ``>>>`` as nested quotes), simple tables as tables."""
+    text = _ROLE.sub(lambda m: "`" + (m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1)) + "`",
+                     text)
+    text = re.sub(r"(?<=\S)::(?=\n\s*\n)", ":", text)
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        m = _DOCTEST.match(lines[i])
+        if not m or (out and out[-1].strip() and not out[-1].strip().endswith(":")):
+            out.append(lines[i])
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].strip():
+            j += 1
+        indent = m.group("indent")
+        out += [indent + "```pycon", *lines[i:j], indent + "```"]
+        i = j
+    return rst_simple_tables_to_markdown("\n".join(out))
+
+
 try:
+    from griffe import Alias
     from griffe import Extension as _GriffeExtension
-except ImportError:  # griffe comes with the docs extra; the function above stands alone
+except ImportError:  # griffe comes with the docs extra; the functions above stand alone
     _GriffeExtension = object
 
 
-class RstSimpleTables(_GriffeExtension):
-    """mkdocstrings' ``extensions:`` entry: docstrings' reStructuredText tables read as Markdown."""
+class StaaDocstrings(_GriffeExtension):
+    """mkdocstrings' ``extensions:`` entry for the API reference.
+
+    * ``staa`` exports some names lazily (``_LAZY``: name -> module, read by ``__getattr__``), which
+      static analysis cannot follow: each becomes an alias of the object it names, as an import would.
+    * Docstrings are rewritten by :func:`docstring_to_markdown` before they are parsed.
+    """
+
+    def on_module_members(self, *, mod, **kwargs) -> None:
+        if mod.path != "staa" or "_LAZY" not in mod.members:
+            return
+        import ast
+
+        lazy = ast.literal_eval(str(mod.members["_LAZY"].value))
+        for name, module in lazy.items():
+            if name not in mod.members:
+                mod.set_member(name, Alias(name, f"staa{module}.{name}", parent=mod))
 
     def on_instance(self, *, obj, **kwargs) -> None:
-        if obj.docstring is not None and "==" in obj.docstring.value:
-            obj.docstring.value = rst_simple_tables_to_markdown(obj.docstring.value)
+        if obj.docstring is not None:
+            obj.docstring.value = docstring_to_markdown(obj.docstring.value)

@@ -106,3 +106,30 @@ def test_a_broken_link_fails_the_strict_build(tmp_path, link, message):
     proc = _build(_project(tmp_path, f"# Home\n\n[broken]({link})\n"))
     assert proc.returncode != 0
     assert message in proc.stderr and link.split("#")[-1] in proc.stderr, proc.stderr
+
+
+def test_docstring_habits_become_markdown():
+    to_md = _hooks().docstring_to_markdown
+    assert to_md("See :func:`staa.convert` and :class:`~staa.surrogate.Surrogate`.") == (
+        "See `staa.convert` and `Surrogate`.")
+    assert to_md("Per step::\n\n    X = I + PE\n") == "Per step:\n\n    X = I + PE\n"
+    assert to_md("a::b stays") == "a::b stays"
+    assert to_md("Example.\n\n>>> x = 1\n>>> x\n1\n\nAfter.") == (
+        "Example.\n\n```pycon\n>>> x = 1\n>>> x\n1\n```\n\nAfter.")
+    # a '>>>' inside a running paragraph is not an example
+    assert to_md("Compare a\n>>> b here") == "Compare a\n>>> b here"
+
+
+def test_lazy_exports_of_staa_resolve_statically():
+    """The API reference reads ``staa.convert`` etc. without importing staa: the extension
+    turns ``_LAZY`` into aliases."""
+    griffe = pytest.importorskip("griffe")
+    import staa
+
+    ext = _hooks().StaaDocstrings()
+    package = griffe.load("staa", search_paths=[str(ROOT / "src")], extensions=griffe.load_extensions(ext),
+                          resolve_aliases=True)
+    for name in [n for n in staa.__all__ if n != "__version__"]:
+        member = package[name]
+        assert member.docstring is not None and member.docstring.value, name
+    assert package["convert"].target_path == "staa._convert.convert"
