@@ -20,11 +20,13 @@ the README links into docs/. MkDocs only knows docs/, so this hook:
 """
 from __future__ import annotations
 
+import ast
 import logging
 import posixpath
 import re
 from pathlib import Path
 
+from griffe import Alias, Extension
 from mkdocs.structure.files import File, Files, InclusionLevel
 
 log = logging.getLogger("mkdocs.plugins.staa")
@@ -39,6 +41,9 @@ _CODE_OR_LINK = re.compile(
     r"|(?P<open>\]\()(?P<target>[^)\s]+)(?P<close>\))",
     re.S | re.M,
 )
+
+# A target that is not a relative path: a URL, an anchor on the same page, a site-absolute path.
+_NOT_RELATIVE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^#|^/")
 
 # The repository files a page links to are part of the site, reached from the page, not the menu.
 NOT_IN_NAV = InclusionLevel.NOT_IN_NAV
@@ -58,10 +63,8 @@ def _real_path(page_src_uri: str, config) -> Path:
 
 def _relative_targets(markdown: str):
     for m in _CODE_OR_LINK.finditer(markdown):
-        if m.group("target") is not None:
-            target = m.group("target")
-            if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^#|^/", target):
-                yield target
+        if m.group("target") is not None and not _NOT_RELATIVE.match(m.group("target")):
+            yield m.group("target")
 
 
 def _is_source(real: Path) -> bool:
@@ -91,14 +94,12 @@ def _add(real: Path, config, files: Files, queue: list) -> None:
     rel = real.relative_to(_root(config)).as_posix()
     if real.is_dir():
         uri = f"{REPO_PREFIX}/{rel}/index.md"
-        entries = sorted(p for p in real.iterdir() if not p.name.startswith((".", "__")))
-        lines = [f"# `{rel}/`", "", "| file |", "|---|"]
-        lines += [f"| [`{p.name}{'/' if p.is_dir() else ''}`]({p.name}{'/index.md' if p.is_dir() else ''}) |"
-                  for p in entries if p.is_file()]
+        entries = sorted(p for p in real.iterdir() if p.is_file() and not p.name.startswith("."))
+        lines = [f"# `{rel}/`", "", "| file |", "|---|", *(f"| [`{p.name}`]({p.name}) |" for p in entries)]
         files.append(File.generated(config, uri, content="\n".join(lines) + "\n", inclusion=NOT_IN_NAV))
         _state["page_real"][uri] = real / "index.md"
         for p in entries:
-            if p.is_file() and _site_uri(p, config, files) is None:
+            if _site_uri(p, config, files) is None:
                 _add(p, config, files, queue)
     elif real.suffix == ".md":
         uri = f"{REPO_PREFIX}/{rel}"
@@ -161,7 +162,7 @@ def on_page_markdown(markdown: str, page, config, files: Files) -> str:
 
     def rewrite(m: re.Match) -> str:
         target = m.group("target")
-        if target is None or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^#|^/", target):
+        if target is None or _NOT_RELATIVE.match(target):
             return m.group(0)
         path, _, anchor = target.partition("#")
         real = (real_page.parent / path).resolve()
@@ -253,14 +254,7 @@ def docstring_to_markdown(text: str) -> str:
     return rst_simple_tables_to_markdown("\n".join(out))
 
 
-try:
-    from griffe import Alias
-    from griffe import Extension as _GriffeExtension
-except ImportError:  # griffe comes with the docs extra; the functions above stand alone
-    _GriffeExtension = object
-
-
-class StaaDocstrings(_GriffeExtension):
+class StaaDocstrings(Extension):
     """mkdocstrings' ``extensions:`` entry for the API reference.
 
     * ``staa`` exports some names lazily (``_LAZY``: name -> module, read by ``__getattr__``), which
@@ -271,8 +265,6 @@ class StaaDocstrings(_GriffeExtension):
     def on_module_members(self, *, mod, **kwargs) -> None:
         if mod.path != "staa" or "_LAZY" not in mod.members:
             return
-        import ast
-
         lazy = ast.literal_eval(str(mod.members["_LAZY"].value))
         for name, module in lazy.items():
             if name not in mod.members:
