@@ -12,6 +12,7 @@ the README links into docs/. MkDocs only knows docs/, so this hook:
   (a script, a source file, a JSON table) as a page showing it as a code block, anything else as it is;
   and rewrites the link to point there. Files under docs/ that mkdocs.yml excludes from the site
   (docs/README.md) count as outside;
+* nests the bullets that GitHub nests at a 2-space indent (Python-Markdown needs 4);
 * expands ``<!-- staa-selftest -->`` in the API reference to the self-test's documentation, wherever
   it lives in this checkout (``staa.selftest``, or ``staa.__main__.selftest`` before it moved);
 * (``StaaDocstrings``, a griffe extension named in mkdocs.yml) resolves the names ``staa`` exports
@@ -150,8 +151,33 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
+_BULLET = re.compile(r"^(?P<indent> *)[-*+] ")
+
+
+def nest_two_space_sublists(markdown: str) -> str:
+    """GitHub nests a bullet indented by 2 spaces under a ``- `` item; Python-Markdown needs 4 and
+    would flatten the list. Indent such bullets (outside fenced code) by 4."""
+    lines, fence, parent = markdown.split("\n"), None, None
+    for i, line in enumerate(lines):
+        ticks = re.match(r"^ *(```|~~~)", line)
+        if ticks:
+            fence = None if fence == ticks.group(1) else (fence or ticks.group(1))
+            continue
+        if fence or not line.strip():
+            continue
+        m = _BULLET.match(line)
+        if m and len(m.group("indent")) == 0:
+            parent = 0
+        elif m and len(m.group("indent")) == 2 and parent == 0:
+            lines[i] = "  " + line
+        elif not line.startswith(" "):
+            parent = None  # a paragraph or heading at the margin ends the list
+    return "\n".join(lines)
+
+
 def on_page_markdown(markdown: str, page, config, files: Files) -> str:
     src = page.file.src_uri
+    markdown = nest_two_space_sublists(markdown)
     real_page = _real_path(src, config)
     root = _root(config)
 

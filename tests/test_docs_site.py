@@ -133,3 +133,13 @@ def test_lazy_exports_of_staa_resolve_statically():
         member = package[name]
         assert member.docstring is not None and member.docstring.value, name
     assert package["convert"].target_path == "staa._convert.convert"
+
+
+def test_two_space_sublists_are_nested_as_on_github():
+    nest = _hooks().nest_two_space_sublists
+    text = "- **A**, chosen:\n  - one\n    more of one\n  - two\n- B\n\n  not a bullet\n"
+    assert nest(text) == "- **A**, chosen:\n    - one\n    more of one\n    - two\n- B\n\n  not a bullet\n"
+    fenced = "- a\n```\n  - code\n```\n"
+    assert nest(fenced) == fenced
+    after_paragraph = "Text\n  - not under a bullet\n"
+    assert nest(after_paragraph) == after_paragraph
