@@ -191,3 +191,12 @@ def test_reset_parameters_leaves_a_lazy_layer_lazy():
     m = staa.STAALIF()
     m.reset_parameters()
     assert m.has_uninitialized_params() and m(torch.randn(3, 2, 8)).shape == (3, 2, 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_main_with_device_cuda_on_a_cpu_only_torch_exits_2_with_a_message(capsys):
+    from staa.__main__ import main
+
+    assert main(["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: this torch build has no usable CUDA device" in err and "Traceback" not in err
