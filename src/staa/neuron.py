@@ -297,7 +297,8 @@ class STAALIF(nn.Module):
     def __getstate__(self):
         # copy.deepcopy (AveragedModel, EMA copies) and pickling take H cut from the graph: a
         # tensor inside an autograd graph cannot be deep-copied, and a copy has no use for the graph.
-        state = super().__getstate__()
+        parent = getattr(super(), "__getstate__", None)  # object.__getstate__ exists from Python 3.11
+        state = parent() if parent is not None else self.__dict__
         h = state.get("_h")
         if isinstance(h, Tensor) and h.requires_grad:
             state = dict(state, _h=h.detach())
