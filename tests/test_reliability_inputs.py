@@ -2,6 +2,8 @@
 double backward, torch.func transforms, layouts)."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import staa
 
@@ -236,3 +238,29 @@ def test_channels_last_3d_input_gives_the_same_spikes_in_its_layout(step_mode):
     else:  # single-step takes [B, C, H, W]: a 5-D input is one step too many dims, with a hint
         with pytest.raises(ValueError, match=r"got a 5-D tensor.*set step_mode='m'"):
             m(x.contiguous(memory_format=torch.channels_last_3d))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_pos=st.integers(1, 4), steps=st.integers(1, 3), t0=st.integers(-2, 5))
+def test_int_and_tensor_t0_agree_on_rows_and_errors(n_pos, steps, t0):
+    """The functional API's two kinds of step index: the same rows, or the same error."""
+    from staa.functional import _pos_rows
+
+    pos = torch.randn(n_pos, 3)
+    results = []
+    for index in (t0, torch.tensor(t0)):
+        try:
+            results.append(_pos_rows(pos, index, steps))
+        except ValueError as e:
+            results.append(str(e))
+    a, b = results
+    assert (a == b) if isinstance(a, str) else torch.equal(a, b)
+    assert isinstance(a, str) == (t0 < 0 or t0 + steps > n_pos)
+
+
+def test_functional_rejects_a_non_float_input():
+    from staa.functional import staa_lif
+
+    m = _layer()
+    with pytest.raises(TypeError, match=r"staa_lif expects a floating-point tensor x, got dtype torch\.int64"):
+        staa_lif(torch.ones(3, 2, 8, dtype=torch.long), m.params(), m.cfg)
