@@ -200,3 +200,22 @@ def test_main_with_device_cuda_on_a_cpu_only_torch_exits_2_with_a_message(capsys
     assert main(["--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "--device cuda: this torch build has no usable CUDA device" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("with_spikingjelly", [False, True])
+def test_fsdp_style_meta_init_module_by_module(with_spikingjelly):
+    """FSDP materialises each module that holds parameters, root first: to_empty(recurse=False), then
+    that module's reset_parameters(). Also for the spikingjelly-compatible subclass, whose
+    MemoryModule base takes no recurse argument."""
+    if with_spikingjelly:
+        pytest.importorskip("spikingjelly.activation_based.base")
+    m = staa.STAALIF(8, 3, sa_init_bias=3.0, device="meta")
+    if with_spikingjelly:
+        assert type(m).__module__ == "staa._sjcompat"
+    for mod in m.modules():
+        if any(True for _ in mod.parameters(recurse=False)):
+            mod.to_empty(device="cpu", recurse=False)
+            mod.reset_parameters()
+    assert not any(p.is_meta for p in m.parameters())
+    assert m.pos.abs().sum() == 0 and m.gc_x.value.weight.abs().sum() == 0 and torch.all(m.sa.fc2.bias == 3.0)
+    assert m(torch.randn(3, 2, 8)).shape == (3, 2, 8)

@@ -307,11 +307,9 @@ class STAALIF(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .double(), ...: the stored state follows the module, as in spikingjelly.
         # It is cast back to its compute dtype (float32, or float64 for double) at the next call.
-        if kwargs.get("recurse", True) is True:
-            # to_empty passes recurse=True; spikingjelly's MemoryModule._apply (the base of the
-            # spikingjelly-compatible subclass) takes no keywords, and True is the default anyway
-            kwargs.pop("recurse", None)
-        out = super()._apply(fn, *args, **kwargs)
+        # nn.Module's own: spikingjelly's MemoryModule._apply (a base of the spikingjelly-compatible
+        # subclass) takes no recurse argument, which to_empty passes, and STAALIF has no _memories for it.
+        out = nn.Module._apply(self, fn, *args, **kwargs)
         if self._h is not None:
             self._h = fn(self._h)
         if self._step is not None:
