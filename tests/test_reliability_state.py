@@ -85,3 +85,25 @@ def test_autocast_single_step_equals_multi_step(dtype):
         a = multi(x)
         b = torch.stack([single(x[t]) for t in range(4)])
     assert torch.equal(a, b)
+
+
+def test_a_lazy_layer_first_called_under_inference_mode_can_train():  # U4, as nn.LazyLinear
+    m = staa.STAALIF(tsrd=0.0)
+    with torch.inference_mode():
+        m(torch.randn(3, 2, 8))
+    assert not any(p.is_inference() for p in m.parameters())
+    x = torch.randn(3, 2, 8, requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad is not None and m.pos.grad is not None
+    single = staa.STAALIF(T=3, step_mode="s")
+    with torch.inference_mode():
+        single(torch.randn(2, 8))
+    single.reset()
+    single(torch.randn(2, 8, requires_grad=True)).sum().backward()
+
+
+def test_state_without_pe_continues_after_a_multi_step_call():  # U6: no pos[T] to run out of
+    m = staa.STAALIF(8, 4, pe=False, tsrd=0.0)
+    m(torch.randn(4, 2, 8))
+    m.step_mode = "s"
+    assert m(torch.randn(2, 8)).shape == (2, 8) and m.t == 5

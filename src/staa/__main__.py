@@ -171,6 +171,9 @@ def _machine(device: torch.device) -> str:
 
 def run(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {args.device}: this torch build has no usable CUDA device "
+                           f"(torch {torch.__version__}); use --device cpu")
     for name in ("T", "batch", "width", "repeat"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")

@@ -27,20 +27,67 @@ def hidden_features(channels: int, r: int) -> int:
     return max(channels // r, 4)
 
 
-def _linear(in_f, out_f, lazy, factory):
-    if not lazy:
-        return nn.Linear(in_f, out_f, **factory)
-    lin = nn.Linear(1, 1, **factory)
-    lin.in_features = lin.out_features = 0
-    lin.weight = UninitializedParameter(**factory)
-    lin.bias = UninitializedParameter(**factory)
+class _Linear(nn.Linear):
+    """``nn.Linear`` (and shown as one) whose ``reset_parameters`` gives the block's documented
+    initialisation: ``nn.Linear``'s, then zero weights (``zero_init``, GC's ``value``) or a fixed
+    bias (``init_bias``, SA's ``fc2``). So ``reset_parameters`` on any module, in any order
+    (``model.apply``, FSDP's meta-device initialisation), restores what the constructor made."""
+
+    def __init__(self, in_features, out_features, *, zero_init=False, init_bias=None, device=None, dtype=None):
+        # set before nn.Linear.__init__, which calls reset_parameters (one initialisation, one RNG draw)
+        self.zero_init, self.init_bias = zero_init, init_bias
+        super().__init__(in_features, out_features, device=device, dtype=dtype)
+
+    def _get_name(self) -> str:
+        return "Linear"
+
+    def reset_parameters(self) -> None:
+        if is_uninitialized(self.weight):
+            return  # a lazy layer is initialised when it is sized
+        super().reset_parameters()
+        with torch.no_grad():
+            if self.zero_init:
+                self.weight.zero_()
+                self.bias.zero_()
+            elif self.init_bias is not None:
+                self.bias.fill_(self.init_bias)
+
+    def extra_repr(self) -> str:
+        if is_uninitialized(self.weight):
+            return "in_features and out_features set at the first call (lazy)"
+        return super().extra_repr()
+
+
+class _LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (and shown as one) that stays uninitialised until sized."""
+
+    def _get_name(self) -> str:
+        return "LayerNorm"
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None and is_uninitialized(self.weight):
+            return
+        super().reset_parameters()
+
+    def extra_repr(self) -> str:
+        if self.weight is not None and is_uninitialized(self.weight):
+            return "normalized_shape set at the first call (lazy), eps={eps}".format(**self.__dict__)
+        return super().extra_repr()
+
+
+def _linear(in_f, out_f, lazy, factory, zero_init=False, init_bias=None):
+    lin = _Linear(1 if lazy else in_f, 1 if lazy else out_f, zero_init=zero_init, init_bias=init_bias, **factory)
+    if lazy:
+        lin.in_features = lin.out_features = 0
+        lin.weight = UninitializedParameter(**factory)
+        lin.bias = UninitializedParameter(**factory)
     return lin
 
 
 def _layer_norm(f, lazy, factory):
     if not lazy:
-        return nn.LayerNorm(f, eps=1e-5, **factory)
-    ln = nn.LayerNorm(1, eps=1e-5, **factory)
+        return _LayerNorm(f, eps=1e-5, **factory)
+    ln = _LayerNorm(1, eps=1e-5, **factory)
     ln.normalized_shape = (0,)
     ln.weight = UninitializedParameter(**factory)
     ln.bias = UninitializedParameter(**factory)
@@ -75,21 +122,18 @@ class GlobalContext(nn.Module):
         self.key = _linear(channels, 1, lazy, factory)
         self.query = _linear(channels, hidden, lazy, factory)
         self.norm = _layer_norm(hidden, lazy, factory)
-        self.value = _linear(hidden, channels, lazy, factory)
-        if not lazy:
-            self._zero_value()
+        self.value = _linear(hidden, channels, lazy, factory, zero_init=True)
 
-    @torch.no_grad()
-    def _zero_value(self):
-        self.value.weight.zero_()
-        self.value.bias.zero_()
+    def reset_parameters(self) -> None:
+        """The documented initialisation: ``nn.Linear``'s and ``nn.LayerNorm``'s, ``value`` zero."""
+        for m in (self.key, self.query, self.norm, self.value):
+            m.reset_parameters()
 
     def materialize(self, channels: int, hidden: int) -> None:
         _materialize_linear(self.key, channels, 1)
         _materialize_linear(self.query, channels, hidden)
         _materialize_norm(self.norm, hidden)
         _materialize_linear(self.value, hidden, channels)
-        self._zero_value()
 
     def params(self) -> GCParams:
         return GCParams(
@@ -116,19 +160,16 @@ class StepAttention(nn.Module):
         self.alpha = float(alpha)
         self.init_bias = None if init_bias is None else float(init_bias)
         self.fc1 = _linear(channels, hidden, lazy, factory)
-        self.fc2 = _linear(hidden, channels, lazy, factory)
-        if not lazy:
-            self._init_bias()
+        self.fc2 = _linear(hidden, channels, lazy, factory, init_bias=self.init_bias)
 
-    @torch.no_grad()
-    def _init_bias(self):
-        if self.init_bias is not None:
-            self.fc2.bias.fill_(self.init_bias)
+    def reset_parameters(self) -> None:
+        """The documented initialisation: ``nn.Linear``'s, ``fc2.bias`` at ``init_bias`` when set."""
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
 
     def materialize(self, channels: int, hidden: int) -> None:
         _materialize_linear(self.fc1, channels, hidden)
         _materialize_linear(self.fc2, hidden, channels)
-        self._init_bias()
 
     def params(self) -> SAParams:
         return SAParams(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)

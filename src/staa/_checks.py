@@ -54,6 +54,17 @@ def flag(value, name: str) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
+def finite_input(x: torch.Tensor) -> None:
+    """``STAALIF(check_finite=True)``'s check: raise ``ValueError`` with the count of NaN/Inf values
+    (reads the result on the host, so it synchronises with a GPU)."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(
+            f"STAALIF(check_finite=True): the input has {bad} non-finite value(s) (NaN or Inf) in shape "
+            f"{list(x.shape)}"
+        )
+
+
 def _range_text(low, high, low_open, high_open) -> str:
     if low == -math.inf and high == math.inf:
         return ""

@@ -9,14 +9,16 @@ of single-step calls backpropagates exactly like one multi-step call on the same
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple, Optional, Union
 
 import torch
 
+from . import _checks
 from ._backend import resolve_backend
-from .ops import staa_lif_op
+from .ops import _op, staa_lif_op
 from .reference import STAAParams, compute_dtype
-from .surrogate import Surrogate
+from .surrogate import Surrogate, check_surrogate
 
 Tensor = torch.Tensor
 
@@ -27,7 +29,12 @@ class NeuronConfig(NamedTuple):
     """Scalar settings of one STAA-LIF layer.
 
     ``alpha`` is step attention's pooling scale (eq. 12); the surrogate's own parameter lives
-    in ``surrogate`` (a :class:`staa.surrogate.Surrogate`: kind and width or alpha).
+    in ``surrogate`` (a :class:`staa.surrogate.Surrogate`: kind and width or alpha, or a kind name
+    such as ``"atan"`` for that kind with its default parameter).
+
+    :func:`staa_lif` validates the settings at every call (an unknown surrogate kind, a width or
+    alpha that is not a positive finite number, a non-finite threshold or reset, ``alpha <= 0``:
+    ``ValueError`` or ``TypeError`` naming the field and the value).
     """
 
     alpha: float = 2.0
@@ -37,21 +44,74 @@ class NeuronConfig(NamedTuple):
     surrogate: Surrogate = Surrogate()
 
 
+def past_T_message(t0: int, steps: int, n_pos: int) -> str:
+    """The error for steps ``t0 .. t0 + steps - 1`` of a layer with ``n_pos`` position-encoding
+    rows: the same text from the module's own check, the functional API and compiled calls."""
+    if steps == 1:
+        return (f"single-step call at t={t0} but this STAALIF has T={n_pos} steps; call reset() (or "
+                f"functional.reset_net) between sequences, or build it with a larger T (the position encoding "
+                f"has rows 0..{n_pos - 1})")
+    return (f"steps {t0}..{t0 + steps - 1} need position-encoding rows that this STAALIF (T={n_pos} steps, "
+            f"rows 0..{n_pos - 1}) does not have; call reset() between sequences, or build it with a larger T")
+
+
+def _step_index(t0) -> Union[int, Tensor]:
+    """``t0`` checked: a Python or numpy int, or a one-element integer tensor."""
+    if isinstance(t0, Tensor):
+        if t0.dtype.is_floating_point or t0.dtype.is_complex or t0.dtype == torch.bool or t0.numel() != 1:
+            raise TypeError(f"t0 must be an int or a 0-d integer tensor (the index of x[0] in the sequence), got a "
+                            f"{t0.dtype} tensor of shape {list(t0.shape)}")
+        return t0
+    if isinstance(t0, bool):
+        raise TypeError(f"t0 must be an int (the index of x[0] in the sequence), got {t0!r}")
+    try:
+        return operator.index(t0)
+    except TypeError:
+        raise TypeError(
+            f"t0 must be an int or a 0-d integer tensor (the index of x[0] in the sequence), got {t0!r} "
+            f"({type(t0).__name__}); pass int(t0)"
+        ) from None
+
+
 def _pos_rows(pos: Optional[Tensor], t0: Union[int, Tensor], T: int) -> Optional[Tensor]:
     """The position-encoding rows of steps ``t0 .. t0 + T - 1``."""
     if pos is None:
         return None
     if isinstance(t0, Tensor):
         # A tensor step index (single-step under torch.compile): no Python int to specialise on.
-        return pos.index_select(0, t0.reshape(1).to(device=pos.device, dtype=torch.long)
-                                + torch.arange(T, device=pos.device))
+        if torch.compiler.is_compiling():  # the range check must run at run time: in the op's body
+            return _op.pos_rows(pos, t0, T)
+        return _op.rows_at(pos, t0, T)
     if t0 < 0 or t0 + T > pos.shape[0]:
-        raise ValueError(
-            f"steps {t0}..{t0 + T - 1} need position-encoding rows that pos (shape {list(pos.shape)}) does not "
-            f"have; the layer was built for T={pos.shape[0]} steps: call reset() between sequences, or build "
-            f"it with a larger T"
-        )
+        raise ValueError(past_T_message(t0, T, pos.shape[0]))
     return pos[t0:t0 + T]
+
+
+_CHECKED_CONFIGS: dict = {}  # id(cfg) -> (cfg, checked): STAALIF passes the same cfg at every call
+
+
+def check_config(cfg) -> NeuronConfig:
+    """``cfg`` validated, with a surrogate given by name replaced by its :class:`Surrogate`."""
+    if not torch.compiler.is_compiling():
+        hit = _CHECKED_CONFIGS.get(id(cfg))
+        if hit is not None and hit[0] is cfg:
+            return hit[1]
+    if not isinstance(cfg, NeuronConfig):
+        raise TypeError(f"cfg must be a staa.functional.NeuronConfig, got {type(cfg).__name__}")
+    checked = NeuronConfig(
+        alpha=_checks.real(cfg.alpha, "NeuronConfig.alpha", low=0.0, low_open=True,
+                           what="a finite number > 0 (step attention's pooling scale, eq. 12)"),
+        v_threshold=_checks.real(cfg.v_threshold, "NeuronConfig.v_threshold"),
+        v_reset=_checks.real(cfg.v_reset, "NeuronConfig.v_reset", allow_none=True,
+                             what="a finite number (None: soft reset)"),
+        detach_reset=_checks.flag(cfg.detach_reset, "NeuronConfig.detach_reset"),
+        surrogate=check_surrogate(cfg.surrogate, "NeuronConfig.surrogate"),
+    )
+    if not torch.compiler.is_compiling():
+        if len(_CHECKED_CONFIGS) > 64:
+            _CHECKED_CONFIGS.clear()
+        _CHECKED_CONFIGS[id(cfg)] = (cfg, checked)
+    return checked
 
 
 def staa_lif(
@@ -71,13 +131,15 @@ def staa_lif(
         x: input currents ``[T, B, C, *spatial]``, floating point; ``T`` may be 1 (one step).
         params: the layer's weights (:class:`staa.reference.STAAParams`, e.g. ``STAALIF.params()``);
             ``params.pos`` is the whole position encoding ``[T_pos, C]``.
-        cfg: the scalar settings (:class:`NeuronConfig`).
+        cfg: the scalar settings (:class:`NeuronConfig`), validated here.
         drop: bool TSRD mask ``[T]`` (True: the aggregator is skipped at that step), or ``None``.
         h0: initial state H_{t0-1} ``[B, C, *spatial]``, or ``None`` for rest (``v_reset``; 0 for
             soft reset). Its gradient is returned by autograd.
         t0: index of ``x[0]`` in the sequence (selects the position-encoding rows
             ``pos[t0 : t0 + T]``): a Python int, or a 0-d integer tensor (no recompilation per
-            step under ``torch.compile``; then the row range is not checked on the host).
+            step under ``torch.compile``). Rows past the end of ``pos`` raise ``ValueError``; for a
+            tensor ``t0`` on a GPU the check would synchronise with the host, so there the rows past
+            the end are NaN instead (the spikes of those steps are NaN and the loss shows it).
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (``auto`` honours ``STAA_BACKEND``).
         store_v_seq: also return every state H ``[T, B, C, *spatial]`` (detached).
 
@@ -86,9 +148,14 @@ def staa_lif(
         potential is not finite); the last state H_{t0+T-1} ``[B, C, *spatial]`` in float32
         (float64 for float64 input), differentiable; ``v_seq`` or ``None``.
     """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"staa_lif expects a floating-point tensor x, got {got}")
     if x.dim() < 3:
         raise ValueError(f"staa_lif expects x of shape [T, B, C, ...], got shape {list(x.shape)}")
     _check_not_transformed(x)
+    cfg = check_config(cfg)
+    t0 = _step_index(t0)
     T, B, C = x.shape[:3]
     x4 = x.reshape(T, B, C, -1) if x.numel() else x.new_empty((T, B, C, _plane(x.shape[3:])))
     P = x4.shape[3]
@@ -108,8 +175,10 @@ def staa_lif(
             )
         h0_4 = h0.reshape(B, C, P).to(compute_dtype(x.dtype))
     rows = STAAParams(_pos_rows(params.pos, t0, T), params.gc_x, params.gc_h, params.sa)
-    if x.numel() == 0:  # an empty batch or plane: empty spikes, the state unchanged (as torch layers do)
-        return _empty_result(x, h0, store_v_seq)
+    if x.numel() == 0 or x.is_meta:
+        # An empty batch or plane: empty spikes, the state unchanged (as torch layers do). On the meta
+        # device only the shapes exist: the result's shapes and dtypes, as the op's fake gives them.
+        return _empty_result(x, h0, cfg, store_v_seq)
     spikes, h_last, v_seq = staa_lif_op(x4, rows, drop, cfg, h0=h0_4, store_v_seq=store_v_seq,
                                         use_triton=which == "triton")
     return (
@@ -119,18 +188,20 @@ def staa_lif(
     )
 
 
-def _empty_result(x: Tensor, h0: Optional[Tensor], store_v_seq: bool):
+def _empty_result(x: Tensor, h0: Optional[Tensor], cfg: NeuronConfig, store_v_seq: bool):
     cd = compute_dtype(x.dtype)
-    h_last = x.new_zeros(x.shape[1:], dtype=cd) if h0 is None else h0.to(cd).clone()
+    rest = 0.0 if cfg.v_reset is None else cfg.v_reset
+    h_last = x.new_full(x.shape[1:], rest, dtype=cd) if h0 is None else h0.to(cd).clone()
     spikes = x * 0  # empty, and connected to x's graph
     return spikes, h_last, (x.new_zeros(x.shape, dtype=cd) if store_v_seq else None)
 
 
 def _check_not_transformed(x: Tensor) -> None:
-    """torch.func transforms (grad, vmap, jacrev, ...) cannot run the op: say so plainly."""
+    """torch.func transforms (grad, vmap, jacrev, ...) cannot run the op: say so plainly. Any active
+    transform counts, also one that wraps only the weights (``functional_call`` under ``grad``)."""
     if torch.compiler.is_compiling():  # dynamo cannot trace the check (and compiled code has no wrappers here)
         return
-    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if torch._C._are_functorch_transforms_active() or torch._C._functorch.is_functorch_wrapped_tensor(x):
         raise RuntimeError(
             "STAA-LIF does not support torch.func transforms (grad, vmap, jacrev, functional_call under grad, ...): "
             "its fast path has a hand-written backward and a random TSRD draw. Use "

@@ -10,9 +10,10 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from . import _checks, _spikingjelly
-from ._backend import check_backend_name
+from ._backend import check_backend_name, resolve_backend
 from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
-from .functional import NeuronConfig, _check_not_transformed, staa_lif
+from .functional import NeuronConfig, _check_not_transformed, past_T_message, staa_lif
+from .ops import _op
 from .reference import STAAParams
 from .surrogate import Surrogate, surrogate_spec
 
@@ -39,6 +40,8 @@ class STAALIF(nn.Module):
         channels: C, or ``None`` to size lazily at the first multi-step forward.
         T: number of time steps (length of the position encoding), or ``None`` to take
             it from the first multi-step forward. Single-step mode with ``pe=True`` needs it.
+            With ``pe=False`` nothing depends on T: it is not needed, not enforced, and a
+            lazy layer does not record it.
         r: reduction ratio of the channel MLPs; hidden width Ch = max(C // r, 4).
         alpha: step attention's pooling scale (eq. 12), fixed, > 0. Not the surrogate's alpha.
         tsrd: TSRD drop probability beta in [0, 1); 0 disables it.
@@ -66,7 +69,7 @@ class STAALIF(nn.Module):
             value of 3 starts the gate near 0.95, so a new layer passes its input on almost
             unchanged; ``staa.convert`` uses 3 (networks without BatchNorm before their neurons
             lose their activity when every layer halves it). The state dict is the same.
-        device, dtype: of the parameters.
+        device, dtype: of the parameters; ``dtype`` a floating-point dtype.
 
     Shapes: output spikes have the input's shape, dtype and memory format. The state is kept
     in float32 (float64 for float64 inputs).
@@ -105,6 +108,9 @@ class STAALIF(nn.Module):
         dtype=None,
     ):
         super().__init__()
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype (float32, float64, float16, bfloat16) or None, "
+                            f"got {dtype!r}; STAA-LIF is real-valued")
         channels = _checks.count(channels, "channels", allow_none=True)
         T = _checks.count(T, "T", allow_none=True)
         self.channels = channels
@@ -117,6 +123,8 @@ class STAALIF(nn.Module):
         self._step: Optional[Tensor] = None  # the same counter as a device tensor (compiled calls)
         self._t_on_host = True  # False after a compiled single-step call: read _step instead
         self._v_seq: Optional[Tensor] = None
+        self._h_inference = False  # H was made by an eager call under inference_mode (read by compiled calls)
+        self._reset_task = -1  # the autograd graph task reset() ran in (-1: outside a backward pass)
         # True once every parameter is materialized (lazy layers: after the first call); a
         # shortcut for the per-call check, which walks every submodule.
         self._sized = not self.has_uninitialized_params()
@@ -260,6 +268,8 @@ class STAALIF(nn.Module):
         self._step = None
         self._t_on_host = True
         self._v_seq = None
+        self._h_inference = False
+        self._reset_task = _graph_task()
 
     def detach(self) -> None:
         """Cut the membrane state from the graph (``functional.detach_net`` calls this); the step
@@ -267,10 +277,39 @@ class STAALIF(nn.Module):
         if self._h is not None:
             self._h = self._h.detach()
 
+    def reset_parameters(self) -> None:
+        """Give every parameter its documented initialisation again: ``pos`` zero, the GC blocks'
+        ``nn.Linear``/``nn.LayerNorm`` initialisation with ``value`` zero, step attention's
+        ``nn.Linear`` initialisation with ``fc2.bias`` at ``sa_init_bias`` when set. With the same
+        seed it draws exactly what the constructor drew. Lazy parameters stay lazy. The state is not
+        touched (``reset()`` clears it).
+
+        Meta-device initialisation: ``STAALIF(..., device="meta").to_empty(device=d)`` followed by
+        ``reset_parameters()`` (FSDP calls it on each module that holds parameters; every
+        submodule's own ``reset_parameters`` gives its part of the same initialisation)."""
+        if self.pos is not None and not is_uninitialized(self.pos):
+            with torch.no_grad():
+                self.pos.zero_()
+        for block in (self.gc_x, self.gc_h, self.sa):
+            if block is not None:
+                block.reset_parameters()
+
+    def __getstate__(self):
+        # copy.deepcopy (AveragedModel, EMA copies) and pickling take H cut from the graph: a
+        # tensor inside an autograd graph cannot be deep-copied, and a copy has no use for the graph.
+        parent = getattr(super(), "__getstate__", None)  # object.__getstate__ exists from Python 3.11
+        state = parent() if parent is not None else self.__dict__
+        h = state.get("_h")
+        if isinstance(h, Tensor) and h.requires_grad:
+            state = dict(state, _h=h.detach())
+        return state
+
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .double(), ...: the stored state follows the module, as in spikingjelly.
         # It is cast back to its compute dtype (float32, or float64 for double) at the next call.
-        out = super()._apply(fn, *args, **kwargs)
+        # nn.Module's own: spikingjelly's MemoryModule._apply (a base of the spikingjelly-compatible
+        # subclass) takes no recurse argument, which to_empty passes, and STAALIF has no _memories for it.
+        out = nn.Module._apply(self, fn, *args, **kwargs)
         if self._h is not None:
             self._h = fn(self._h)
         if self._step is not None:
@@ -283,9 +322,15 @@ class STAALIF(nn.Module):
         return any(is_uninitialized(p) for p in self.parameters())
 
     def _materialize(self, channels: int, T: Optional[int]) -> None:
+        # Parameters are made outside inference mode, so a layer first called under
+        # torch.inference_mode() can still be trained (as nn.LazyLinear can).
+        with torch.inference_mode(False):
+            self._materialize_params(channels, T)
+
+    def _materialize_params(self, channels: int, T: Optional[int]) -> None:
         if self.channels is None:
             self.channels = channels
-        if self.T is None and T is not None:
+        if self.T is None and T is not None and self.pos is not None:
             self.T = T
         hidden = hidden_features(self.channels, self.r)
         for block in (self.gc_x, self.gc_h, self.sa):
@@ -337,11 +382,7 @@ class STAALIF(nn.Module):
             )
         allowed = (3, 5) if self.step_mode == "m" else (2, 4)
         if x.dim() not in allowed:
-            expected = "[T, B, C, H, W] or [T, B, C]" if self.step_mode == "m" else "[B, C, H, W] or [B, C]"
-            raise ValueError(
-                f"step_mode={self.step_mode!r} expects input of shape {expected}, got a {x.dim()}-D tensor "
-                f"of shape {list(x.shape)}; set step_mode to match the input (functional.set_step_mode)"
-            )
+            raise ValueError(_dims_message(self.step_mode, x))
         c_dim = 2 if self.step_mode == "m" else 1
         c = x.shape[c_dim]
         if self.channels is not None and c != self.channels:
@@ -349,15 +390,18 @@ class STAALIF(nn.Module):
                 f"STAALIF was built for {self.channels} channels but the input has {c} at dim {c_dim} "
                 f"(shape {list(x.shape)})"
             )
-        if c == 0 and self._unsized():
+        unsized = self._unsized()
+        if unsized and x.numel() == 0:
+            what = "0 channels" if c == 0 else ("T=0" if self.step_mode == "m" and x.shape[0] == 0 else "no elements")
             raise ValueError(
-                f"STAALIF cannot size itself from an input with 0 channels (shape {list(x.shape)}); pass "
-                f"channels=... to the constructor or give it a non-empty input first"
+                f"STAALIF cannot size itself from an empty input ({what}, shape {list(x.shape)}); pass "
+                f"channels=...{' and T=...' if self.pos is not None else ''} to the constructor or give it a "
+                f"non-empty input first"
             )
-        if self.step_mode == "m" and x.shape[0] == 0 and (self.T is None and self.pos is not None):
+        if self.step_mode == "m" and self.pos is not None and self.T is not None and x.shape[0] > self.T:
             raise ValueError(
-                f"STAALIF cannot size its position encoding from an input with T=0 (shape {list(x.shape)}); pass "
-                f"T=... to the constructor or give it a non-empty input first"
+                f"input has T={x.shape[0]} time steps but this STAALIF was built for T={self.T} "
+                f"(position encoding of length {self.T}); use T <= {self.T} or build it with T={x.shape[0]}"
             )
         for p in self.parameters():
             if p.device != x.device:
@@ -365,13 +409,14 @@ class STAALIF(nn.Module):
                     f"input is on {x.device} but STAALIF's parameters are on {p.device}; move one of them "
                     f"(model.to(device) or x.to(device))"
                 )
+            if p.is_complex():
+                raise TypeError(f"STAALIF's parameters are {p.dtype}; STAA-LIF is real-valued: convert the module "
+                                f"to a floating-point dtype (.float())")
             break
-        if self.check_finite and not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(
-                f"STAALIF(check_finite=True): the input has {bad} non-finite value(s) (NaN or Inf) in shape "
-                f"{list(x.shape)}"
-            )
+        if unsized:  # an explicit backend that cannot run here fails before the layer sizes itself
+            resolve_backend(self.backend, x.device)
+        if self.check_finite and not torch.compiler.is_compiling() and not x.is_meta:
+            _checks.finite_input(x)
 
     def _draw_drop(self, steps: int, first_step, device) -> Tensor:
         """TSRD mask: bool ``[steps]``; step t (absolute) is dropped with prob ``tsrd`` if t >= 1.
@@ -396,6 +441,8 @@ class STAALIF(nn.Module):
         if isinstance(x, Tensor):
             _check_not_transformed(x)
         self._check_input(x)
+        if self.check_finite and torch.compiler.is_compiling():
+            x = _op.finite_or_raise(x)  # the same check, run by the compiled graph at every call
         if self.step_mode == "m":
             out = self._multi_step(x)
         else:
@@ -404,24 +451,30 @@ class STAALIF(nn.Module):
 
     def _multi_step(self, x: Tensor) -> Tensor:
         T = x.shape[0]
-        if self._unsized() or self.T is None:
+        if self._unsized() or (self.T is None and self.pos is not None):
             self._materialize(x.shape[2], T)
-        if self.T is not None and T > self.T:
-            raise ValueError(
-                f"input has T={T} time steps but this STAALIF was built for T={self.T} "
-                f"(position encoding of length {self.T}); use T <= {self.T} or build it with T={T}"
-            )
-        drop = self._draw_drop(T, 0, x.device)
+        # (T <= self.T was checked with the input; an empty sequence draws no TSRD mask)
+        drop = self._draw_drop(T, 0, x.device) if T else torch.zeros(0, dtype=torch.bool, device=x.device)
         spikes, h_last, v_seq = staa_lif(
             x, self.params(), self.cfg, drop=drop, backend=self.backend, store_v_seq=self.store_v_seq
         )
+        if torch.compiler.is_exporting():  # an exported program keeps no state: it maps a sequence to spikes
+            return spikes
         # A multi-step call is one sequence from rest; a following single-step call continues it at t = T.
         self._h = h_last.detach()
         self._v_seq = v_seq
         self._t, self._step, self._t_on_host = T, None, True
+        if not torch.compiler.is_compiling():
+            self._h_inference = torch.is_inference_mode_enabled()
         return spikes
 
     def _single_step(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_exporting():
+            raise RuntimeError(
+                "torch.export of a single-step STAALIF would record one step from rest and drop the state that "
+                "links the steps; export the model in multi-step mode (functional.set_step_mode(model, 'm')), "
+                "whose program maps a whole sequence [T, B, ...] to its spikes"
+            )
         if self._unsized():
             if self.pos is not None and self.T is None:
                 raise ValueError(
@@ -439,11 +492,8 @@ class STAALIF(nn.Module):
             t0 = step
         else:
             t0 = self.t
-            if self.T is not None and t0 >= self.T:
-                raise ValueError(
-                    f"single-step call at t={t0} but this STAALIF has T={self.T} steps; call reset() "
-                    f"(or functional.reset_net) between sequences"
-                )
+            if self.pos is not None and t0 >= self.pos.shape[0]:
+                raise ValueError(past_T_message(t0, 1, self.pos.shape[0]))
         drop = self._draw_drop(1, t0, x.device)
         spikes, h_last, _ = staa_lif(x.unsqueeze(0), self.params(), self.cfg, drop=drop, h0=h0, t0=t0,
                                      backend=self.backend)
@@ -453,6 +503,7 @@ class STAALIF(nn.Module):
         else:
             self._t = t0 + 1
             self._step = None
+            self._h_inference = torch.is_inference_mode_enabled()
         return spikes[0]
 
     def _check_state(self, h: Tensor, x: Tensor) -> None:
@@ -467,12 +518,46 @@ class STAALIF(nn.Module):
                 f"the stored state is on {h.device} but the input is on {x.device}; move the module with "
                 f".to(device) (it moves the state too) or call reset()"
             )
-        # dynamo cannot trace is_inference(); compiled code does not run under inference_mode here
-        if not torch.compiler.is_compiling() and h.is_inference() and not torch.is_inference_mode_enabled():
+        # dynamo cannot trace is_inference(): compiled calls read the flag the eager call left
+        compiling = torch.compiler.is_compiling()
+        if (self._h_inference if compiling else h.is_inference() and not torch.is_inference_mode_enabled()):
             raise RuntimeError(
                 "the stored state was made under torch.inference_mode() and cannot be used for training; "
                 "call reset() (functional.reset_net) before leaving inference mode"
             )
+        if not compiling and _graph_task() not in (-1, self._reset_task):
+            raise RuntimeError(
+                f"single-step STAALIF called during a backward pass with the state of step t={self._t}: "
+                f"torch.utils.checkpoint is recomputing a single step, which would rerun it from the state the "
+                f"sequence ended with and give wrong gradients. Checkpoint a function that runs a whole sequence "
+                f"(reset() first, then every step), or checkpoint the layer in multi-step mode"
+            )
+
+
+def _graph_task() -> int:
+    """The autograd graph task running now: -1 outside a backward pass (torch.utils.checkpoint
+    recomputes inside one)."""
+    return torch._C._current_graph_task_id()
+
+
+def _dims_message(step_mode: str, x: Tensor) -> str:
+    shape = list(x.shape)
+    if step_mode == "m":
+        head = f"step_mode='m' expects input of shape [T, B, C, H, W] or [T, B, C], got a {x.dim()}-D tensor of shape {shape}"
+        if x.dim() == 4:
+            return (f"{head}. If it is one step [B, C, H, W], set step_mode='s' (functional.set_step_mode); if it is "
+                    f"a sequence of 1-D maps [T, B, C, L] (Conv1d), pass x.unsqueeze(-1) ([T, B, C, L, 1]) and "
+                    f"squeeze(-1) the spikes")
+        if x.dim() == 2:
+            return f"{head}. If it is one step [B, C], set step_mode='s' (functional.set_step_mode)"
+        return f"{head}; flatten the extra dimensions into H and W"
+    head = f"step_mode='s' expects input of shape [B, C, H, W] or [B, C], got a {x.dim()}-D tensor of shape {shape}"
+    if x.dim() == 3:
+        return (f"{head}. If it is a sequence [T, B, C], set step_mode='m' (functional.set_step_mode); if it is one "
+                f"step of 1-D maps [B, C, L] (Conv1d), pass x.unsqueeze(-1) ([B, C, L, 1]) and squeeze(-1) the spikes")
+    if x.dim() == 5:
+        return f"{head}. If it is a sequence [T, B, C, H, W], set step_mode='m' (functional.set_step_mode)"
+    return f"{head}; flatten the extra dimensions into H and W"
 
 
 def _like(out: Tensor, x: Tensor) -> Tensor:

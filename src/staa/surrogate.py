@@ -28,7 +28,8 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["SURROGATE_KINDS", "DEFAULT_PARAM", "Surrogate", "surrogate_spec", "surrogate_grad", "spike"]
+__all__ = ["SURROGATE_KINDS", "DEFAULT_PARAM", "Surrogate", "surrogate_spec", "check_surrogate", "surrogate_grad",
+           "spike"]
 
 #: The kinds, in the order the Triton kernels number them.
 SURROGATE_KINDS = ("rect", "atan", "sigmoid", "fast_sigmoid")
@@ -92,6 +93,24 @@ def surrogate_spec(kind: str = "rect", width: Optional[float] = None, alpha: Opt
             )
         param = DEFAULT_PARAM[kind] if alpha is None else _positive_finite(alpha, "surrogate_alpha")
     return Surrogate(kind, param)
+
+
+def check_surrogate(surrogate, where: str = "surrogate") -> Surrogate:
+    """A valid :class:`Surrogate` from a ``Surrogate`` or a kind name (``"atan"``: its default
+    parameter); raises naming ``where`` for an unknown kind or a parameter that is not a positive
+    finite number. The functional API (:class:`staa.functional.NeuronConfig`) goes through this."""
+    if isinstance(surrogate, str):
+        surrogate = Surrogate(surrogate, DEFAULT_PARAM.get(surrogate, math.nan))
+    if not isinstance(surrogate, Surrogate):
+        raise TypeError(
+            f"{where} must be a staa.surrogate.Surrogate(kind, param) or a kind name "
+            f"({', '.join(map(repr, SURROGATE_KINDS))}), got {type(surrogate).__name__}"
+        )
+    kind, param = surrogate
+    if not isinstance(kind, str) or kind not in SURROGATE_KINDS:
+        raise ValueError(f"{where}: the kind must be one of {', '.join(map(repr, SURROGATE_KINDS))}, got {kind!r}")
+    what = "width a" if kind == "rect" else ("slope" if kind == "fast_sigmoid" else "sharpness alpha")
+    return Surrogate(kind, _positive_finite(param, f"{where}: the {kind!r} surrogate's {what}"))
 
 
 def surrogate_grad(x: Tensor, kind: str, param: float) -> Tensor:

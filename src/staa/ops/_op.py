@@ -285,3 +285,82 @@ class EagerLIF(torch.autograd.Function):
             it = iter(_NoDoubleBackward.apply(len(given), *given, *inputs))
             grads = [None if g is None else next(it) for g in grads]
         return (grads[0], None, grads[1], None, None, None, *grads[2:])  # grads[1] is None without h0
+
+
+# --------------------------------------------------------------------- position rows at a tensor step
+def _row_index(t0: Tensor, steps: int, device) -> Tensor:
+    return t0.reshape(()).to(device=device, dtype=torch.long) + torch.arange(steps, device=device)
+
+
+def rows_at(pos: Tensor, t0: Tensor, steps: int, check_on_host: Optional[bool] = None) -> Tensor:
+    """``pos[t0 : t0 + steps]`` for a one-element integer tensor ``t0`` (differentiable in ``pos``).
+
+    On the CPU the range is checked on the host and a step past the end raises the same
+    ``ValueError`` as an int ``t0``. Elsewhere a host check would synchronise with the device
+    (and cannot run inside a CUDA graph), so the rows past the end are NaN: the spikes of those
+    steps are NaN and the loss shows it, with no device-side assert. ``check_on_host`` overrides
+    the choice (``None``: on the CPU only)."""
+    n = pos.shape[0]
+    idx = _row_index(t0, steps, pos.device)
+    if check_on_host is None:
+        check_on_host = pos.device.type == "cpu"
+    if check_on_host:
+        first = int(idx[0]) if steps else int(t0)
+        if first < 0 or first + steps > n:
+            from ..functional import past_T_message  # functional imports this module
+
+            raise ValueError(past_T_message(first, steps, n))
+        return pos.index_select(0, idx)
+    inside = (idx >= 0) & (idx < n)
+    rows = pos.index_select(0, idx.clamp(0, max(n - 1, 0)))
+    return rows + torch.where(inside, 0.0, float("nan")).to(rows.dtype).unsqueeze(1)
+
+
+@torch.library.custom_op("staa::pos_rows", mutates_args=())
+def pos_rows(pos: Tensor, t0: Tensor, steps: int) -> Tensor:
+    """:func:`rows_at` as an opaque op, so that under ``torch.compile`` its range check runs at
+    every call (traced, the host check would be a graph break)."""
+    return rows_at(pos, t0, steps).clone()
+
+
+@pos_rows.register_fake
+def _(pos, t0, steps):
+    return pos.new_empty((steps, pos.shape[1]))
+
+
+def _pos_rows_setup(ctx, inputs, output):
+    pos, t0, steps = inputs
+    ctx.n, ctx.steps = pos.shape[0], steps
+    ctx.save_for_backward(t0)
+
+
+def _pos_rows_backward(ctx, grad):
+    (t0,) = ctx.saved_tensors
+    idx = _row_index(t0, ctx.steps, grad.device)
+    inside = ((idx >= 0) & (idx < ctx.n)).to(grad.dtype).unsqueeze(1)
+    grad_pos = grad.new_zeros((ctx.n, grad.shape[1])).index_add(0, idx.clamp(0, max(ctx.n - 1, 0)), grad * inside)
+    return grad_pos, None, None
+
+
+torch.library.register_autograd("staa::pos_rows", _pos_rows_backward, setup_context=_pos_rows_setup)
+
+
+# --------------------------------------------------------------------- check_finite under torch.compile
+@torch.library.custom_op("staa::finite_or_raise", mutates_args=())
+def finite_or_raise(x: Tensor) -> Tensor:
+    """A copy of ``x`` after ``STAALIF(check_finite=True)``'s check (``_checks.finite_input``).
+    Under ``torch.compile`` the host read is a graph break; as an opaque op it runs at every call
+    (the copy is its output, so the compiled graph cannot drop the op)."""
+    from .._checks import finite_input
+
+    finite_input(x)
+    return x.clone()
+
+
+@finite_or_raise.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+torch.library.register_autograd("staa::finite_or_raise", lambda ctx, grad: grad,
+                                setup_context=lambda ctx, inputs, output: None)
