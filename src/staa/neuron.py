@@ -12,7 +12,8 @@ from torch.nn.parameter import UninitializedParameter
 from . import _checks, _spikingjelly
 from ._backend import check_backend_name, resolve_backend
 from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
-from .functional import NeuronConfig, _check_not_transformed, past_T_message, staa_lif
+from ._checks import past_T_message
+from .functional import NeuronConfig, _check_not_transformed, staa_lif
 from .ops import _op
 from .reference import STAAParams
 from .surrogate import Surrogate, surrogate_spec
