@@ -8,8 +8,8 @@ Public names: ``STAALIF``, ``backend_for`` with its ``BackendChoice`` (``reason=
 the ``BackendHint`` warning; ``convert`` with its ``ConvertReport``, ``ReplacedNode`` and
 ``SkippedNode``; ``profile`` with its ``ProfileReport`` and ``LayerStats`` and the per-step
 cost formula ``staa_step_macs``; ``MultiStepLIF``, the plain LIF baseline of
-``python -m staa``. ``python -m staa selftest`` checks the Triton kernels against the torch
-path on this machine.
+``python -m staa``; ``selftest`` with its ``SelftestReport``, which checks the Triton kernels
+against the torch path on this machine (``python -m staa selftest``).
 
 ``import staa`` imports torch only: triton and spikingjelly are imported on first use,
 and the names above that live in their own modules load when first looked up.
@@ -30,6 +30,8 @@ _LAZY = {
     "LayerStats": "._profile",
     "staa_step_macs": "._profile",
     "MultiStepLIF": "._demo",
+    "selftest": "._selftest",
+    "SelftestReport": "._selftest",
 }
 
 __all__ = ["STAALIF", "backend_for", "BackendChoice", "BackendHint", *_LAZY, "__version__"]
