@@ -176,3 +176,20 @@ def test_kernels_fingerprint_follows_the_kernel_sources(tmp_path):
     assert _backend.fingerprint_of(tmp_path) != fp
     (tmp_path / "launch.py").unlink()
     assert _backend.fingerprint_of(tmp_path) != fp
+
+
+def test_docs_list_the_verified_architectures():
+    """The support matrix states the verified list as the code has it, and the GPU status once."""
+    page = (ROOT / "docs" / "devices.md").read_text()
+    table = page.split("<!-- verified list -->")[1].split("<!-- /verified list -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| sm_")]
+    assert len(rows) == len(_backend.VERIFIED)
+    for run in _backend.VERIFIED:
+        assert any(f"sm_{run.arch[0]}{run.arch[1]}" in r and run.commit in r and run.kernels in r for r in rows)
+    if not _backend.VERIFIED:
+        assert "none" in table.lower()
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("**GPU status.**") == 1
+    status = readme.split("**GPU status.**")[1].split("\n\n")[0]
+    for fact in ("b10c880", "H200", "31 CUDA tests", "rewritten", "python -m staa selftest", "docs/devices.md"):
+        assert fact in status, fact
