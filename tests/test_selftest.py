@@ -42,141 +42,6 @@ def _rows(out):
     return [line for line in out.splitlines() if line.startswith(("PASS", "FAIL"))]
 
 
-# ----------------------------------------------------------------------------- whole runs (interpreter)
-
-@pytest.mark.slow
-@requires_triton
-def test_selftest_with_a_user_shape_passes_under_the_interpreter(tmp_path):
-    """The target run: every group, the user's layer at [4, 2, 8, 4, 4], exit 0, a JSON report."""
-    out = tmp_path / "report.json"
-    proc = _run(["--interpret", "--shape", "4,2,8,4,4", "--json", str(out)])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = _rows(proc.stdout)
-    # exact 4 + layer 3 dtypes + surrogate 4 kinds x 2 dtypes + chain 2, each on both loop paths
-    assert len(rows) == 2 * (4 + 3 + 8 + 2) == 34 and all(r.startswith("PASS") for r in rows), proc.stdout
-    report = json.loads(out.read_text())
-    assert report["ok"] is True and report["interpret"] is True and len(report["results"]) == 34
-    cases = [r for r in report["results"]]
-    assert {c["group"] for c in cases} == set(st.GROUPS)
-    assert {c["surrogate"] for c in cases} == set(st.SURROGATES)
-    assert {c["path"] for c in cases} == set(st.PATHS)
-    layer = [c for c in cases if c["group"] == "layer"]
-    assert {tuple(c["shape"]) for c in layer} == {(4, 2, 8, 4, 4)}
-    assert {c["dtype"]: c["criterion"] for c in layer} == {"float64": "exact", "float32": "statistical",
-                                                          "bfloat16": "statistical"}
-    for c in cases:
-        m = c["metrics"]
-        if c["criterion"] == "statistical":
-            assert m["spike_agreement"] >= 0.9999 and m["min_cosine"] >= 0.999 and m["max_error_ratio"] <= 2.0
-        else:
-            assert m["spike_mismatches"] == 0
-            if c["dtype"] != "float64":  # reduced-precision exact cases kept every V 1e-4 from the threshold
-                assert m["margin"] >= 1e-4
-    assert report["timings"] == []  # no timing under the interpreter
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("recommendation: backend='torch': ") and "interpreter" in lines[-1]
-    assert "34 of 34 cases pass" in proc.stdout
-    assert report["recommendation"]["backend"] == "torch"
-
-
-@pytest.mark.slow
-@requires_triton
-def test_selftest_reports_a_mismatch_and_exits_non_zero():
-    """A Triton route whose weights differ slightly from the torch route's fails both criteria."""
-    code = textwrap.dedent(
-        """
-        import copy, sys, torch
-        import staa.__main__ as main
-        from staa import _selftest as st
-        run = st._run
-        def skewed(m, *a, **k):
-            if a[4] == "triton":
-                m = copy.deepcopy(m)
-                with torch.no_grad():
-                    m.gc_h.value.bias.add_(1e-2)
-            return run(m, *a, **k)
-        st._run = skewed
-        sys.exit(main.main(["selftest", *sys.argv[1:]]))
-        """
-    )
-    proc = _run(["--interpret", "--groups", "exact", "layer", "--dtypes", "float64,float32", "--paths", "persistent"],
-                code=code)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    rows = _rows(proc.stdout)
-    assert len(rows) == 5 and all(r.startswith("FAIL") for r in rows), proc.stdout
-    stat = [r for r in rows if "statistical" in r]
-    assert len(stat) == 1 and "error vs float64" in stat[0]
-    assert "0 of 5 cases pass" in proc.stdout and "5 FAILED" in proc.stdout
-
-
-@requires_triton
-def test_selftest_library_call_under_the_interpreter():
-    code = textwrap.dedent(
-        """
-        import json, staa
-        r = staa.selftest(interpret=True, groups=["chain"], dtypes=["float64"], paths=["persistent"])
-        assert isinstance(r, staa.SelftestReport) and r.ok and len(r.results) == 1, str(r)
-        assert r.results[0].case.group == "chain" and r.results[0].case.criterion == "exact"
-        assert str(r).splitlines()[-1].startswith("recommendation: backend='torch'")
-        json.dumps(r.to_dict())
-        print("OK")
-        """
-    )
-    proc = _run([], code=code, timeout=300)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
-
-
-@requires_triton
-def test_interpret_after_triton_was_imported_is_refused():
-    code = "import triton, staa\nstaa.selftest(interpret=True)"
-    proc = _run([], code=code, timeout=300)
-    assert proc.returncode != 0 and "TRITON_INTERPRET=1 before triton is imported" in proc.stderr
-
-
-# ----------------------------------------------------------------------------- the command line
-
-def test_selecting_no_case_is_an_error_naming_the_filter():
-    proc = _run(["--interpret", "--dtypes", "float16"])
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "no case selected: --dtypes float16 leaves none" in proc.stderr
-    assert not _rows(proc.stdout)
-    with pytest.raises(st.NoCaseSelected) as err:
-        st.plan(tiny=True, groups=["chain"], surrogates=["atan"])
-    assert err.value.filter == "surrogates" and "--surrogates atan" in str(err.value)
-    with pytest.raises(st.NoCaseSelected, match="--paths") as err:
-        st.plan(paths=[])
-    assert err.value.filter == "paths"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
-def test_selftest_without_gpu_says_how_to_run():
-    proc = _run([])
-    assert proc.returncode == 2
-    assert "no CUDA device" in proc.stderr and "--interpret" in proc.stderr
-
-
-def test_selftest_refuses_bad_arguments():
-    proc = _run(["--interpret", "--paths", "fast"])
-    assert proc.returncode == 2 and "unknown path 'fast'" in proc.stderr
-    proc = _run(["--interpret", "--dtypes", "int8"])
-    assert proc.returncode == 2 and "unknown dtype 'int8'" in proc.stderr
-    proc = _run(["--interpret", "--shape", "4,2"])
-    assert proc.returncode == 2 and "T,B,C or T,B,C,H,W" in proc.stderr
-    proc = _run(["--interpret", "--providers", "cupy"])
-    assert proc.returncode == 2 and "unknown provider 'cupy'" in proc.stderr
-
-
-def test_main_job_keeps_its_defaults_and_mentions_selftest():
-    proc = subprocess.run([sys.executable, "-m", "staa", "--help"], capture_output=True, text=True, env=_env(),
-                          cwd=ROOT, timeout=120)
-    assert proc.returncode == 0 and "selftest" in proc.stdout
-    proc = _run(["--help"])
-    assert proc.returncode == 0
-    for flag in ("--interpret", "--device", "--shape", "--dtypes", "--paths", "--surrogates", "--groups", "--tiny",
-                 "--no-timing", "--providers", "--json"):
-        assert flag in proc.stdout
-
-
 # ----------------------------------------------------------------------------- the plan
 
 def test_plan_covers_what_a_user_needs():
@@ -339,6 +204,158 @@ def test_report_text_ends_with_the_recommendation():
     assert not report.ok and len(report.failed) == 1 and "1 of 2 cases pass" in report.summary()
     assert json.loads(json.dumps(report.to_dict()))["recommendation"] == {"backend": "torch", "why": "because"}
     assert not st.SelftestReport("cpu", "", True, [], [], [], ("torch", ""), "", 0.0).ok  # no case is no pass
+
+
+def test_verified_entry_only_after_a_complete_passing_gpu_run(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
+    monkeypatch.setattr(torch.version, "hip", None)
+    cuda, ok = torch.device("cuda", 0), [_result(True)]
+    entry = st.verified_entry(cuda, ok, dtypes=["float64", "float32", "bfloat16"])
+    assert entry.startswith("VerifiedRun(arch=(8, 9), device='NVIDIA L4', commit=")
+    assert f"kernels='{staa._backend.kernels_fingerprint()}'" in entry
+    assert st.verified_entry(cuda, ok + [_result(False)]) is None
+    assert st.verified_entry(torch.device("cpu"), ok) is None
+    assert st.verified_entry(cuda, []) is None
+    why = st.verified_entry(cuda, ok, dtypes=["float32", "bfloat16"], paths=["persistent"])
+    assert why.startswith("none: a run with --paths, --dtypes leaves cases out")
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert st.verified_entry(cuda, ok) is None
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_selecting_no_case_is_an_error_naming_the_filter():
+    proc = _run(["--interpret", "--dtypes", "float16"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no case selected: --dtypes float16 leaves none" in proc.stderr
+    assert not _rows(proc.stdout)
+    with pytest.raises(st.NoCaseSelected) as err:
+        st.plan(tiny=True, groups=["chain"], surrogates=["atan"])
+    assert err.value.filter == "surrogates" and "--surrogates atan" in str(err.value)
+    with pytest.raises(st.NoCaseSelected, match="--paths") as err:
+        st.plan(paths=[])
+    assert err.value.filter == "paths"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_selftest_without_gpu_says_how_to_run():
+    proc = _run([])
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "--interpret" in proc.stderr
+
+
+def test_selftest_refuses_bad_arguments():
+    proc = _run(["--interpret", "--paths", "fast"])
+    assert proc.returncode == 2 and "unknown path 'fast'" in proc.stderr
+    proc = _run(["--interpret", "--dtypes", "int8"])
+    assert proc.returncode == 2 and "unknown dtype 'int8'" in proc.stderr
+    proc = _run(["--interpret", "--shape", "4,2"])
+    assert proc.returncode == 2 and "T,B,C or T,B,C,H,W" in proc.stderr
+    proc = _run(["--interpret", "--providers", "cupy"])
+    assert proc.returncode == 2 and "unknown provider 'cupy'" in proc.stderr
+
+
+def test_main_job_keeps_its_defaults_and_mentions_selftest():
+    proc = subprocess.run([sys.executable, "-m", "staa", "--help"], capture_output=True, text=True, env=_env(),
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "selftest" in proc.stdout
+    proc = _run(["--help"])
+    assert proc.returncode == 0
+    for flag in ("--interpret", "--device", "--shape", "--dtypes", "--paths", "--surrogates", "--groups", "--tiny",
+                 "--no-timing", "--providers", "--json"):
+        assert flag in proc.stdout
+
+
+# ----------------------------------------------------------------------------- whole runs (interpreter)
+
+@pytest.mark.slow
+@requires_triton
+def test_selftest_with_a_user_shape_passes_under_the_interpreter(tmp_path):
+    """The target run: every group, the user's layer at [4, 2, 8, 4, 4], exit 0, a JSON report."""
+    out = tmp_path / "report.json"
+    proc = _run(["--interpret", "--shape", "4,2,8,4,4", "--json", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = _rows(proc.stdout)
+    # exact 4 + layer 3 dtypes + surrogate 4 kinds x 2 dtypes + chain 2, each on both loop paths
+    assert len(rows) == 2 * (4 + 3 + 8 + 2) == 34 and all(r.startswith("PASS") for r in rows), proc.stdout
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["interpret"] is True and len(report["results"]) == 34
+    cases = [r for r in report["results"]]
+    assert {c["group"] for c in cases} == set(st.GROUPS)
+    assert {c["surrogate"] for c in cases} == set(st.SURROGATES)
+    assert {c["path"] for c in cases} == set(st.PATHS)
+    layer = [c for c in cases if c["group"] == "layer"]
+    assert {tuple(c["shape"]) for c in layer} == {(4, 2, 8, 4, 4)}
+    assert {c["dtype"]: c["criterion"] for c in layer} == {"float64": "exact", "float32": "statistical",
+                                                          "bfloat16": "statistical"}
+    for c in cases:
+        m = c["metrics"]
+        if c["criterion"] == "statistical":
+            assert m["spike_agreement"] >= 0.9999 and m["min_cosine"] >= 0.999 and m["max_error_ratio"] <= 2.0
+        else:
+            assert m["spike_mismatches"] == 0
+            if c["dtype"] != "float64":  # reduced-precision exact cases kept every V 1e-4 from the threshold
+                assert m["margin"] >= 1e-4
+    assert report["timings"] == []  # no timing under the interpreter
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("recommendation: backend='torch': ") and "interpreter" in lines[-1]
+    assert "34 of 34 cases pass" in proc.stdout
+    assert report["recommendation"]["backend"] == "torch"
+
+
+@pytest.mark.slow
+@requires_triton
+def test_selftest_reports_a_mismatch_and_exits_non_zero():
+    """A Triton route whose weights differ slightly from the torch route's fails both criteria."""
+    code = textwrap.dedent(
+        """
+        import copy, sys, torch
+        import staa.__main__ as main
+        from staa import _selftest as st
+        run = st._run
+        def skewed(m, *a, **k):
+            if a[4] == "triton":
+                m = copy.deepcopy(m)
+                with torch.no_grad():
+                    m.gc_h.value.bias.add_(1e-2)
+            return run(m, *a, **k)
+        st._run = skewed
+        sys.exit(main.main(["selftest", *sys.argv[1:]]))
+        """
+    )
+    proc = _run(["--interpret", "--groups", "exact", "layer", "--dtypes", "float64,float32", "--paths", "persistent"],
+                code=code)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = _rows(proc.stdout)
+    assert len(rows) == 5 and all(r.startswith("FAIL") for r in rows), proc.stdout
+    stat = [r for r in rows if "statistical" in r]
+    assert len(stat) == 1 and "error vs float64" in stat[0]
+    assert "0 of 5 cases pass" in proc.stdout and "5 FAILED" in proc.stdout
+
+
+@requires_triton
+def test_selftest_library_call_under_the_interpreter():
+    code = textwrap.dedent(
+        """
+        import json, staa
+        r = staa.selftest(interpret=True, groups=["chain"], dtypes=["float64"], paths=["persistent"])
+        assert isinstance(r, staa.SelftestReport) and r.ok and len(r.results) == 1, str(r)
+        assert r.results[0].case.group == "chain" and r.results[0].case.criterion == "exact"
+        assert str(r).splitlines()[-1].startswith("recommendation: backend='torch'")
+        json.dumps(r.to_dict())
+        print("OK")
+        """
+    )
+    proc = _run([], code=code, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@requires_triton
+def test_interpret_after_triton_was_imported_is_refused():
+    code = "import triton, staa\nstaa.selftest(interpret=True)"
+    proc = _run([], code=code, timeout=300)
+    assert proc.returncode != 0 and "TRITON_INTERPRET=1 before triton is imported" in proc.stderr
 
 
 @pytest.mark.cuda

@@ -286,17 +286,20 @@ def _selftest_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--interpret", action="store_true",
-                   help="on the CPU, run the kernels in the Triton interpreter (TRITON_INTERPRET=1; slow, small shapes)")
+                   help="on the CPU, run the kernels in the Triton interpreter (TRITON_INTERPRET=1; slow, small "
+                   "shapes)")
     p.add_argument("--tiny", action="store_true", help="only small shapes (the default under --interpret)")
     p.add_argument("--shape", action="append", type=_shape_arg, metavar="T,B,C[,H,W]",
                    help="your layer, for the layer cases and the timing (repeatable; default "
                    + " and ".join(",".join(map(str, s)) for s in st.LAYER_SHAPES) + ")")
     p.add_argument("--dtypes", nargs="+", default=None, metavar="DTYPE",
                    help=f"keep these input dtypes ({', '.join(st.DTYPES)}; the cases use {', '.join(st.CASE_DTYPES)})")
-    p.add_argument("--paths", nargs="+", default=None, metavar="PATH", help=f"keep these loop paths ({', '.join(st.PATHS)})")
+    p.add_argument("--paths", nargs="+", default=None, metavar="PATH",
+                   help=f"keep these loop paths ({', '.join(st.PATHS)})")
     p.add_argument("--surrogates", nargs="+", default=None, metavar="KIND",
                    help=f"keep these surrogate kinds ({', '.join(st.SURROGATES)})")
-    p.add_argument("--groups", nargs="+", default=None, metavar="GROUP", help=f"keep these case groups ({', '.join(st.GROUPS)})")
+    p.add_argument("--groups", nargs="+", default=None, metavar="GROUP",
+                   help=f"keep these case groups ({', '.join(st.GROUPS)})")
     p.add_argument("--no-timing", action="store_true", help="skip the forward+backward timing (CUDA only anyway)")
     p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
                    help=f"what to time ({', '.join(st.PROVIDERS)}; default all)")

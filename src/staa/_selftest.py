@@ -134,8 +134,9 @@ class SelftestReport:
     """What :func:`selftest` returns. ``ok``: every case passed; ``results``: one
     :class:`CaseResult` per case and path; ``timings``: forward+backward milliseconds per layer
     shape, dtype and provider (CUDA only); ``recommendation``: ``(backend, why)``;
-    ``verified_entry``: the line that adds this GPU to the verified list, after a complete
-    passing run on CUDA. ``str(report)`` is the text ``python -m staa selftest`` prints."""
+    ``verified_entry``: after a passing run on CUDA, the entry that adds this GPU to the
+    verified list (or, for a run with filters, why there is none). ``str(report)`` is the text
+    ``python -m staa selftest`` prints."""
 
     device: str
     machine: str
@@ -167,8 +168,10 @@ class SelftestReport:
     def tail(self) -> List[str]:
         """The closing lines: summary, verified-list entry (if any), auto's choice, recommendation (last)."""
         out = [self.summary()]
-        if self.verified_entry:
-            out.append(f"verified: add to staa._backend.VERIFIED: {self.verified_entry}")
+        if self.verified_entry and self.verified_entry.startswith("none"):
+            out.append(f"verified list: {self.verified_entry}")
+        elif self.verified_entry:
+            out.append(f"verified list: add to VERIFIED in src/staa/_backend.py: {self.verified_entry}")
         out.append(f"auto on this device: {self.auto}")
         backend, why = self.recommendation
         out.append(f"recommendation: backend={backend!r}: {why}")
@@ -216,12 +219,16 @@ def plan(tiny: bool = False, shapes=None, dtypes=None, paths=None, surrogates=No
     layer_shapes = _normalise_shapes(shapes) or list(TINY_LAYER_SHAPES if tiny else LAYER_SHAPES)
     if tiny:
         exact = [("conv", (3, 2, 6, 3, 3), "float64", "hard", False), ("fc", (4, 1, 5), "float64", "soft", True),
-                 ("conv", (3, 2, 6, 3, 3), "float32", "soft", False), ("conv", (2, 2, 5, 2, 2), "bfloat16", "soft", False)]
+                 ("conv", (3, 2, 6, 3, 3), "float32", "soft", False),
+                 ("conv", (2, 2, 5, 2, 2), "bfloat16", "soft", False)]
         small = (3, 2, 6, 3, 3)
     else:
-        exact = [("conv", (4, 8, 64, 16, 16), "float64", "hard", False), ("deep", (4, 8, 256, 4, 4), "float64", "soft", True),
-                 ("fc", (4, 8, 512), "float64", "hard", False), ("conv-small", (4, 2, 16, 4, 4), "float32", "soft", False),
-                 ("fc-small", (4, 4, 64), "float32", "soft", True), ("conv-small", (4, 2, 16, 3, 3), "bfloat16", "soft", False)]
+        exact = [("conv", (4, 8, 64, 16, 16), "float64", "hard", False),
+                 ("deep", (4, 8, 256, 4, 4), "float64", "soft", True),
+                 ("fc", (4, 8, 512), "float64", "hard", False),
+                 ("conv-small", (4, 2, 16, 4, 4), "float32", "soft", False),
+                 ("fc-small", (4, 4, 64), "float32", "soft", True),
+                 ("conv-small", (4, 2, 16, 3, 3), "bfloat16", "soft", False)]
         small = (4, 4, 32, 8, 8)
     base = [Case("exact", n, s, d, r, det) for n, s, d, r, det in exact]
     base += [Case("layer", "layer", s, d) for s in layer_shapes for d in CASE_DTYPES]
@@ -295,7 +302,8 @@ def _margin(m, x, drop, h0, t0) -> float:
             v_reset=cfg.v_reset, detach_reset=cfg.detach_reset, surrogate=cfg.surrogate,
             h0=None if h0 is None else h0.double().reshape(B, C, -1), t0=t0, return_potentials=True)
     th = cfg.v_threshold
-    points = [th] + ([th - cfg.surrogate.param / 2, th + cfg.surrogate.param / 2] if cfg.surrogate.kind == "rect" else [])
+    half = cfg.surrogate.param / 2
+    points = [th] + ([th - half, th + half] if cfg.surrogate.kind == "rect" else [])
     return min((v - p).abs().min().item() for p in points)
 
 
@@ -450,8 +458,9 @@ def run_case(case: Case, device: torch.device, seed: int = 0) -> CaseResult:
     margin = None
     for _ in range(40):
         x = (torch.randn(case.shape, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(device=device, dtype=dtype)
-        h0 = (torch.randn(case.shape[1:], generator=g, dtype=torch.float64) * 0.5).to(device=device, dtype=state_dtype) \
-            if chain else None
+        h0 = None
+        if chain:
+            h0 = (torch.randn(case.shape[1:], generator=g, dtype=torch.float64) * 0.5).to(device, state_dtype)
         if case.criterion == "statistical" or case.dtype == "float64":
             break
         margin = _margin(m, x, drop, h0, t0)
@@ -627,10 +636,29 @@ def machine(device: torch.device) -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
+def verified_entry(device, results, dtypes=None, paths=None, surrogates=None, groups=None, tiny=False):
+    """After a passing run on an NVIDIA GPU: the ``VerifiedRun(...)`` entry for the verified list,
+    or ``"none: ..."`` when filters left cases out; ``None`` otherwise."""
+    if device.type != "cuda" or not results or not all(r.ok for r in results) or getattr(torch.version, "hip", None):
+        return None
+    filters = (("groups", groups), ("paths", paths), ("surrogates", surrogates))
+    left_out = [f"--{n}" for n, v in filters if v is not None]
+    if dtypes is not None and not set(CASE_DTYPES) <= set(dtypes):
+        left_out.append("--dtypes")
+    if tiny:
+        left_out.append("--tiny")
+    if left_out:
+        return f"none: a run with {', '.join(left_out)} leaves cases out; the verified list takes a complete run " \
+               f"(--shape is fine)"
+    cap = tuple(torch.cuda.get_device_capability(device))
+    return (f"VerifiedRun(arch={cap}, device={torch.cuda.get_device_name(device)!r}, commit={_commit()!r}, "
+            f"kernels={_backend.kernels_fingerprint()!r})")
+
+
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, timeout=10, cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or "<commit>"
     except Exception:
         return "<commit>"
@@ -671,7 +699,9 @@ def selftest(device=None, shape=None, *, dtypes=None, paths=None, surrogates=Non
     say = out or (lambda line: None)
     if interpret:
         _set_interpret()
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cpu" and not _backend.triton_interpret():
         raise RuntimeError("no CUDA device: the Triton kernels run on a GPU; pass interpret=True (--interpret) to run "
                            "them (slowly) in the Triton interpreter on the CPU")
@@ -715,13 +745,7 @@ def selftest(device=None, shape=None, *, dtypes=None, paths=None, surrogates=Non
             timings.append(time_layer(s, d, device, providers, repeat))
         for line in timing_lines(timings):
             say(line)
-    verified = None
-    complete = (not (tiny or cpu) and groups is None and paths is None and surrogates is None
-                and {"float32", "bfloat16"} <= {c.dtype for c in cases})
-    if device.type == "cuda" and complete and all(r.ok for r in results) and not getattr(torch.version, "hip", None):
-        cap = tuple(torch.cuda.get_device_capability(device))
-        verified = (f"VerifiedRun(arch={cap}, device={torch.cuda.get_device_name(device)!r}, commit={_commit()!r}, "
-                    f"kernels={_backend.kernels_fingerprint()!r})")
+    verified = verified_entry(device, results, dtypes, paths, surrogates, groups, tiny)
     rec = recommend(results, timings, device, cpu, auto.backend)
     return SelftestReport(str(device), machine(device), cpu, header, results, timings, rec,
                           f"{auto.backend} ({auto.reason})", time.perf_counter() - t_start, verified)
