@@ -594,11 +594,10 @@ def staa_lif_backward(
             if grad_pos is not None:
                 torch.sum(g_u, dim=(0, 2), out=grad_pos[t])
             if d_t is not None:  # a dropped step, chosen on the device: as the branch above
+                # (step attention's rows need nothing: the forward stored a gate of exactly 1 there,
+                # so their gradients, gate * (1 - gate) times the rest, are exactly 0)
                 if grad_pos is not None:
                     grad_pos[t].masked_fill_(d_t, 0.0)
-                if sa_rows is not None:
-                    for rows in sa_rows:
-                        rows[t].masked_fill_(d_t, 0.0)
                 torch.where(d_t, g_v, g_u, out=g_u)
                 if need_gh:
                     torch.where(d_t, g_v, gh_buf, out=gh_buf)
