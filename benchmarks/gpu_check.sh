@@ -14,7 +14,7 @@
 #   profile.log profile.md                              benchmarks/profile_gpu.py (device vs wall time)
 #   cost_model.txt                                      benchmarks/cost_model.py --compare (when it exists)
 #   summary.md                                          one line per step, appended as each ends
-# Every step runs under `timeout` within an overall budget (STAA_GPU_CHECK_BUDGET, default 470 s); a
+# Every step runs under `timeout` within an overall budget (STAA_GPU_CHECK_BUDGET, default 455 s); a
 # step that fails or times out does not stop the next. The commit is $STAA_COMMIT when set (a copy of
 # the tree without .git), else git's; the device is torch's name for it.
 #
@@ -32,7 +32,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHEEL_LIST="$ROOT/benchmarks/gpu_wheels.txt"
 PY="${PYTHON:-python}"
-BUDGET="${STAA_GPU_CHECK_BUDGET:-470}"
+BUDGET="${STAA_GPU_CHECK_BUDGET:-455}"
 
 usage() { echo "usage: benchmarks/gpu_check.sh [OUTDIR] [--wheels DIR] [--dry-run]  (OUTDIR defaults to \$OUT)" >&2; exit 2; }
 
@@ -84,7 +84,7 @@ module_of() { echo "${1%%==*}" | tr '[:upper:]-' '[:lower:]_'; }
 T_TESTS_GRAPHS=75
 T_TESTS_TRITON=80
 T_SELFTEST=35
-T_BENCH=140
+T_BENCH=130
 T_GRAPH=35
 T_PROFILE=30
 T_COST=15

@@ -236,18 +236,19 @@ SHAPE = (6, 2, 16, 5, 5)  # [T, B, C, H, W]
 
 
 class _Stack(torch.nn.Module):
-    """Two multi-step STAALIF layers around a 1x1 convolution: ``[T, B, C, H, W]`` in and out."""
+    """Two multi-step STAALIF layers around a per-channel affine map: ``[T, B, C, H, W]`` in and out.
+    (Elementwise, not a convolution: a convolution's algorithm may differ between eager and captured
+    calls, and a rounding difference can flip a spike.)"""
 
     def __init__(self, C, T, backend, tsrd):
         super().__init__()
         self.lif1 = staa.STAALIF(C, T, tsrd=tsrd, backend=backend)
-        self.conv = torch.nn.Conv2d(C, C, 1)
+        self.scale = torch.nn.Parameter(torch.ones(C, 1, 1))
+        self.shift = torch.nn.Parameter(torch.zeros(C, 1, 1))
         self.lif2 = staa.STAALIF(C, T, tsrd=tsrd, v_reset=None, backend=backend)
 
     def forward(self, x):
-        T, B = x.shape[:2]
-        y = self.lif1(x)
-        return self.lif2(self.conv(y.flatten(0, 1)).unflatten(0, (T, B)) + 0.5)
+        return self.lif2(self.lif1(x) * self.scale + (self.shift + 0.5))
 
 
 def _cuda_inputs(seed, shape=SHAPE):
