@@ -220,6 +220,38 @@ def test_compiled_single_step_continues_an_eager_chain():
     assert m.t == T
 
 
+@pytest.mark.parametrize("eager_steps", [0, 2])
+def test_capture_branch_of_single_step_equals_the_eager_chain(monkeypatch, eager_steps):
+    """The branch a single-step call takes while a CUDA graph is captured (device step counter),
+    forced on the CPU after ``eager_steps`` eager calls: the eager chain's spikes, last state and
+    gradients; the counter starts at the host index and ``t`` reads it back."""
+    import staa.neuron as neuron
+
+    T = 4
+    m = make_neuron(4, T, 3, tsrd=0.0, step_mode="s").double()
+    x, gy = _inputs(6, shape=(T, 2, 4, 3, 3), dtype=torch.float64)
+    want_y, want_g = _train_step(m, x, gy, single=True)
+    want_v = m.v.clone()
+    capturing = {"on": False}
+    monkeypatch.setattr(neuron, "_capturing", lambda _x: capturing["on"])
+    m.reset()
+    xg = x.clone().requires_grad_(True)
+    ys = []
+    for t in range(T):
+        capturing["on"] = t >= eager_steps
+        ys.append(m(xg[t]))
+    got = torch.autograd.grad(torch.stack(ys), [xg, *m.parameters()], gy)
+    assert m._step is not None and not m._t_on_host  # the device counter was used
+    assert torch.equal(torch.stack(ys), want_y) and torch.equal(m.v, want_v)
+    for a, b in zip(got, want_g):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert m.t == T
+    capturing["on"] = True
+    m._step = None  # the host index (T) is known: a call past the sequence is refused there too
+    with pytest.raises(ValueError, match="reset"):
+        m(xg[0])
+
+
 # ------------------------------------------------------------------ CUDA: replays
 def _has_triton() -> bool:
     return (importlib.util.find_spec("triton") is not None
