@@ -115,8 +115,11 @@ def _record_masks(m):
 
 
 def _train_step(m, x, gy, single: bool):
-    """Forward and backward of one sequence: spikes, the gradients of x and of every parameter."""
-    m.reset()
+    """Forward and backward of one sequence through ``m`` (a STAALIF or a network of them): spikes,
+    the gradients of x and of every parameter."""
+    for layer in m.modules():
+        if isinstance(layer, staa.STAALIF):
+            layer.reset()
     x = x.detach().requires_grad_(True)
     y = torch.stack([m(x[t]) for t in range(x.shape[0])]) if single else m(x)
     grads = torch.autograd.grad(y, [x, *m.parameters()], gy)
