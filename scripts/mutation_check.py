@@ -38,6 +38,7 @@ SURROGATES = TORCH + ["tests/test_surrogate_spec.py"]
 TRITON = ["tests/interpret/test_kernels.py"]  # run with TRITON_INTERPRET=1 (run_tests)
 BACKEND = ["tests/test_backend.py"]
 SELFTEST = ["tests/test_selftest.py"]  # its in-process tests come first, so -x stops before the slow runs
+GRAPHS = ["tests/test_cuda_graphs.py"]  # the CPU checks of the route a device runs (capture-safe)
 
 
 class Mutation(NamedTuple):
@@ -91,6 +92,13 @@ MUTATIONS: List[Mutation] = [
              "return pos[t0:t0 + T]", "return pos[0:T]", MODULE, True),
     Mutation("M3", "single-step calls do not advance the step counter", "staa/neuron.py",
              "            self._t = t0 + 1\n", "            self._t = t0\n", MODULE),
+    # ---- the torch route's device branch (TSRD selected on the device) and the captured step counter
+    Mutation("G1", "on a device, a dropped step keeps the aggregator's U", "staa/ops/torch_impl.py",
+             "torch.where(d_t, xc[t] + h, u_t, out=u_t)", "torch.where(d_t, u_t, u_t, out=u_t)", GRAPHS),
+    Mutation("G2", "on a device, a dropped step's GC key gradient joins the weight gradients",
+             "staa/ops/torch_impl.py", "g_key_t = _zero_if(dropped, g_key_t)", "g_key_t = g_key_t", GRAPHS),
+    Mutation("G3", "a compiled or captured single-step call starts its device counter at 0", "staa/neuron.py",
+             "step = torch.full((), self._t, dtype=torch.long", "step = torch.full((), 0, dtype=torch.long", GRAPHS),
     # ---- the Triton kernels, one per family (run under TRITON_INTERPRET=1)
     Mutation("K1", "kernels' reset helper fires at V > v_th", "staa/kernels/staa_fwd.py",
              "    s = v >= v_th\n", "    s = v > v_th\n", TRITON, True),
