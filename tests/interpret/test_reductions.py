@@ -49,29 +49,6 @@ def test_small_settings_split_every_sum():
 
 
 @pytest.mark.parametrize("path", BOTH_PATHS)
-@pytest.mark.parametrize("surrogate", SURROGATES)
-def test_parity_split_sums(surrogate, path):
-    # float64 for two kinds (tolerance 1e-10), float32 for the others; h0 and grad_h_last on,
-    # a dropped step.
-    dtype = "float64" if surrogate in ("atan", "sigmoid") else "float32"
-    with launcher_settings(**SMALL):
-        run = check_parity(T, B, C, P, max_tile=MAX_TILE, dtype=dtype, surrogate=surrogate, h0=True,
-                           grad_h_last=True, drop=[2], fwd_path=path, bwd_path=path)
-    assert run.np == 5
-    assert ("staa_bwd_persistent_kernel" in run.bwd_kernels) == (path == "persistent")
-    assert "staa_bwd_weights_sum_kernel" in run.bwd_kernels
-
-
-@pytest.mark.parametrize("path", BOTH_PATHS)
-@pytest.mark.parametrize("shipped", [False, True], ids=["small-blocks", "shipped-blocks"])
-def test_parity_single_row(path, shipped):
-    # T = B = 1: one row in every parameter-gradient sum, one sample's tiles in the MLP sums.
-    with launcher_settings(**(SMALL if not shipped else {})):
-        check_parity(1, 1, C, P, max_tile=MAX_TILE, dtype="float64", h0=True, grad_h_last=True, fwd_path=path,
-                     bwd_path=path)
-
-
-@pytest.mark.parametrize("path", BOTH_PATHS)
 def test_split_sums_bitwise_repeatable(path):
     """Two backward passes, the second with its buffers at other addresses: bit for bit."""
     with launcher_settings(max_tile=MAX_TILE, **SMALL):
@@ -93,6 +70,29 @@ def test_paths_agree_bitwise_split_sums():
                                               stats=stats))
     differ = [i for i, (a, b) in enumerate(zip(grads["per_step"], grads["persistent"])) if not torch.equal(a, b)]
     assert not differ, f"gradients {differ} differ between the loop paths"
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_parity_split_sums(surrogate, path):
+    # float64 for two kinds (tolerance 1e-10), float32 for the others; h0 and grad_h_last on,
+    # a dropped step.
+    dtype = "float64" if surrogate in ("atan", "sigmoid") else "float32"
+    with launcher_settings(**SMALL):
+        run = check_parity(T, B, C, P, max_tile=MAX_TILE, dtype=dtype, surrogate=surrogate, h0=True,
+                           grad_h_last=True, drop=[2], fwd_path=path, bwd_path=path)
+    assert run.np == 5
+    assert ("staa_bwd_persistent_kernel" in run.bwd_kernels) == (path == "persistent")
+    assert "staa_bwd_weights_sum_kernel" in run.bwd_kernels
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+@pytest.mark.parametrize("shipped", [False, True], ids=["small-blocks", "shipped-blocks"])
+def test_parity_single_row(path, shipped):
+    # T = B = 1: one row in every parameter-gradient sum, one sample's tiles in the MLP sums.
+    with launcher_settings(**(SMALL if not shipped else {})):
+        check_parity(1, 1, C, P, max_tile=MAX_TILE, dtype="float64", h0=True, grad_h_last=True, fwd_path=path,
+                     bwd_path=path)
 
 
 @settings(max_examples=60, deadline=None)
