@@ -36,6 +36,7 @@ TORCH = ["tests/test_ops.py", "tests/test_exact_edges.py", "tests/test_single_st
 MODULE = TORCH + ["tests/test_reliability_state.py", "tests/test_reliability_settings.py"]
 SURROGATES = TORCH + ["tests/test_surrogate_spec.py"]
 TRITON = ["tests/interpret/test_kernels.py"]  # run with TRITON_INTERPRET=1 (run_tests)
+REDUCTIONS = ["tests/interpret/test_reductions.py"]  # the blocked sums, split small (also TRITON_INTERPRET=1)
 
 
 class Mutation(NamedTuple):
@@ -110,6 +111,22 @@ MUTATIONS: List[Mutation] = [
     Mutation("K8", "forward (both loop paths): position encoding read from row 0 at every step", "staa/kernels/staa_fwd.py",
              "xx = xx + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)",
              "xx = xx + tl.load(pos_ptr + 0 * C + offs_c, mask=mc, other=0.0)", TRITON),
+    # ---- the blocked reductions (sums over the batch and the plane, split into blocks and ranges)
+    Mutation("R1", "parameter gradients: pass 2 drops the last row range's partial", "staa/kernels/staa_bwd.py",
+             "mask=(sp < NS)[:, None] & me[None, :], other=0.0)", "mask=(sp < NS - 1)[:, None] & me[None, :], other=0.0)",
+             REDUCTIONS, True),
+    Mutation("R2", "MLP kernels: the last plane tile's partial is dropped from every tile sum", "staa/kernels/staa_fwd.py",
+             "mask=(rows < NP)[:, None] & mc[None, :], other=0.0)", "mask=(rows < NP - 1)[:, None] & mc[None, :], other=0.0)",
+             REDUCTIONS),
+    Mutation("R3", "weight-matrix sums: a row range's blocks are read from row 0 (range offset lost)",
+             "staa/kernels/staa_bwd.py",
+             "n = lo + k * BLOCK_N + offs_n\n            mn = n < hi", "n = k * BLOCK_N + offs_n\n            mn = n < hi",
+             REDUCTIONS),
+    Mutation("R4", "MLP kernels: every block of plane-tile partials re-reads the first block", "staa/kernels/staa_fwd.py",
+             "rows = j0 + offs_j", "rows = offs_j", REDUCTIONS),
+    Mutation("R5", "pass 2 adds the row ranges in an order set by the output's address (not bitwise repeatable)",
+             "staa/kernels/staa_bwd.py", "sp = s0 + offs_s",
+             "sp = tl.where(s0 + offs_s < NS, (s0 + offs_s + out_ptr.to(tl.int64) // 4) % NS, NS)", REDUCTIONS),
 ]
 
 
