@@ -37,6 +37,7 @@ MODULE = TORCH + ["tests/test_reliability_state.py", "tests/test_reliability_set
 SURROGATES = TORCH + ["tests/test_surrogate_spec.py"]
 TRITON = ["tests/interpret/test_kernels.py"]  # run with TRITON_INTERPRET=1 (run_tests)
 REDUCTIONS = ["tests/interpret/test_reductions.py"]  # the blocked sums, split small (also TRITON_INTERPRET=1)
+REPEAT = ["tests/interpret/test_reductions_repeat.py"]  # their bitwise repeatability
 
 
 class Mutation(NamedTuple):
@@ -126,7 +127,7 @@ MUTATIONS: List[Mutation] = [
              "rows = j0 + offs_j", "rows = offs_j", REDUCTIONS),
     Mutation("R5", "pass 2 adds the row ranges in an order set by the output's address (not bitwise repeatable)",
              "staa/kernels/staa_bwd.py", "sp = s0 + offs_s",
-             "sp = tl.where(s0 + offs_s < NS, (s0 + offs_s + out_ptr.to(tl.int64) // 4) % NS, NS)", REDUCTIONS),
+             "sp = tl.where(s0 + offs_s < NS, (s0 + offs_s + out_ptr.to(tl.int64) // 4) % NS, NS)", REPEAT),
 ]
 
 

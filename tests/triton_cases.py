@@ -32,6 +32,16 @@ TOLERANCES = {
 }
 
 
+# A case whose blocked sums span several blocks and ranges once the launchers' blocks and ranges
+# are shrunk (tests/interpret/test_reductions*.py): C = 5 with MAX_TILE 16 gives [8, 2] tiles, so
+# P = 5 is NP = 3 tiles per sample, and MLP blocks of MAX_PARTIAL_TILE / BLOCK_CC = 16 / 8 = 2 tiles
+# (2 + 1); the parameter-gradient sums take ranges of at least 1 block, at most 2 ranges for the
+# weight matrices (T*B = 33 rows: 2 ranges of 2 blocks, the last one partial) and 4 for the
+# vectors (T*B*NP = 99 rows: 4 ranges of 2 blocks; pass 2 adds 4 partials per element).
+SPLIT_CASE = dict(T=3, B=11, C=5, P=5, max_tile=16)
+SPLIT_SMALL = dict(max_partial_tile=16, weight_splits=(1, 2, 4))
+
+
 def tolerances(dtype: torch.dtype) -> dict:
     return TOLERANCES[str(dtype).replace("torch.", "")]
 

@@ -1,87 +1,53 @@
 """The Triton route's blocked reductions under TRITON_INTERPRET=1 (a pytest process of its own,
-see tests/interpret/conftest.py).
+see tests/interpret/conftest.py): parity with the reference.
 
 The sums whose length grows with the batch or the plane are split into fixed blocks: the MLP
 kernels add a sample's per-tile partials in ``[BLOCK_NP, BLOCK_CC]`` blocks
 (``launch.partial_block``), and the parameter gradients add their rows in ranges of 16-row blocks,
 one range per program, then the ranges' partials (``launch.weight_config``). At the small shapes a
 test can afford, the shipped settings give one block and one range; these tests shrink them
-(``launcher_settings(max_partial_tile=..., weight_splits=...)``) so that every sum spans several
-blocks and ranges, with a partial last block, and check parity with the reference and bitwise
-repeatability on both loop paths, for every surrogate kind, and for a single row.
+(``triton_cases.SPLIT_SMALL``) so that every sum spans several blocks and ranges, with a partial
+last block, on both loop paths, for every surrogate kind, and for a single row. Bitwise
+repeatability of the same sums: tests/interpret/test_reductions_repeat.py.
 """
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triton_cases import build_case, launcher_settings
-from triton_checks import check_deterministic_backward, check_parity
+from triton_cases import SPLIT_CASE, SPLIT_SMALL, launcher_settings
+from triton_checks import check_parity
 
 SURROGATES = ["rect", "atan", "sigmoid", "fast_sigmoid"]
 BOTH_PATHS = ["per_step", "persistent"]
-# C = 5 with MAX_TILE 16: [8, 2] tiles, so P = 9 is NP = 5 tiles per sample; MLP blocks of
-# MAX_PARTIAL_TILE / BLOCK_CC = 16 / 8 = 2 tiles: 2 + 2 + 1. Parameter-gradient sums: ranges of at
-# least 1 block, at most 2 ranges for the weight matrices and 4 for the vectors.
-SMALL = dict(max_partial_tile=16, weight_splits=(1, 2, 4))
-T, B, C, P, MAX_TILE = 4, 9, 5, 9, 16
-
-
-def _split_shape(launch, T, B, C, P):
-    """What the launch configuration does with a case: (NP, BLOCK_NP, WeightConfig)."""
-    tc = launch.tile_config(C, P)
-    h = max(C // 4, 4)  # triton_cases.make_params' hidden width
-    block_cc, _, _ = launch.mlp_config(C, h, h, h)
-    return tc.NP, launch.partial_block(tc.NP, block_cc), launch.weight_config(
-        T, B, tc.NP, C, (h, h, h), T + 1, has_gc=True, has_pos=True)
+T, B, C, P, MAX_TILE = (SPLIT_CASE[k] for k in ("T", "B", "C", "P", "max_tile"))
 
 
 def test_small_settings_split_every_sum():
     """The forced settings really give several blocks and ranges, with partial last blocks."""
-    with launcher_settings(max_tile=MAX_TILE, **SMALL) as launch:
-        np_, block_np, wc = _split_shape(launch, T, B, C, P)
-    assert np_ == 5 and block_np == 2  # 3 blocks of tiles, the last one half empty
-    assert (T * B) % 16 != 0 and (wc.NSM, wc.RBM) == (2, 2)  # 36 rows: 2 ranges of 2 blocks
-    assert (wc.NSV, wc.RBV) == (4, 3)  # 180 key-gradient rows: 4 ranges of 3 blocks
+    with launcher_settings(max_tile=MAX_TILE, **SPLIT_SMALL) as launch:
+        tc = launch.tile_config(C, P)
+        h = max(C // 4, 4)  # triton_cases.make_params' hidden width
+        block_cc, _, _ = launch.mlp_config(C, h, h, h)
+        block_np = launch.partial_block(tc.NP, block_cc)
+        wc = launch.weight_config(T, B, tc.NP, C, (h, h, h), T + 1, has_gc=True, has_pos=True)
+    assert tc.NP == 3 and block_np == 2  # 2 blocks of tiles, the last one half empty
+    assert (T * B) % 16 != 0 and (wc.NSM, wc.RBM) == (2, 2)  # 33 rows: 2 ranges of 2 blocks
+    assert (wc.NSV, wc.RBV) == (4, 2)  # 99 key-gradient rows: 4 ranges of 2 blocks
     assert wc.BLOCK_S == 4  # pass 2 adds 4 partials per element
 
 
-@pytest.mark.parametrize("path", BOTH_PATHS)
-def test_split_sums_bitwise_repeatable(path):
-    """Two backward passes, the second with its buffers at other addresses: bit for bit."""
-    with launcher_settings(max_tile=MAX_TILE, **SMALL):
-        assert check_deterministic_backward(T, B, C, P, drop=[1], margin=0.0, path=path) == 22
-
-
-def test_paths_agree_bitwise_split_sums():
-    """Both loop paths run the same blocked sums in the same order: equal gradients."""
-    from triton_cases import backward, flat_grads, forward
-
-    with launcher_settings(max_tile=MAX_TILE, **SMALL) as launch:
-        x, params, drop, kw, _, _, h0 = build_case(T, B, C, P, drop=[1])
-        gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-        grads = {}
-        for path in BOTH_PATHS:
-            _, _, _, u, gate, stats = forward(launch, x, drop, h0, params, kw, store_v_seq=False, path=path,
-                                              keep_stats=True)
-            grads[path] = flat_grads(backward(launch, gs, None, x, drop, h0, params, u, gate, kw, path=path,
-                                              stats=stats))
-    differ = [i for i, (a, b) in enumerate(zip(grads["per_step"], grads["persistent"])) if not torch.equal(a, b)]
-    assert not differ, f"gradients {differ} differ between the loop paths"
-
-
-@pytest.mark.parametrize("path", BOTH_PATHS)
 @pytest.mark.parametrize("surrogate", SURROGATES)
-def test_parity_split_sums(surrogate, path):
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_parity_split_sums(path, surrogate):
     # float64 for two kinds (tolerance 1e-10), float32 for the others; h0 and grad_h_last on,
     # a dropped step.
     dtype = "float64" if surrogate in ("atan", "sigmoid") else "float32"
-    with launcher_settings(**SMALL):
+    with launcher_settings(**SPLIT_SMALL):
         run = check_parity(T, B, C, P, max_tile=MAX_TILE, dtype=dtype, surrogate=surrogate, h0=True,
-                           grad_h_last=True, drop=[2], fwd_path=path, bwd_path=path)
-    assert run.np == 5
+                           grad_h_last=True, drop=[1], fwd_path=path, bwd_path=path)
+    assert run.np == 3
     assert ("staa_bwd_persistent_kernel" in run.bwd_kernels) == (path == "persistent")
     assert "staa_bwd_weights_sum_kernel" in run.bwd_kernels
 
@@ -90,7 +56,7 @@ def test_parity_split_sums(surrogate, path):
 @pytest.mark.parametrize("shipped", [False, True], ids=["small-blocks", "shipped-blocks"])
 def test_parity_single_row(path, shipped):
     # T = B = 1: one row in every parameter-gradient sum, one sample's tiles in the MLP sums.
-    with launcher_settings(**(SMALL if not shipped else {})):
+    with launcher_settings(**(SPLIT_SMALL if not shipped else {})):
         check_parity(1, 1, C, P, max_tile=MAX_TILE, dtype="float64", h0=True, grad_h_last=True, fwd_path=path,
                      bwd_path=path)
 
