@@ -99,6 +99,9 @@ WEIGHT_SPLIT_BLOCKS = 2
 MAX_MATRIX_SPLITS = 16
 MAX_VECTOR_SPLITS = 64
 MAX_WEIGHT_HIDDEN_TILE = 128  # hidden rows of one weight-matrix tile
+# Warps of pass 1: at 4 its [128, 32x32] configurations spilled 16-48 bytes per thread around the
+# weight matrices' tl.dot, at 8 at most 12 (benchmarks/results/kernel_compile_sm90_parallel_sums.md).
+WEIGHT_WARPS = 8
 
 
 def _splits(rows: int, cap: int) -> tuple:
@@ -577,7 +580,7 @@ def _weight_grads(bufs: _BwdBuffers, kept, pos, gcx, gch, sa, T, B, NP, C, hidde
          gsum, gz, pooled, hid, ghid, *bufs.rows[5:], *bufs.acc, bufs.gpos, part_m, part_v,
          T * B, T, t_pos, B * NP, C, *hidden, wc.NCT, wc.NSM, wc.RBM, wc.NSV, wc.RBV, **flags,
          BLOCK_N=WEIGHT_ROW_BLOCK, BLOCK_HD=wc.BLOCK_HD, BLOCK_WC=wc.BLOCK_WC, BLOCK_WV=wc.BLOCK_WV,
-         BLOCK_HG1=block_h[0], BLOCK_HG2=block_h[1], BLOCK_HS=block_h[2], CD=CD, num_warps=4)
+         BLOCK_HG1=block_h[0], BLOCK_HG2=block_h[1], BLOCK_HS=block_h[2], CD=CD, num_warps=WEIGHT_WARPS)
     # Outputs in the pass-2 job order: the six matrices, the C-sized vectors and PE, the rest.
     o = [g1.query_weight, g1.value_weight, g2.query_weight, g2.value_weight, s4.fc1_weight, s4.fc2_weight,
          g1.key_weight, g1.value_bias, g2.key_weight, g2.value_bias, s4.fc2_bias,
