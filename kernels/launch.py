@@ -99,8 +99,9 @@ WEIGHT_SPLIT_BLOCKS = 2
 MAX_MATRIX_SPLITS = 16
 MAX_VECTOR_SPLITS = 64
 MAX_WEIGHT_HIDDEN_TILE = 128  # hidden rows of one weight-matrix tile
-# Warps of pass 1: at 4 its [128, 32x32] configurations spilled 16-48 bytes per thread around the
-# weight matrices' tl.dot, at 8 at most 12 (benchmarks/results/kernel_compile_sm90_parallel_sums.md).
+# Warps of pass 1: at 4 its C = 64 and C = 128 configurations spilled 8-48 bytes per thread around the
+# weight matrices' tl.dot, at 8 four configurations spill 12 (stores) / 4 (loads) bytes and none more
+# (benchmarks/results/kernel_compile_sm90_parallel_sums.md).
 WEIGHT_WARPS = 8
 
 
