@@ -13,8 +13,6 @@ the README links into docs/. MkDocs only knows docs/, so this hook:
   and rewrites the link to point there. Files under docs/ that mkdocs.yml excludes from the site
   (docs/README.md) count as outside;
 * nests the bullets that GitHub nests at a 2-space indent (Python-Markdown needs 4);
-* expands ``<!-- staa-selftest -->`` in the API reference to the self-test's documentation, wherever
-  it lives in this checkout (``staa.selftest``, or ``staa.__main__.selftest`` before it moved);
 * (``StaaDocstrings``, a griffe extension named in mkdocs.yml) resolves the names ``staa`` exports
   lazily and writes the docstrings' reStructuredText habits (roles, ``::``, doctest lines, simple
   tables) as Markdown.
@@ -180,11 +178,6 @@ def on_page_markdown(markdown: str, page, config, files: Files) -> str:
     markdown = nest_two_space_sublists(markdown)
     real_page = _real_path(src, config)
     root = _root(config)
-
-    if src.startswith("reference/") and "<!-- staa-selftest -->" in markdown:
-        moved = (root / "src" / "staa" / "selftest.py").is_file()
-        markdown = markdown.replace("<!-- staa-selftest -->",
-                                    "::: staa.selftest" if moved else "::: staa.__main__.selftest")
 
     def rewrite(m: re.Match) -> str:
         target = m.group("target")
