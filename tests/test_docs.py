@@ -279,3 +279,18 @@ def test_api_page_shows_the_current_signature():
               for q in list(inspect.signature(staa.STAALIF.__init__).parameters.values())[1:]]
     actual = str(inspect.Signature(params)).replace("'", '"')
     assert shown == actual, f"docs/api.md shows\n  {shown}\nbut the constructor is\n  {actual}"
+
+
+def test_api_page_names_every_parameter_of_the_reference():
+    """docs/api.md's line for staa_lif_reference lists its parameters in order, with their defaults."""
+    from staa.reference import staa_lif_reference
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    m = re.search(r"`staa_lif_reference\((.*?)\)`", text)
+    assert m, "docs/api.md does not show staa_lif_reference(...)"
+    shown = [p.strip().split("=")[0] for p in m.group(1).split(",") if p.strip() not in ("*", "")]
+    actual = list(inspect.signature(staa_lif_reference).parameters)
+    assert shown == actual, f"docs/api.md shows {shown}, the function takes {actual}"
+    for name, q in inspect.signature(staa_lif_reference).parameters.items():
+        if q.default is not inspect.Parameter.empty:
+            assert f"{name}={q.default!r}".replace("'", '"') in m.group(1), f"{name}'s default is not {q.default!r}"
