@@ -146,6 +146,14 @@ def test_every_fig_comment_is_a_well_formed_marker():
         assert loose == len(markers(text)), f"{page.relative_to(ROOT)} has a malformed figure marker"
 
 
+def test_no_marker_starts_a_line():
+    """A line that starts with an HTML comment ends the paragraph in the docs site (Python-Markdown
+    reads it as an HTML block), so a marker always follows text on its line."""
+    for page in PAGES:
+        starts = [i + 1 for i, ln in enumerate(page.read_text().splitlines()) if re.match(r"\s*<!--\s*fig:", ln)]
+        assert not starts, f"{page.relative_to(ROOT)}: lines {starts} start with a figure marker"
+
+
 @pytest.mark.parametrize("page, piece, least", REQUIRED)
 def test_listed_figures_are_marked(page, piece, least):
     found = [m for _, m in markers((ROOT / page).read_text()) if piece in m.group(0)]
