@@ -86,7 +86,8 @@ def make_providers(shape, device, dtype, names):
 
     if "staa-torch" in names:
         out.append(Provider("staa-torch", layer, layer.parameters()))
-    if "staa-triton" in names and staa.backend_for(torch.empty(0, device=device), "auto") == "triton":
+    # on CUDA whenever the kernels can run there (auto picks them only on verified GPUs, so it is not asked)
+    if "staa-triton" in names and device.type == "cuda" and staa._backend.triton_unavailable_reason(device) is None:
         tri = staa.STAALIF(C, T, tsrd=0.0, backend="triton", device=device, dtype=dtype)
         tri.load_state_dict(layer.state_dict())
         out.append(Provider("staa-triton", tri, tri.parameters()))

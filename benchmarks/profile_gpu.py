@@ -1,10 +1,11 @@
 """Where the time of one STAALIF forward + backward goes on a GPU: device kernel time per
 kernel name vs host wall time (torch.profiler, CUDA activity).
 
-    python benchmarks/profile_gpu.py --out OUTDIR [--steps 10]
+    python benchmarks/profile_gpu.py --out OUTDIR [--name gpu_profile] [--steps 10] [--budget 60]
 
-Shapes as bench_gpu.py, float32, training mode, backend="triton" with each loop path forced.
-Writes gpu_profile.md into OUTDIR. Needs CUDA.
+The user shapes [4, 32, 128, 32, 32] and [4, 64, 512, 4, 4] (bench_gpu.py's), float32, training
+mode, backend="triton" with each loop path forced. Writes NAME.md into OUTDIR after every shape,
+naming the commit and the device. Needs CUDA.
 """
 from __future__ import annotations
 
@@ -22,13 +23,25 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--name", default="gpu_profile")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--budget", type=float, default=60.0, help="seconds; later rows are skipped past it")
     ns = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_gpu: no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 3
+    from bench_gpu import SHAPE_SETS, run_label
+
     os.makedirs(ns.out, exist_ok=True)
-    lines = [f"# STAALIF GPU profile ({torch.cuda.get_device_name()}, torch {torch.__version__})", ""]
-    shapes = {"early [4,64,128,32,32]": (4, 64, 128, 32, 32), "deep [4,64,512,4,4]": (4, 64, 512, 4, 4)}
+    commit, device = run_label(torch)
+    lines = [f"# STAALIF GPU profile ({device}, torch {torch.__version__}, commit {commit})", ""]
+    shapes = {k: v for k, v in SHAPE_SETS["user"].items() if not k.startswith("big")}
+    t_start = time.time()
     for sname, shape in shapes.items():
         for path in ("per_step", "persistent"):
+            if time.time() - t_start > ns.budget:
+                lines += [f"## {sname}, float32, path={path}: skipped (time budget)", ""]
+                continue
             os.environ["STAA_TRITON_PATH"] = path
             x = (torch.randn(shape, device="cuda") * 0.8 + 0.35).requires_grad_(True)
             gy = torch.randn(shape, device="cuda")
@@ -68,7 +81,11 @@ def main(argv=None) -> int:
             lines += [f"| {k[:70]} | {c} | {us:.1f} |" for us, c, k in rows[:14]]
             lines.append("")
             print("\n".join(lines[-(len(rows[:14]) + 6):]), flush=True)
-    with open(os.path.join(ns.out, "gpu_profile.md"), "w") as f:
+            with open(os.path.join(ns.out, ns.name + ".md"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+            del x, gy, m
+            torch.cuda.empty_cache()
+    with open(os.path.join(ns.out, ns.name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return 0
 

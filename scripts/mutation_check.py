@@ -36,6 +36,9 @@ TORCH = ["tests/test_ops.py", "tests/test_exact_edges.py", "tests/test_single_st
 MODULE = TORCH + ["tests/test_reliability_state.py", "tests/test_reliability_settings.py"]
 SURROGATES = TORCH + ["tests/test_surrogate_spec.py"]
 TRITON = ["tests/interpret/test_kernels.py"]  # run with TRITON_INTERPRET=1 (run_tests)
+BACKEND = ["tests/test_backend.py"]
+SELFTEST = ["tests/test_selftest.py"]  # its in-process tests come first, so -x stops before the slow runs
+GRAPHS = ["tests/test_cuda_graphs.py"]  # the CPU checks of the route a device runs (capture-safe)
 
 
 class Mutation(NamedTuple):
@@ -89,6 +92,13 @@ MUTATIONS: List[Mutation] = [
              "return pos[t0:t0 + T]", "return pos[0:T]", MODULE, True),
     Mutation("M3", "single-step calls do not advance the step counter", "staa/neuron.py",
              "            self._t = t0 + 1\n", "            self._t = t0\n", MODULE),
+    # ---- the torch route's device branch (TSRD selected on the device) and the captured step counter
+    Mutation("G1", "on a device, a dropped step keeps the aggregator's U", "staa/ops/torch_impl.py",
+             "torch.where(d_t, xc[t] + h, u_t, out=u_t)", "torch.where(d_t, u_t, u_t, out=u_t)", GRAPHS),
+    Mutation("G2", "on a device, a dropped step's GC key gradient joins the weight gradients",
+             "staa/ops/torch_impl.py", "g_key_t = _zero_if(dropped, g_key_t)", "g_key_t = g_key_t", GRAPHS),
+    Mutation("G3", "a compiled or captured single-step call starts its device counter at 0", "staa/neuron.py",
+             "step = torch.full((), self._t, dtype=torch.long", "step = torch.full((), 0, dtype=torch.long", GRAPHS),
     # ---- the Triton kernels, one per family (run under TRITON_INTERPRET=1)
     Mutation("K1", "kernels' reset helper fires at V > v_th", "staa/kernels/staa_fwd.py",
              "    s = v >= v_th\n", "    s = v > v_th\n", TRITON, True),
@@ -110,6 +120,18 @@ MUTATIONS: List[Mutation] = [
     Mutation("K8", "forward (both loop paths): position encoding read from row 0 at every step", "staa/kernels/staa_fwd.py",
              "xx = xx + tl.load(pos_ptr + t * C + offs_c, mask=mc, other=0.0)",
              "xx = xx + tl.load(pos_ptr + 0 * C + offs_c, mask=mc, other=0.0)", TRITON),
+    # ---- the backend choice and the self-test's criteria
+    Mutation("BK1", "auto trusts a verified entry whatever the kernels' fingerprint", "staa/_backend.py",
+             "        if r.kernels == mine:", "        if True:", BACKEND),
+    Mutation("BK2", "auto does not recognise a ROCm build", "staa/_backend.py", "    if hip:\n", "    if False:\n", BACKEND),
+    Mutation("ST1", "the self-test never applies the spike-agreement threshold", "staa/_selftest.py",
+             "    if agreement < SPIKE_AGREEMENT:", "    if False:", SELFTEST),
+    Mutation("ST2", "the self-test's 2x error rule becomes 200x", "staa/_selftest.py",
+             "        if e_tri > max(ERROR_RATIO * e_tor, floor):", "        if e_tri > max(100 * ERROR_RATIO * e_tor, floor):",
+             SELFTEST),
+    Mutation("ST3", "a filter that selects no case is not an error", "staa/_selftest.py",
+             "        if not cases:\n            raise NoCaseSelected", "        if False:\n            raise NoCaseSelected",
+             SELFTEST),
 ]
 
 

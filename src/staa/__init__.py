@@ -4,16 +4,17 @@
 >>> lif = staa.STAALIF(16, T=4)
 >>> spikes = lif(torch.randn(4, 2, 16, 8, 8))   # [T, B, C, H, W]
 
-Public names: ``STAALIF``, ``backend_for``; ``convert`` with its ``ConvertReport``,
-``ReplacedNode`` and ``SkippedNode``; ``profile`` with its ``ProfileReport`` and
-``LayerStats`` and the per-step cost formula ``staa_step_macs``; ``MultiStepLIF``, the
-plain LIF baseline of ``python -m staa``. ``python -m staa selftest`` checks the Triton
-kernels against the torch path on this machine.
+Public names: ``STAALIF``, ``backend_for`` with its ``BackendChoice`` (``reason=True``) and
+the ``BackendHint`` warning; ``convert`` with its ``ConvertReport``, ``ReplacedNode`` and
+``SkippedNode``; ``profile`` with its ``ProfileReport`` and ``LayerStats`` and the per-step
+cost formula ``staa_step_macs``; ``MultiStepLIF``, the plain LIF baseline of
+``python -m staa``; ``selftest`` with its ``SelftestReport``, which checks the Triton kernels
+against the torch path on this machine (``python -m staa selftest``).
 
 ``import staa`` imports torch only: triton and spikingjelly are imported on first use,
 and the names above that live in their own modules load when first looked up.
 """
-from ._backend import backend_for
+from ._backend import BackendChoice, BackendHint, backend_for
 from .neuron import STAALIF
 
 __version__ = "0.1.0"
@@ -29,9 +30,11 @@ _LAZY = {
     "LayerStats": "._profile",
     "staa_step_macs": "._profile",
     "MultiStepLIF": "._demo",
+    "selftest": "._selftest",
+    "SelftestReport": "._selftest",
 }
 
-__all__ = ["STAALIF", "backend_for", *_LAZY, "__version__"]
+__all__ = ["STAALIF", "backend_for", "BackendChoice", "BackendHint", *_LAZY, "__version__"]
 
 
 def __getattr__(name):

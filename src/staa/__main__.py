@@ -6,14 +6,13 @@ parameters STAA adds, forward and forward+backward time on this machine, the byt
 for backward per neuron-step, ``staa.profile`` of both networks and the STAALIF backend
 that ran. ``--json`` prints the same as one JSON object. Progress goes to stderr.
 
-``python -m staa selftest`` runs the Triton kernels against the torch path on this
-machine's GPU (or, with ``--interpret``, on the CPU under ``TRITON_INTERPRET=1``) and
-exits non-zero when they disagree; see :func:`selftest`.
+``python -m staa selftest`` is the command line of :func:`staa.selftest` (``staa._selftest``):
+the Triton kernels against the torch path and float64 on this machine's GPU (or, with
+``--interpret``, on the CPU under ``TRITON_INTERPRET=1``); it exits non-zero when they disagree.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ import statistics
 import sys
 import time
 import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -254,241 +254,98 @@ def render(result: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ selftest
-#
-# The Triton kernels against the torch path, through the public module: two STAALIF layers
-# with the same weights, one with backend="triton" and one with backend="torch", the same
-# input and the same TSRD draw (same seed), in training mode. Compared: spikes (exactly), the
-# last membrane state, and the gradient of the input and of every weight.
-#
-# Two float32 implementations may round V differently, and where V is within rounding of
-# the threshold a spike then flips and the difference spreads through GC2 and SA to the
-# whole sample. So, as in the parity tests, a reduced-precision case only counts when no V
-# is within MARGIN of the threshold or of the surrogate window's edges. With soft reset
-# V_t = H_t + v_threshold * S_t, so V comes exactly from a float64 run with store_v_seq;
-# reduced-precision cases therefore use soft reset and small shapes (inputs are redrawn
-# until the margin holds). float64 cases, where the two paths agree to ~1e-15 and a flip
-# is not a practical risk, use layer-sized shapes and both resets.
+# The self-test itself is staa._selftest (staa.selftest); this is its command line.
 
-MARGIN = 1e-4
-# name, shape [T, B, C, ...], input dtype, reset, detach_reset
-SELFTEST_CASES = [
-    ("conv", [4, 8, 64, 16, 16], "float64", "hard", False),
-    ("deep", [4, 8, 256, 4, 4], "float64", "soft", True),
-    ("fc", [4, 8, 512], "float64", "hard", False),
-    ("conv-small", [4, 2, 16, 4, 4], "float32", "soft", False),
-    ("fc-small", [4, 4, 64], "float32", "soft", True),
-    ("conv-small", [4, 2, 16, 3, 3], "bfloat16", "soft", False),
-]
-TINY_CASES = [
-    ("conv", [3, 2, 6, 3, 3], "float64", "hard", False),
-    ("fc", [4, 1, 5], "float64", "soft", True),
-    ("conv", [3, 2, 6, 3, 3], "float32", "soft", False),
-    ("conv", [2, 2, 5, 2, 2], "bfloat16", "soft", False),
-]
-PATHS = ("per_step", "persistent")
-# rtol against the largest reference magnitude of each compared tensor, and atol
-_TOL = {"float64": (1e-9, 1e-12), "float32": (1e-4, 1e-6), "bfloat16": (1e-4, 1e-6), "float16": (1e-4, 1e-6)}
-# the input gradient comes back in the input dtype: one rounding of a value that differs by float32 noise
-_TOL_GRAD_X = {"bfloat16": (2.0**-7, 1e-6), "float16": (2.0**-10, 1e-7)}
+
+def _names(values):
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: lists may be given space- or comma-separated."""
+    if values is None:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _shape_arg(text: str) -> tuple:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (3, 5) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,B,C or T,B,C,H,W with positive integers, got {text!r}")
+    return shape
 
 
 def _selftest_parser() -> argparse.ArgumentParser:
+    from staa import _selftest as st
+
     p = argparse.ArgumentParser(
         prog="python -m staa selftest",
-        description="Run STAALIF with backend='triton' against backend='torch' (same weights, input and TSRD "
-        "draw) on this machine: spikes, last state and every gradient, both time-loop paths of the kernels. "
-        "Prints one line per case with the largest differences and the time of one forward+backward of each "
-        "backend; exit status 0 when every case agrees, 1 on a mismatch, 2 when the kernels cannot run here.",
+        description="Check the Triton kernels on this machine: STAALIF's op with backend='triton' against "
+        "backend='torch' and float64 (same weights, input and TSRD mask), forward and backward, both time-loop "
+        "paths; small cases exactly, layer-sized float32/bfloat16 cases statistically (spike agreement, gradient "
+        "cosine, error vs float64 against the torch path's), every surrogate kind, single-step chains. On CUDA it "
+        "then times forward+backward and ends with a recommended backend. Exit status 0 when every case passes, "
+        "1 on a failure or when the filters select no case, 2 when the kernels cannot run here or an argument "
+        "is wrong.",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--interpret", action="store_true",
-                   help="on the CPU, run the kernels in the Triton interpreter (TRITON_INTERPRET=1; slow, tiny shapes)")
-    p.add_argument("--tiny", action="store_true", help="only the tiny cases (the default under --interpret)")
-    p.add_argument("--dtypes", default=None, help="comma-separated subset of float64,float32,bfloat16 (default: all)")
-    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of per_step,persistent (default: both)")
+                   help="on the CPU, run the kernels in the Triton interpreter (TRITON_INTERPRET=1; slow, small "
+                   "shapes)")
+    p.add_argument("--tiny", action="store_true", help="only small shapes (the default under --interpret)")
+    p.add_argument("--shape", action="append", type=_shape_arg, metavar="T,B,C[,H,W]",
+                   help="your layer, for the layer cases and the timing (repeatable; default "
+                   + " and ".join(",".join(map(str, s)) for s in st.LAYER_SHAPES) + ")")
+    p.add_argument("--dtypes", nargs="+", default=None, metavar="DTYPE",
+                   help=f"keep these input dtypes ({', '.join(st.DTYPES)}; the cases use {', '.join(st.CASE_DTYPES)})")
+    p.add_argument("--paths", nargs="+", default=None, metavar="PATH",
+                   help=f"keep these loop paths ({', '.join(st.PATHS)})")
+    p.add_argument("--surrogates", nargs="+", default=None, metavar="KIND",
+                   help=f"keep these surrogate kinds ({', '.join(st.SURROGATES)})")
+    p.add_argument("--groups", nargs="+", default=None, metavar="GROUP",
+                   help=f"keep these case groups ({', '.join(st.GROUPS)})")
+    p.add_argument("--no-timing", action="store_true", help="skip the forward+backward timing (CUDA only anyway)")
+    p.add_argument("--providers", nargs="+", default=None, metavar="NAME",
+                   help=f"what to time ({', '.join(st.PROVIDERS)}; default all)")
+    p.add_argument("--repeat", type=int, default=20, help="timed rounds (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="also write the report as JSON to PATH ('-': to stdout, the text then goes to stderr)")
     return p
 
 
-def _max_diff(got, want, tol):
-    """(passes, largest |got - want|, largest |want|) with the max-norm rule |d| <= atol + rtol * max|want|."""
-    if got is None or want is None:
-        return got is None and want is None, 0.0, 0.0
-    d = (got.double() - want.double()).abs()
-    err = d.max().item() if d.numel() else 0.0
-    scale = want.double().abs().max().item() if want.numel() else 0.0
-    ok = bool(torch.isfinite(got).all()) and err <= tol[1] + tol[0] * scale
-    return ok, err, scale
-
-
-def _selftest_pair(C, T, reset, detach, device, param_dtype, seed):
-    kw = dict(tsrd=0.5, v_reset=None if reset == "soft" else 0.0, detach_reset=detach)
-    torch.manual_seed(seed)
-    ref = staa.STAALIF(C, T, backend="torch", **kw).to(device=device, dtype=param_dtype)
-    with torch.no_grad():
-        for p in ref.parameters():  # non-zero value layers, so that every block contributes
-            p.add_(torch.randn_like(p) * 0.3)
-    tri = staa.STAALIF(C, T, backend="triton", **kw).to(device=device, dtype=param_dtype)
-    tri.load_state_dict(ref.state_dict())
-    return ref, tri
-
-
-def _soft_reset_margin(ref, x, seed) -> float:
-    """Distance of the closest V to the threshold or to the surrogate window's edges, from a
-    float64 run of ``ref`` (soft reset, so V_t = H_t + v_threshold * S_t)."""
-    m = copy.deepcopy(ref).double()
-    m.store_v_seq = True
-    m.train()
-    m.reset()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        s = m(x.double())
-    v = m.v_seq + m.v_threshold * s
-    a = float(getattr(m, "surrogate_width", None) or 1.0)
-    th = m.v_threshold
-    return min((v - p).abs().min().item() for p in (th, th - a / 2, th + a / 2))
-
-
-def _selftest_run(m, x, gy, seed):
-    m.reset()
-    m.train()
-    xx = x.clone().requires_grad_(True)
-    torch.manual_seed(seed)  # the same TSRD draw for both modules
-    y = m(xx)
-    grads = torch.autograd.grad(y, [xx, *m.parameters()], gy, allow_unused=True)
-    return y.detach(), m.v.detach().clone(), grads
-
-
-def _selftest_case(case, path, device, seed, timed):
-    name, shape, dtype_name, reset, detach = case
-    dtype = getattr(torch, dtype_name)
-    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    T, C = shape[0], shape[2]
-    ref, tri = _selftest_pair(C, T, reset, detach, device, param_dtype, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    margin = None
-    for _ in range(40):
-        x = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.8 + 0.35).to(device=device, dtype=dtype)
-        if reset != "soft":
-            break
-        margin = _soft_reset_margin(ref, x, seed + 2)
-        if margin >= MARGIN:
-            break
-    row = {"case": name, "shape": shape, "dtype": dtype_name, "reset": reset + (", detach_reset" if detach else ""),
-           "path": path, "margin": margin}
-    if margin is not None and margin < MARGIN:
-        row.update(ok=False, why=f"no input in 40 draws kept every V {MARGIN:g} away from the threshold")
-        return row
-    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    saved = os.environ.get("STAA_TRITON_PATH")
-    os.environ["STAA_TRITON_PATH"] = path
-    try:
-        t0 = time.perf_counter()
-        y_t, v_t, g_t = _selftest_run(tri, x, gy, seed + 2)
-        _sync(device)
-        ms_t = (time.perf_counter() - t0) * 1e3
-        t0 = time.perf_counter()
-        y_r, v_r, g_r = _selftest_run(ref, x, gy, seed + 2)
-        _sync(device)
-        ms_r = (time.perf_counter() - t0) * 1e3
-        if timed:  # a second, warm round (the first one compiled the kernels)
-            ms = {}
-            for key, m in (("triton", tri), ("torch", ref)):
-                _sync(device)
-                t0 = time.perf_counter()
-                _selftest_run(m, x, gy, seed + 2)
-                _sync(device)
-                ms[key] = (time.perf_counter() - t0) * 1e3
-            ms_t, ms_r = ms["triton"], ms["torch"]
-    finally:
-        if saved is None:
-            os.environ.pop("STAA_TRITON_PATH", None)
-        else:
-            os.environ["STAA_TRITON_PATH"] = saved
-    tol = _TOL[dtype_name]
-    ok_v, err_v, _ = _max_diff(v_t, v_r, tol)
-    ok_x, err_x, _ = _max_diff(g_t[0], g_r[0], _TOL_GRAD_X.get(dtype_name, tol))
-    worst, ok_w = ("-", 0.0, 0.0), True
-    for pname, a, b in zip([n for n, _ in ref.named_parameters()], g_t[1:], g_r[1:]):
-        ok, err, scale = _max_diff(a, b, tol)
-        ok_w &= ok
-        rel = err / scale if scale else err
-        if rel >= worst[2]:
-            worst = (pname, err, rel)
-    flips = int((y_t != y_r).sum())
-    row.update(ok=bool(flips == 0 and ok_v and ok_x and ok_w and y_t.dtype == dtype), spikes=int(y_r.numel()),
-               spike_mismatches=flips, firing_rate=float(y_r.double().mean()), max_dv=err_v, max_dgrad_x=err_x,
-               worst_weight_grad=worst[0], max_dgrad_w=worst[1], max_rel_dgrad_w=worst[2],
-               triton_ms=ms_t, torch_ms=ms_r)
-    return row
-
-
-def selftest(device=None, interpret=False, tiny=False, dtypes=None, paths=PATHS, seed=0, out=print):
-    """Run every self-test case; returns the list of result rows (dicts with ``ok``)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu" and not interpret:
-        raise RuntimeError("no CUDA device: the Triton kernels run on a GPU; pass --interpret to run them "
-                           "(slowly) in the Triton interpreter on the CPU")
-    probe = torch.empty(0, device=device)
-    staa.backend_for(probe, "triton")  # raises, saying why, when the kernels cannot run here
-    cases = TINY_CASES if (tiny or device.type == "cpu") else SELFTEST_CASES
-    if dtypes:
-        cases = [c for c in cases if c[2] in dtypes]
-    out(f"staa {staa.__version__} selftest: backend='triton' vs backend='torch' on {_machine(device)}")
-    if device.type == "cpu":
-        out("kernels run in the Triton interpreter (TRITON_INTERPRET=1): this checks their logic, not a GPU compile")
-    out("tolerance: |difference| <= atol + rtol * max|torch|; rtol 1e-9 (float64), 1e-4 (float32; bfloat16 "
-        "weights), 2^-7 (bfloat16 input gradient); spikes must match exactly")
-    rows = []
-    for case in cases:
-        for path in paths:
-            row = _selftest_case(case, path, device, seed, timed=device.type == "cuda")
-            rows.append(row)
-            out(_selftest_line(row))
-    return rows
-
-
-def _selftest_line(r) -> str:
-    head = (f"{'PASS' if r['ok'] else 'FAIL'}  {r['case']:<10} {'x'.join(map(str, r['shape'])):<13} "
-            f"{r['dtype']:<8} {r['reset']:<19} {r['path']:<10}")
-    if "spikes" not in r:
-        return f"{head} {r['why']}"
-    margin = "-" if r["margin"] is None else f"{r['margin']:.1e}"
-    return (f"{head} spikes {r['spike_mismatches']}/{r['spikes']} differ (rate {r['firing_rate']:.2f}, margin "
-            f"{margin})  max|dv| {r['max_dv']:.1e}  max|dgrad_x| {r['max_dgrad_x']:.1e}  max|dgrad_w| "
-            f"{r['max_dgrad_w']:.1e} (rel {r['max_rel_dgrad_w']:.1e}, {r['worst_weight_grad']})  "
-            f"fwd+bwd triton {r['triton_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms")
-
-
 def selftest_main(argv) -> int:
+    from staa import _selftest as st
+
     args = _selftest_parser().parse_args(argv)
-    if args.interpret:
-        if any(m == "triton" or m.startswith("triton.") for m in sys.modules):
-            print("python -m staa selftest: error: --interpret must be set before triton is imported",
-                  file=sys.stderr)
-            return 2
-        os.environ["TRITON_INTERPRET"] = "1"
-    dtypes = None if args.dtypes is None else [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    for d in dtypes or ():
-        if d not in _TOL:
-            print(f"python -m staa selftest: error: unknown dtype {d!r}", file=sys.stderr)
-            return 2
-    for p in paths:
-        if p not in PATHS:
-            print(f"python -m staa selftest: error: unknown path {p!r}; expected per_step or persistent", file=sys.stderr)
-            return 2
-    t0 = time.perf_counter()
+    text = sys.stderr if args.json == "-" else sys.stdout
+
+    def say(line):
+        print(line, file=text, flush=True)
+
+    providers = _names(args.providers) or list(st.PROVIDERS)
     try:
-        rows = selftest(args.device, args.interpret, args.tiny, dtypes, paths, args.seed)
-    except (RuntimeError, ValueError) as exc:
+        report = st.selftest(args.device, args.shape, dtypes=_names(args.dtypes), paths=_names(args.paths),
+                             surrogates=_names(args.surrogates), groups=_names(args.groups), tiny=args.tiny,
+                             interpret=args.interpret, timing=False if args.no_timing else None, providers=providers,
+                             repeat=args.repeat, seed=args.seed, out=say)
+    except st.NoCaseSelected as exc:
+        print(f"python -m staa selftest: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"python -m staa selftest: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
         print(f"python -m staa selftest: cannot run: {exc}", file=sys.stderr)
         return 2
-    bad = sum(not r["ok"] for r in rows)
-    print(f"{len(rows) - bad} of {len(rows)} cases agree ({time.perf_counter() - t0:.1f} s)"
-          + ("" if not bad else f"; {bad} FAILED: the Triton kernels disagree with the torch path here, "
-             "use backend='torch' (or STAA_BACKEND=torch) and report the output"))
-    return 1 if bad else 0
+    for line in report.tail():
+        say(line)
+    if args.json:
+        payload = json.dumps(report.to_dict(), indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            Path(args.json).write_text(payload + "\n")
+    return 0 if report.ok else 1
 
 
 def main(argv=None) -> int:

@@ -73,3 +73,14 @@ def _range_text(low, high, low_open, high_open) -> str:
     if low == -math.inf:
         return f" {'<' if high_open else '<='} {high:g}"
     return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def past_T_message(t0: int, steps: int, n_pos: int) -> str:
+    """The error for steps ``t0 .. t0 + steps - 1`` of a layer with ``n_pos`` position-encoding
+    rows: the same text from the module's own check, the functional API and compiled calls."""
+    if steps == 1:
+        return (f"single-step call at t={t0} but this STAALIF has T={n_pos} steps; call reset() (or "
+                f"functional.reset_net) between sequences, or build it with a larger T (the position encoding "
+                f"has rows 0..{n_pos - 1})")
+    return (f"steps {t0}..{t0 + steps - 1} need position-encoding rows that this STAALIF (T={n_pos} steps, "
+            f"rows 0..{n_pos - 1}) does not have; call reset() between sequences, or build it with a larger T")

@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from . import _checks
+from ._checks import past_T_message
 from ._backend import resolve_backend
 from .ops import _op, staa_lif_op
 from .reference import STAAParams, compute_dtype
@@ -42,17 +43,6 @@ class NeuronConfig(NamedTuple):
     v_reset: Optional[float] = 0.0
     detach_reset: bool = False
     surrogate: Surrogate = Surrogate()
-
-
-def past_T_message(t0: int, steps: int, n_pos: int) -> str:
-    """The error for steps ``t0 .. t0 + steps - 1`` of a layer with ``n_pos`` position-encoding
-    rows: the same text from the module's own check, the functional API and compiled calls."""
-    if steps == 1:
-        return (f"single-step call at t={t0} but this STAALIF has T={n_pos} steps; call reset() (or "
-                f"functional.reset_net) between sequences, or build it with a larger T (the position encoding "
-                f"has rows 0..{n_pos - 1})")
-    return (f"steps {t0}..{t0 + steps - 1} need position-encoding rows that this STAALIF (T={n_pos} steps, "
-            f"rows 0..{n_pos - 1}) does not have; call reset() between sequences, or build it with a larger T")
 
 
 def _step_index(t0) -> Union[int, Tensor]:

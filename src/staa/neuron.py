@@ -12,7 +12,8 @@ from torch.nn.parameter import UninitializedParameter
 from . import _checks, _spikingjelly
 from ._backend import check_backend_name, resolve_backend
 from ._blocks import GlobalContext, StepAttention, hidden_features, is_uninitialized
-from .functional import NeuronConfig, _check_not_transformed, past_T_message, staa_lif
+from ._checks import past_T_message
+from .functional import NeuronConfig, _check_not_transformed, staa_lif
 from .ops import _op
 from .reference import STAAParams
 from .surrogate import Surrogate, surrogate_spec
@@ -423,7 +424,11 @@ class STAALIF(nn.Module):
     def _draw_drop(self, steps: int, first_step, device) -> Tensor:
         """TSRD mask: bool ``[steps]``; step t (absolute) is dropped with prob ``tsrd`` if t >= 1.
 
-        ``first_step`` is an int, or a 0-d tensor (single-step calls under ``torch.compile``)."""
+        ``first_step`` is an int, or a 0-d tensor (single-step calls compiled or captured in a CUDA
+        graph). The draw is one ``torch.rand`` on the input's device: under CUDA-graph capture
+        (``torch.cuda.graph``, ``make_graphed_callables``, ``torch.compile(mode="reduce-overhead")``)
+        it reads the generator's state on the device, so every replay draws a new mask; nothing
+        here reads a device value on the host."""
         if self.training and self.tsrd > 0.0:
             drop = torch.rand(steps, device=device) < self.tsrd
             if isinstance(first_step, Tensor):
@@ -487,20 +492,24 @@ class STAALIF(nn.Module):
         h0 = self._h
         if h0 is not None:
             self._check_state(h0, x)
-        compiling = torch.compiler.is_compiling()
-        if compiling:
-            # A Python step counter would be specialised on and recompile at every step: use the tensor.
-            step = self._step if self._step is not None else torch.zeros((), dtype=torch.long, device=x.device)
+        # Compiled and CUDA-graph-captured calls keep the step index in the device counter _step: a
+        # Python int would be specialised on (a recompilation per step) or frozen into the captured
+        # graph, and reading the counter back to the host would synchronise (not capturable). Eager
+        # calls keep the host int. The counter starts from the host index where there is no counter yet.
+        on_device = torch.compiler.is_compiling() or _capturing(x)
+        if not on_device or self._step is None:  # the host index is known: check it here
+            if self.pos is not None and self.t >= self.pos.shape[0]:
+                raise ValueError(past_T_message(self.t, 1, self.pos.shape[0]))
+        if on_device:
+            step = self._step if self._step is not None else torch.full((), self._t, dtype=torch.long, device=x.device)
             t0 = step
         else:
             t0 = self.t
-            if self.pos is not None and t0 >= self.pos.shape[0]:
-                raise ValueError(past_T_message(t0, 1, self.pos.shape[0]))
         drop = self._draw_drop(1, t0, x.device)
         spikes, h_last, _ = staa_lif(x.unsqueeze(0), self.params(), self.cfg, drop=drop, h0=h0, t0=t0,
                                      backend=self.backend)
         self._h = h_last
-        if compiling:
+        if on_device:
             self._step, self._t_on_host = step + 1, False
         else:
             self._t = t0 + 1
@@ -560,6 +569,11 @@ def _dims_message(step_mode: str, x: Tensor) -> str:
     if x.dim() == 5:
         return f"{head}. If it is a sequence [T, B, C, H, W], set step_mode='m' (functional.set_step_mode)"
     return f"{head}; flatten the extra dimensions into H and W"
+
+
+def _capturing(x: Tensor) -> bool:
+    """True while a CUDA graph is being captured on the current stream of ``x``'s device."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _like(out: Tensor, x: Tensor) -> Tensor:

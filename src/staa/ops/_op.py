@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .._checks import past_T_message
 from ..reference import GCParams, SAParams, compute_dtype
 from . import torch_impl
 
@@ -307,8 +308,6 @@ def rows_at(pos: Tensor, t0: Tensor, steps: int, check_on_host: Optional[bool] =
     if check_on_host:
         first = int(idx[0]) if steps else int(t0)
         if first < 0 or first + steps > n:
-            from ..functional import past_T_message  # functional imports this module
-
             raise ValueError(past_T_message(first, steps, n))
         return pos.index_select(0, idx)
     inside = (idx >= 0) & (idx < n)

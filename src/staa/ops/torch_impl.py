@@ -41,6 +41,26 @@ def _cast(ws, cd: torch.dtype):
     return type(ws)(*(w.to(cd) for w in ws))
 
 
+# Devices whose TSRD mask is read on the host, so that dropped steps skip the aggregator. On
+# any other device (CUDA, ...) a host read would stall until the device catches up and cannot
+# be captured in a CUDA graph: there every step runs the aggregator and the mask selects the
+# result on the device (the same values; see ``_dropped_on_host``).
+HOST_MASK_DEVICES = ("cpu",)
+
+
+def _dropped_on_host(drop: Tensor) -> Optional[List[bool]]:
+    """The TSRD mask as host flags when it lives on a host device, else ``None``: the caller then
+    runs every step whole and selects with ``drop[t]`` on the device (no host synchronisation,
+    the same operations and allocations whatever the mask holds)."""
+    return drop.tolist() if drop.device.type in HOST_MASK_DEVICES else None
+
+
+def _zero_if(dropped: Tensor, t: Tensor) -> Tensor:
+    """``t``, or zeros at a dropped step (``dropped`` a 0-d bool device tensor); exact zeros even
+    where ``t`` is not finite."""
+    return torch.where(dropped, 0.0, t)
+
+
 # --------------------------------------------------------------------- GC block
 class _GCCache(NamedTuple):
     """Intermediates of GC's channel path for ``N`` samples (N = T*B or B)."""
@@ -179,11 +199,17 @@ def _gc_weight_grads(c: _GCCache, g_delta, g_n, g_q, g_key_w, g_logit) -> List[T
     return key + gc_mlp_weight_grads(c.ctx, c.qhat, c.n, g_delta, g_n, g_q)
 
 
-def _keep_gc_step(store, t, z, c: _GCCache, g_delta, g_n, g_q, g_logit) -> None:
-    """Keep one step's small GC intermediates for the weight gradients; add its key gradient."""
+def _keep_gc_step(store, t, z, c: _GCCache, g_delta, g_n, g_q, g_logit, dropped: Optional[Tensor] = None) -> None:
+    """Keep one step's small GC intermediates for the weight gradients; add its key gradient.
+    With ``dropped`` (a device flag, see ``_dropped_on_host``) a dropped step keeps zero rows."""
     caches, grads, g_key = store
+    g_key_t = _weighted_sum(z, g_logit).sum(0)
+    if dropped is not None:
+        c = _GCCache(*(_zero_if(dropped, f) for f in c))
+        g_delta, g_n, g_q, g_logit = (_zero_if(dropped, f) for f in (g_delta, g_n, g_q, g_logit))
+        g_key_t = _zero_if(dropped, g_key_t)
     caches[t], grads[t] = c, (g_delta, g_n, g_q, g_logit)
-    g_key += _weighted_sum(z, g_logit).sum(0)
+    g_key += g_key_t
 
 
 def _gc_grads_from_steps(store, p) -> List[Tensor]:
@@ -295,7 +321,7 @@ def staa_lif_forward(
     cd = compute_dtype(x.dtype)
     dev = x.device
     gcx, gch, sa = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
-    dropped = drop.tolist()
+    dropped = _dropped_on_host(drop)  # None: select on the device
     xc = x.to(cd)
 
     # H-independent work for all steps at once: X = I + PE, GC1(X) and its spatial mean.
@@ -323,7 +349,7 @@ def staa_lif_forward(
     spike_buf = None if x.dtype == cd else torch.empty_like(v_buf)
     for t in range(T):
         u_t = u[t]
-        if dropped[t]:
+        if dropped is not None and dropped[t]:
             torch.add(xc[t], h, out=u_t)
             v = u_t  # the gate is exactly 1
         else:
@@ -336,10 +362,15 @@ def staa_lif_forward(
                     hmean = hmean + d2
             else:
                 torch.add(g1[t], h, out=u_t)
-            if sa is not None:
-                _, g = _sa_hidden(m1[t] + hmean, sa, alpha)
+            g = _sa_hidden(m1[t] + hmean, sa, alpha)[1] if sa is not None else None
+            if dropped is None:  # a dropped step's U = I + H and gate 1, chosen on the device
+                d_t = drop[t]
+                torch.where(d_t, xc[t] + h, u_t, out=u_t)
+                if g is not None:
+                    g = torch.where(d_t, 1.0, g)
+            if g is not None:
                 gate[t] = g
-                v = torch.mul(u_t, g.unsqueeze(2), out=v_buf)
+                v = torch.mul(u_t, g.unsqueeze(2), out=v_buf)  # exactly U where the gate is 1
             else:
                 v = u_t
         s_out = spikes[t] if spike_buf is None else spike_buf
@@ -425,13 +456,14 @@ def _sa_weight_grads(rows: _SARows) -> List[Tensor]:
 
 def _aggregator_step_backward(t: int, g_v: Tensor, xx_t: Optional[Tensor], h_prev: Tensor, u_t: Tensor,
                               gate_t: Tensor, blocks, alpha: float, sa_rows: Optional[_SARows], gc_steps,
-                              g_u: Tensor, g_hprev: Optional[Tensor]) -> None:
+                              g_u: Tensor, g_hprev: Optional[Tensor], dropped: Optional[Tensor] = None) -> None:
     """Backward of one step that ran the aggregator, from dL/dV_t ``g_v``: dL/dX_t into ``g_u``
     (dL/dU_t plus GC1's context path), dL/dH_{t-1} into ``g_hprev`` (None when nobody wants it),
     the step's rows for the weight gradients into ``sa_rows`` and ``gc_steps``.
 
     ``xx_t`` is X_t = I_t + PE_t (None when neither GC1 nor SA reads it), ``h_prev`` H_{t-1},
-    ``blocks`` the compute-dtype ``(gc_x, gc_h, sa)`` (None where off)."""
+    ``blocks`` the compute-dtype ``(gc_x, gc_h, sa)`` (None where off), ``dropped`` the step's
+    device TSRD flag when the caller selects on the device (the GC rows kept are then zeros)."""
     wx, wh, ws = blocks
     c1, c2, pooled = _recompute_step(xx_t, h_prev, wx, wh, ws)
     if ws is not None:
@@ -444,13 +476,13 @@ def _aggregator_step_backward(t: int, g_v: Tensor, xx_t: Optional[Tensor], h_pre
     if c2 is not None:  # dL/dH_{t-1} (at t = 0 without h0 only the weights' share is used)
         g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c2, wh)
         g_l = _gc_input_grad(g_u, h_prev, g_ctx, c2, wh, out=g_hprev)
-        _keep_gc_step(gc_steps["h"], t, h_prev, c2, g_d, g_n, g_q, g_l)
+        _keep_gc_step(gc_steps["h"], t, h_prev, c2, g_d, g_n, g_q, g_l, dropped)
     elif g_hprev is not None:
         g_hprev.copy_(g_u)
     if c1 is not None:  # dL/dX_t, in place
         g_ctx, g_n, g_q = _gc_mlp_backward(g_d, c1, wx)
         g_l = _gc_input_grad(g_u, xx_t, g_ctx, c1, wx, out=g_u)
-        _keep_gc_step(gc_steps["x"], t, xx_t, c1, g_d, g_n, g_q, g_l)
+        _keep_gc_step(gc_steps["x"], t, xx_t, c1, g_d, g_n, g_q, g_l, dropped)
 
 
 def _grad_h0(h0: Tensor, from_step0: Optional[Tensor], grad_h_last: Optional[Tensor]) -> Tensor:
@@ -501,7 +533,7 @@ def staa_lif_backward(
     T, B, C, P = x.shape
     cd = compute_dtype(x.dtype)
     dev = x.device
-    dropped = drop.tolist()
+    dropped = _dropped_on_host(drop)  # None: select on the device
     wx, wh, ws = _cast(gcx, cd), _cast(gch, cd), _cast(sa, cd)
     h_rest = 0.0 if v_reset is None else float(v_reset)
     want_h0 = h0 is not None
@@ -548,18 +580,27 @@ def staa_lif_backward(
         g_v = _grad_v(win, grad_spikes[t], g_h, v_cur, ns_cur, v_threshold, v_reset, detach_reset, out=tmp)
         g_u = grad_x[t]
 
-        if dropped[t]:  # V_t = I_t + H_{t-1}: dL/dI_t = dL/dH_{t-1} = dL/dV_t
+        if dropped is not None and dropped[t]:  # V_t = I_t + H_{t-1}: dL/dI_t = dL/dH_{t-1} = dL/dV_t
             g_u.copy_(g_v)
             if need_gh:
                 gh_buf.copy_(g_v)
         else:
+            d_t = None if dropped is not None else drop[t]
             xx_t = None
             if wx is not None or ws is not None:
                 xx_t = torch.add(xc[t], pos_c[t].unsqueeze(1), out=xx_buf) if pos is not None else xc[t]
             _aggregator_step_backward(t, g_v, xx_t, h_prev, u[t], gate[t], (wx, wh, ws), alpha, sa_rows,
-                                      gc_steps, g_u, gh_buf if need_gh or wh is not None else None)
+                                      gc_steps, g_u, gh_buf if need_gh or wh is not None else None, d_t)
             if grad_pos is not None:
                 torch.sum(g_u, dim=(0, 2), out=grad_pos[t])
+            if d_t is not None:  # a dropped step, chosen on the device: as the branch above
+                # (step attention's rows need nothing: the forward stored a gate of exactly 1 there,
+                # so their gradients, gate * (1 - gate) times the rest, are exactly 0)
+                if grad_pos is not None:
+                    grad_pos[t].masked_fill_(d_t, 0.0)
+                torch.where(d_t, g_v, g_u, out=g_u)
+                if need_gh:
+                    torch.where(d_t, g_v, gh_buf, out=gh_buf)
         g_h = gh_buf
         v_cur, v_prev = v_prev, v_cur
         ns_cur, ns_prev = ns_prev, ns_cur
