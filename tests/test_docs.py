@@ -294,3 +294,30 @@ def test_api_page_names_every_parameter_of_the_reference():
     for name, q in inspect.signature(staa_lif_reference).parameters.items():
         if q.default is not inspect.Parameter.empty:
             assert f"{name}={q.default!r}".replace("'", '"') in m.group(1), f"{name}'s default is not {q.default!r}"
+
+
+def test_convert_reports_shown_are_the_printed_ones():
+    """Each convert report docs/convert.md shows (a text block starting ``staa.convert:`` after a
+    Python block) is what that block prints, line for line."""
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("snntorch")
+    import contextlib
+    import io
+
+    page = ROOT / "docs" / "convert.md"
+    found = blocks(page)
+    ns = {"__name__": "__main__"}
+    checked = 0
+    for i, (lang, line, code, no_run) in enumerate(found):
+        if lang not in ("python", "py") or no_run:
+            continue
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"convert.md:{line}", "exec"), ns)
+        nxt = next((b for b in found[i + 1:] if b[0] in ("python", "py", "text", "")), None)
+        if nxt and nxt[0] in ("text", "") and nxt[2].startswith("staa.convert:"):
+            printed = [ln.rstrip() for ln in out.getvalue().splitlines()]
+            shown = [ln.rstrip() for ln in nxt[2].splitlines()]
+            assert printed[:len(shown)] == shown, f"convert.md:{nxt[1]} shows\n{nxt[2]}\nbut the block prints\n{out.getvalue()}"
+            checked += 1
+    assert checked >= 2, "docs/convert.md shows fewer convert reports than expected"
