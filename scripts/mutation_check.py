@@ -98,7 +98,7 @@ MUTATIONS: List[Mutation] = [
     Mutation("G2", "on a device, a dropped step's GC key gradient joins the weight gradients",
              "staa/ops/torch_impl.py", "g_key_t = _zero_if(dropped, g_key_t)", "g_key_t = g_key_t", GRAPHS),
     Mutation("G3", "a compiled or captured single-step call starts its device counter at 0", "staa/neuron.py",
-             "step = torch.full((), self._t, dtype=torch.long", "step = torch.full((), 0, dtype=torch.long", GRAPHS),
+             "torch.full((), self._t, dtype=torch.long", "torch.full((), 0, dtype=torch.long", GRAPHS),
     # ---- the Triton kernels, one per family (run under TRITON_INTERPRET=1)
     Mutation("K1", "kernels' reset helper fires at V > v_th", "staa/kernels/staa_fwd.py",
              "    s = v >= v_th\n", "    s = v > v_th\n", TRITON, True),
