@@ -321,3 +321,16 @@ def test_convert_reports_shown_are_the_printed_ones():
             assert printed[:len(shown)] == shown, f"convert.md:{nxt[1]} shows\n{nxt[2]}\nbut the block prints\n{out.getvalue()}"
             checked += 1
     assert checked >= 2, "docs/convert.md shows fewer convert reports than expected"
+
+
+def test_readme_first_screen_is_a_front_page():
+    """The README's first screen: install, a quick start with STAALIF and convert for spikingjelly and
+    snnTorch, and its cost quoted from a results file; the two set-up commands as CI runs them."""
+    text = (ROOT / "README.md").read_text()
+    first = "\n".join(text.splitlines()[:60])
+    for piece in ("pip install -e .", "staa.STAALIF(", "spikingjelly", "snntorch", "staa.convert(", "<!-- fig:",
+                  "docs/training.md", "docs/choosing-options.md", "docs/results/"):
+        assert piece in first, f"the README's first 60 lines lack {piece!r}"
+    for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . "
+                    "&& python -m staa", "python3 -m venv .venv && . .venv/bin/activate && bash scripts/test.sh"):
+        assert command in text, f"the README lacks the set-up command {command!r}"
