@@ -49,7 +49,7 @@ REQUIRED = [
     ("docs/convert.md", "docs/results/convert-practice.md", 2),
     ("docs/performance.md", "benchmarks/results/neuron_cpu.json", 6),
     ("docs/performance.md", "benchmarks/results/gpu_graph.md", 2),
-    ("docs/performance.md", "benchmarks/results/traffic.md", 1),
+    ("docs/performance.md", "benchmarks/results/traffic", 1),
 ]
 
 
