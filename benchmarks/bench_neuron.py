@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import statistics
+import shlex
 import subprocess
 import sys
 import time
@@ -238,10 +239,12 @@ def fmt_ms(q):
     return f"{med * 1e3:.1f} ({lo * 1e3:.1f}-{hi * 1e3:.1f})"
 
 
-def write_report(results, info, path_md, path_json, notes):
+def write_report(results, info, path_md, path_json, notes, command=None):
     with open(path_json, "w") as f:
-        json.dump({"machine": info, "notes": notes, "results": results}, f, indent=1)
+        json.dump({"machine": info, "command": command, "notes": notes, "results": results}, f, indent=1)
     lines = ["# STAA-LIF neuron benchmark", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
     lines.append(
         f"Machine: {info.get('gpu') or info['cpu']}, {info['cpu_count']} CPU cores ({info['machine']}), "
         f"torch threads {info['torch_threads']}; Python {info['python']}, torch {info['torch']}, "
@@ -345,7 +348,8 @@ def main(argv=None):
     info["loadavg_start"], info["loadavg_end"] = load0, load1
     stem = args.out or os.path.join(HERE, "results", f"neuron_{device.type}")
     os.makedirs(os.path.dirname(stem), exist_ok=True)
-    write_report(results, info, stem + ".md", stem + ".json", notes)
+    command = " ".join(["python benchmarks/bench_neuron.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    write_report(results, info, stem + ".md", stem + ".json", notes, command)
     print(f"wrote {stem}.md and {stem}.json")
 
 

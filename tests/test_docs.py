@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-SNIPPET_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
+SNIPPET_PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^( *)```(\S*)\s*$")
 NO_RUN = re.compile(r"^\s*<!--\s*snippet:\s*no-run\b.*-->\s*$")
@@ -279,3 +279,58 @@ def test_api_page_shows_the_current_signature():
               for q in list(inspect.signature(staa.STAALIF.__init__).parameters.values())[1:]]
     actual = str(inspect.Signature(params)).replace("'", '"')
     assert shown == actual, f"docs/api.md shows\n  {shown}\nbut the constructor is\n  {actual}"
+
+
+def test_api_page_names_every_parameter_of_the_reference():
+    """docs/api.md's line for staa_lif_reference lists its parameters in order, with their defaults."""
+    from staa.reference import staa_lif_reference
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    m = re.search(r"`staa_lif_reference\((.*?)\)`", text)
+    assert m, "docs/api.md does not show staa_lif_reference(...)"
+    shown = [p.strip().split("=")[0] for p in m.group(1).split(",") if p.strip() not in ("*", "")]
+    actual = list(inspect.signature(staa_lif_reference).parameters)
+    assert shown == actual, f"docs/api.md shows {shown}, the function takes {actual}"
+    for name, q in inspect.signature(staa_lif_reference).parameters.items():
+        if q.default is not inspect.Parameter.empty:
+            assert f"{name}={q.default!r}".replace("'", '"') in m.group(1), f"{name}'s default is not {q.default!r}"
+
+
+def test_convert_reports_shown_are_the_printed_ones():
+    """Each convert report docs/convert.md shows (a text block starting ``staa.convert:`` after a
+    Python block) is what that block prints, line for line."""
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("snntorch")
+    import contextlib
+    import io
+
+    page = ROOT / "docs" / "convert.md"
+    found = blocks(page)
+    ns = {"__name__": "__main__"}
+    checked = 0
+    for i, (lang, line, code, no_run) in enumerate(found):
+        if lang not in ("python", "py") or no_run:
+            continue
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"convert.md:{line}", "exec"), ns)
+        nxt = next((b for b in found[i + 1:] if b[0] in ("python", "py", "text", "")), None)
+        if nxt and nxt[0] in ("text", "") and nxt[2].startswith("staa.convert:"):
+            printed = [ln.rstrip() for ln in out.getvalue().splitlines()]
+            shown = [ln.rstrip() for ln in nxt[2].splitlines()]
+            assert printed[:len(shown)] == shown, f"convert.md:{nxt[1]} shows\n{nxt[2]}\nbut the block prints\n{out.getvalue()}"
+            checked += 1
+    assert checked >= 2, "docs/convert.md shows fewer convert reports than expected"
+
+
+def test_readme_first_screen_is_a_front_page():
+    """The README's first screen: install, a quick start with STAALIF and convert for spikingjelly and
+    snnTorch, and its cost quoted from a results file; the two set-up commands as CI runs them."""
+    text = (ROOT / "README.md").read_text()
+    first = "\n".join(text.splitlines()[:60])
+    for piece in ("pip install -e .", "staa.STAALIF(", "spikingjelly", "snntorch", "staa.convert(", "<!-- fig:",
+                  "docs/training.md", "docs/choosing-options.md", "docs/results/"):
+        assert piece in first, f"the README's first 60 lines lack {piece!r}"
+    for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . "
+                    "&& python -m staa", "python3 -m venv .venv && . .venv/bin/activate && bash scripts/test.sh"):
+        assert command in text, f"the README lacks the set-up command {command!r}"

@@ -1,5 +1,6 @@
 """The training examples under docs/examples/ run: a few steps on tiny data, so they cannot rot."""
 import gzip
+import json
 import os
 import re
 import struct
@@ -39,8 +40,13 @@ def _import_train_fmnist():
 def test_train_fmnist_runs_saves_and_reloads(tmp_path):
     ckpt = tmp_path / "model.pt"
     out = _run("train_fmnist.py", "--random-data", "--steps", "3", "--train-size", "192", "--test-size", "64",
-               "--batch", "32", "--channels", "4", "--threads", "1", "--log-every", "1", "--checkpoint", str(ckpt))
+               "--batch", "32", "--channels", "4", "--threads", "1", "--log-every", "1", "--checkpoint", str(ckpt),
+               "--results", str(tmp_path / "run.json"))
     assert len(re.findall(r"step \d+: loss", out)) == 3
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["command"].startswith("python docs/examples/train_fmnist.py --random-data --steps 3")
+    assert record["commit"] and record["machine"]["cpu"] and record["results"]["steps"] == 3
+    assert 0 <= record["results"]["test_accuracy"] <= 1
     m = re.search(r"reloaded model: test accuracy ([0-9.]+) \(same\)", out)
     assert m, out
     # the checkpoint rebuilds the model without the script's arguments
@@ -90,9 +96,12 @@ def test_train_fmnist_on_the_real_files(tmp_path):
 
 @requires_spikingjelly
 @pytest.mark.slow
-def test_convert_spikingjelly_example_trains():
+def test_convert_spikingjelly_example_trains(tmp_path):
     out = _run("convert_spikingjelly.py", "--random-data", "--steps", "3", "--batch", "16", "--test-size", "32",
-               "--threads", "1")
+               "--threads", "1", "--results", str(tmp_path / "run.json"))
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["command"].endswith("--results " + str(tmp_path / "run.json"))
+    assert record["results"]["steps"] == 3 and "replaced 2 node(s)" in record["results"]["report"]
     assert "replaced 2 node(s) with STAALIF, skipped 1" in out
     assert "classifier.2" in out and "excluded" in out
     assert len(re.findall(r"step \d+: loss", out)) == 1  # step 3 is the last one

@@ -25,7 +25,7 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 import staa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_fmnist import DEFAULT_DATA, batches, encode, load_fmnist, random_data  # noqa: E402
+from train_fmnist import DEFAULT_DATA, batches, encode, load_fmnist, random_data, write_results  # noqa: E402
 
 
 class CSNN(nn.Module):
@@ -59,6 +59,7 @@ def main(argv=None):
     p.add_argument("--T", type=int, default=4, help="time steps (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default=None, help="also write the figures as JSON here, with command, commit, machine")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     if args.threads:
@@ -82,6 +83,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     step = 0
+    losses = {}
     while step < args.steps:
         for img, label in batches(tr_x, tr_y, args.batch, shuffle=True, generator=g):
             net.train()
@@ -92,6 +94,7 @@ def main(argv=None):
             functional.reset_net(net)  # resets STAALIF and the remaining LIF node alike
             step += 1
             if step % 20 == 0 or step == args.steps:
+                losses[step] = loss.item()
                 print(f"step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
             if step >= args.steps:
                 break
@@ -103,7 +106,12 @@ def main(argv=None):
             correct += (net(encode(img, args.T, "direct")).argmax(1) == label).sum().item()
             functional.reset_net(net)
     acc = correct / len(te_x)
-    print(f"test accuracy after {step} steps: {acc:.4f} on {len(te_x)} images ({time.perf_counter() - t0:.0f} s)")
+    seconds = time.perf_counter() - t0
+    print(f"test accuracy after {step} steps: {acc:.4f} on {len(te_x)} images ({seconds:.0f} s)")
+    if args.results:
+        write_results(args.results, "convert_spikingjelly.py",
+                      {"steps": step, "test_images": len(te_x), "test_accuracy": acc, "seconds": seconds,
+                       "loss_at_step": losses, "report": str(net.staa_report)})
     return acc
 
 

@@ -12,9 +12,14 @@ step still runs. Needs only torch and staa. See docs/training.md for what each p
 from __future__ import annotations
 
 import argparse
+import datetime
 import gzip
+import json
 import os
+import platform
+import shlex
 import struct
+import subprocess
 import sys
 import time
 
@@ -190,8 +195,9 @@ def train(args) -> dict:
                 break
         sched.step()
         train_s = time.perf_counter() - t0
+        train_acc = correct / max(seen, 1)
         acc = evaluate(model, te_x, te_y, args)
-        print(f"epoch {epoch + 1}: train accuracy {correct / max(seen, 1):.4f}, test accuracy {acc:.4f}, "
+        print(f"epoch {epoch + 1}: train accuracy {train_acc:.4f}, test accuracy {acc:.4f}, "
               f"{train_s:.0f} s of training so far")
         if args.steps and step >= args.steps:
             break
@@ -207,7 +213,38 @@ def train(args) -> dict:
     print(f"saved {args.checkpoint}; reloaded model: test accuracy {reloaded:.4f}"
           + (" (same)" if reloaded == acc else f" (differs from {acc:.4f}!)"))
     print(f"{step} steps in {total_s:.0f} s")
-    return {"steps": step, "test_accuracy": acc, "reloaded_accuracy": reloaded, "seconds": total_s}
+    result = {"steps": step, "test_accuracy": acc, "reloaded_accuracy": reloaded, "seconds": total_s,
+              "train_seconds": train_s, "train_accuracy": train_acc}
+    if args.results:
+        write_results(args.results, "train_fmnist.py", result)
+    return result
+
+
+def write_results(path: str, script: str, result: dict) -> None:
+    """``result`` as JSON at ``path``, with the command, the commit and the machine that produced it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    record = {
+        "command": " ".join(["python", f"docs/examples/{script}", *map(shlex.quote, sys.argv[1:])]),
+        "commit": commit,
+        "machine": {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "staa": getattr(staa, "__version__", "unknown")},
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "results": result,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {path}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=100, help="print the loss every N steps (default 100)")
     p.add_argument("--checkpoint", default="fmnist_staa.pt", help="where to save the model (default fmnist_staa.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--results", default=None, help="also write the figures as JSON here, with command, commit, machine")
     return p
 
 

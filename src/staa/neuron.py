@@ -68,8 +68,10 @@ class STAALIF(nn.Module):
         sa_init_bias: the value step attention's ``fc2.bias`` starts at; ``None`` (default) keeps
             ``nn.Linear``'s initialisation, where the gate σ(...) starts near 0.5 and halves V. A
             value of 3 starts the gate near 0.95, so a new layer passes its input on almost
-            unchanged; ``staa.convert`` uses 3 (networks without BatchNorm before their neurons
-            lose their activity when every layer halves it). The state dict is the same.
+            unchanged. ``staa.convert`` chooses per node: 3 where no normalisation layer runs just
+            before the neuron (networks without BatchNorm there lose their activity when every layer
+            halves it), ``None`` right after a BatchNorm/GroupNorm/LayerNorm layer. The state dict
+            is the same.
         device, dtype: of the parameters; ``dtype`` a floating-point dtype.
 
     Shapes: output spikes have the input's shape, dtype and memory format. The state is kept

@@ -46,8 +46,14 @@ def convert(
     dry_run: bool = False,
     **staalif_options,
 ):
-    r"""Replace spikingjelly LIF / PLIF / IF nodes (or snnTorch ``Leaky`` neurons) in ``model`` with
-    :class:`staa.STAALIF`, in place.
+    r"""Replace the LIF neurons of a spikingjelly or snnTorch model with :class:`staa.STAALIF`, in place.
+
+    Two frameworks: spikingjelly (LIF / PLIF / IF nodes, 2.x and 0.0.0.0.14) and snnTorch 1.0
+    (``snntorch.Leaky``). Neither is imported by ``staa``; the model's own neurons tell which.
+    Example (snnTorch: ``example_input`` is one step ``[B, C, H, W]`` and ``T`` is needed)::
+
+        net = staa.convert(net, torch.zeros(1, 1, 28, 28), T=10)
+        print(net.staa_report)
 
     Recognised (by class identity, only if spikingjelly is already imported):
     ``spikingjelly.activation_based.neuron.{LIFNode, ParametricLIFNode, IFNode}`` (2.x and

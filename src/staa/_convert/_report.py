@@ -83,7 +83,7 @@ class ConvertReport:
             rows = [("module", "class", "reason")] + [(display(s.name), short_class(s.cls), s.reason) for s in self.skipped]
             lines += aligned_rows(rows, indent="  ")
         if self.flat:
-            lines.append("no spatial positions (input [T, B, C], e.g. after a Linear layer):")
+            lines.append("no spatial positions (input [T, B, C], or [B, C] per step; e.g. after a Linear layer):")
             rows = [("module", "C", "params STAA adds", "")]
             for f in self.flat:
                 rows.append((display(f.name), f.channels, f"{f.added_params:,}", "converted" if f.converted else "kept"))
