@@ -467,7 +467,7 @@ def write_docs(text: str, doc: str = DOC) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--compare", nargs="+", metavar="FILE", help="a GPU run's neuron.json / graph.md / profile.md")
+    ap.add_argument("--compare", nargs="*", metavar="FILE", help="a GPU run's neuron.json / graph.md / profile.md")
     ap.add_argument("--counts", default=os.path.join(RESULTS, "cost_counts.json"),
                     help="the meter's counts (written by --count, read otherwise)")
     ap.add_argument("--count", action="store_true", help="count the user shapes with the meter first (slow)")
@@ -517,6 +517,9 @@ def main(argv=None) -> int:
         print("\n".join(lines))
         return 0
 
+    if ns.compare is not None and not ns.compare:
+        print("--compare: no result files of this run (the benchmark steps wrote none)", file=sys.stderr)
+        return 1
     if ns.count or not os.path.exists(ns.counts):
         if ns.compare:
             print(f"no counts at {ns.counts}: run `python benchmarks/cost_model.py --count` first", file=sys.stderr)
@@ -551,6 +554,9 @@ def main(argv=None) -> int:
     pred = prediction_rows(rows, USER_SHAPES, ("float32", "bfloat16"), ("per_step", "persistent"), ns.device, auto,
                            host_from(ns.host))
     if ns.compare:
+        print(f"Cost model ({ns.device}; counts: {tree_label}, {os.path.basename(ns.counts)}; constants: T_RT "
+              f"{T_RT * 1e6:.1f} µs, T_DEV {T_DEV * 1e6:.1f} µs, T_TRI {T_TRI * 1e6:.0f} µs, T_DRV {T_DRV * 1e6:.0f} µs, "
+              f"T_OP {T_OP * 1e6:.0f} µs, {DEVICES[ns.device]['bw'] / 1e12:.2f} TB/s) beside this run's figures:\n")
         print("\n".join(compare(ns.compare, pred)))
         return 0
     rule = rule_from_model(rows, USER_SHAPES, ns.device, host_from(ns.host))

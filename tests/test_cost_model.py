@@ -136,3 +136,8 @@ def test_host_from_host_cost_results(tmp_path):
         dict(tree="new", path="persistent", median_us=dict(total=200.0))])))
     assert cm.host_from(str(f)) == {"per_step": pytest.approx(6e-4), "persistent": pytest.approx(2e-4)}
     assert cm.host_from(None) == {}
+
+
+def test_compare_with_no_files_fails_clearly(capsys):
+    assert cm.main(["--compare"]) == 1
+    assert "no result files" in capsys.readouterr().err
