@@ -475,7 +475,9 @@ def main(argv=None) -> int:
                     help="count b10c880's kernels with this meter and predict its GPU run")
     ap.add_argument("--tree", default=None, metavar="REV",
                     help="with --count: count this git revision's kernels (git archive) instead of this tree's")
-    ap.add_argument("--device", default="H200", choices=list(DEVICES))
+    # gpu_check.sh exports the run's device name (STAA_DEVICE): an H100 run is compared with the H100 constants
+    ap.add_argument("--device", default="H100" if "H100" in os.environ.get("STAA_DEVICE", "") else "H200",
+                    choices=list(DEVICES))
     ap.add_argument("--out", default=os.path.join(RESULTS, "cost_model"), help="path stem of the .md/.json")
     ap.add_argument("--host", default=None, metavar="JSON",
                     help="benchmarks/host_cost.py results: the measured launcher + binding time per layer "
