@@ -35,7 +35,7 @@ Each source tree runs in a worker process of its own, with a copy of its ``src/s
 repository (extracted with ``git archive``) or a directory holding ``src/staa`` and ``kernels``.
 
     python benchmarks/host_cost.py --docs                     # 61802d0 against this tree -> results + docs
-    python benchmarks/host_cost.py --trees 61802d0 . --rounds 2 --samples 2 --warmup 1 --out /tmp/hc
+    python benchmarks/host_cost.py --trees 61802d0 . --rounds 2 --samples 2 --warmup 1 --out /tmp/hc  # a smoke run
     python benchmarks/host_cost.py --docs-from benchmarks/results/host_cost.json   # docs section only
 
 Writes ``benchmarks/results/host_cost.{md,json}`` (``--out`` stem); ``--docs`` also rewrites the
@@ -621,7 +621,8 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability the binder is built for")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--samples", type=int, default=25, help="samples per path per round")
-    ap.add_argument("--warmup", type=int, default=3, help="warm-up blocks per path (4 samples each)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="warm-up blocks per path (4 samples each; at least 1: the first builds the binders)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="path stem of the .md and .json results")
     ap.add_argument("--docs", action="store_true", help="also rewrite the generated section of docs/triton.md")
     ap.add_argument("--docs-from", default=None, metavar="JSON",
@@ -633,8 +634,9 @@ def main(argv=None) -> int:
         print(f"rewrote the host-cost section of {DOC}", file=sys.stderr)
         return 0
     shape = tuple(int(s) for s in ns.shape.split(","))
-    if len(shape) < 3 or min(shape) < 1 or ns.rounds < 1 or ns.samples < 1 or ns.warmup < 0:
-        ap.error("--shape needs T,B,C[,H,W] >= 1; --rounds and --samples >= 1, --warmup >= 0")
+    if len(shape) < 3 or min(shape) < 1 or ns.rounds < 1 or ns.samples < 1 or ns.warmup < 1:
+        # without a warm-up block, the first sample would time building each kernel's binder
+        ap.error("--shape needs T,B,C[,H,W] >= 1; --rounds, --samples and --warmup >= 1")
     with tempfile.TemporaryDirectory(prefix="host_cost_") as tmp:
         trees = [prepare_tree(spec, tmp) for spec in ns.trees]
         labels = [t["label"] for t in trees]

@@ -72,7 +72,7 @@ def test_every_allocation_and_op_is_attributed(blocks):
 def test_two_trees_side_by_side(tmp_path):
     out = tmp_path / "hc"
     res = subprocess.run([sys.executable, os.path.join(BENCH, "host_cost.py"), "--trees", ROOT, ROOT,
-                          "--paths", "per_step", "--rounds", "2", "--samples", "1", "--warmup", "0",
+                          "--paths", "per_step", "--rounds", "2", "--samples", "1", "--warmup", "1",
                           "--shape", "2,1,8,2,2", "--out", str(out)],
                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
