@@ -11,6 +11,8 @@ with triton's bundled ``ptxas -v`` to read registers and spills.
     python benchmarks/compile_kernels.py --out FILE.md
     python benchmarks/compile_kernels.py --persistent     # only the persistent kernels'
                                                           # configurations (their own table)
+    python benchmarks/compile_kernels.py --kernels staa_bwd_weights_kernel --out FILE.md
+                                                          # only these kernels' configurations
 
 The forward runs once per layer shape and option set; the backward once per surrogate kind
 (``staa.surrogate.SURROGATE_KINDS``), since only the backward kernels specialise on the kind.
@@ -66,6 +68,11 @@ def _params(C, opt, torch):
     return pos, gcx, gch, sa
 
 
+# The parameter-gradient kernels, which are also recorded at batch WEIGHT_BATCH.
+WEIGHT_KERNELS = ("staa_bwd_weights_kernel", "staa_bwd_weights_sum_kernel")
+WEIGHT_BATCH = 64
+
+
 def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
     """Run the launchers on CPU tensors for each ``((C, H, W), options, dtype name)`` with
     launches recorded instead of run; returns the distinct launches.
@@ -96,11 +103,14 @@ def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
             binders[kernel] = create_function_from_signature(kernel.signature, kernel.params, backend)
         if only is not None and kernel.__name__ not in only:
             return
+        if weights_only[0] and kernel.__name__ not in WEIGHT_KERNELS:
+            return
         _, spec, _ = binders[kernel](*args, **kwargs)
         key = (kernel.__name__, repr(spec), kwargs.get("num_warps"))
         seen.setdefault(key, (kernel, args, dict(kwargs), ctx_label[0]))
 
     ctx_label = [""]
+    weights_only = [False]
     launch.launch_hook = hook
     try:
         for (C, H, W), opt, dtype in combos:
@@ -121,6 +131,15 @@ def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
             for kind in kinds:
                 launch.staa_lif_backward(torch.zeros_like(x), ghl, x, drop, h0, pos, gcx, gch, sa, u, gate, **kw,
                                          surrogate=kind, surrogate_param=DEFAULT_PARAM[kind], path=path)
+            # The parameter-gradient passes also specialise on the row ranges (pass 2 adds up to
+            # 64 per element), which grow with the batch: record them at a training batch too.
+            weights_only[0] = True
+            xb = torch.zeros(3, WEIGHT_BATCH, C, P, dtype=x.dtype)
+            ub, gb = torch.zeros(xb.shape, dtype=cd), torch.full((3, WEIGHT_BATCH, C), 0.5, dtype=cd)
+            h0b = torch.zeros(WEIGHT_BATCH, C, P, dtype=cd) if h0 is not None else None
+            launch.staa_lif_backward(torch.zeros_like(xb), h0b, xb, drop, h0b, pos, gcx, gch, sa, ub, gb, **kw,
+                                     surrogate=kinds[0], surrogate_param=DEFAULT_PARAM[kinds[0]], path=path)
+            weights_only[0] = False
     finally:
         launch.launch_hook = None
     return list(seen.values())
@@ -184,6 +203,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="table path (default: benchmarks/results/kernel_compile_sm90.md, "
                                                 "or kernel_compile_sm90_persistent.md with --persistent)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability to compile for")
+    ap.add_argument("--kernels", nargs="+", default=None, metavar="NAME",
+                    help="compile only these kernels' configurations (e.g. the ones a change touched)")
+    ap.add_argument("--options", nargs="+", default=None, choices=[o["name"] for o in OPTIONS],
+                    help="only these option sets (default: all)")
     ns = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: the interpreter does not compile kernels", file=sys.stderr)
@@ -205,12 +228,14 @@ def main(argv=None) -> int:
     if ns.quick:
         combos = [c for c in QUICK if c[0] in shapes]
     else:
-        combos = [(shape, opt, dt) for shape in shapes for opt in OPTIONS for dt in ("float32", "bfloat16")]
+        combos = [(shape, opt, dt) for shape in shapes for opt in OPTIONS for dt in ("float32", "bfloat16")
+                  if ns.options is None or opt["name"] in ns.options]
     if ns.persistent:
+        only = {"staa_fwd_persistent_kernel", "staa_bwd_persistent_kernel"}
         launches = record_launches(combos, path="persistent", store_v=(False, True),
-                                   only={"staa_fwd_persistent_kernel", "staa_bwd_persistent_kernel"})
+                                   only=only & set(ns.kernels) if ns.kernels else only)
     else:
-        launches = record_launches(combos)
+        launches = record_launches(combos, only=set(ns.kernels) if ns.kernels else None)
     rows, failures = [], 0
     t0 = time.time()
     for kernel, args, kwargs, label in launches:
@@ -241,7 +266,9 @@ def main(argv=None) -> int:
         f.write(f"Compiled on: {platform.machine()} CPU machine ({os.cpu_count()} cores, no GPU), "
                 f"triton {triton.__version__}, torch {torch.__version__}, with triton's bundled ptxas; "
                 f"`python benchmarks/compile_kernels.py{' --quick' if ns.quick else ''}"
-                f"{' --persistent' if ns.persistent else ''}` in {dt:.0f} s.\n\n")
+                f"{' --persistent' if ns.persistent else ''}"
+                f"{(' --kernels ' + ' '.join(ns.kernels)) if ns.kernels else ''}"
+                f"{(' --options ' + ' '.join(ns.options)) if ns.options else ''}` in {dt:.0f} s.\n\n")
         f.write(f"{len(rows)} distinct configurations, {failures} failed to compile, {spilling} spill registers "
                 "to local memory (bytes per thread in the last two columns).\n"
                 "The first layer shape/options that produced a configuration labels it; launches that "

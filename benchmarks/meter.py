@@ -23,6 +23,22 @@ distinct bytes
 total bytes
     Every load and store lane of every program, re-reads included (masked-off lanes left out).
 
+Per kernel it also counts what bounds a launch's latency rather than its bytes (``chains``):
+
+grid
+    The launch's programs (the largest grid over the kernel's launches).
+block loads per program
+    The ``tl.load`` calls one program issues, each a block of addresses fetched together; the
+    largest over the kernel's programs and launches. The interpreter runs a launch's programs one
+    after another (``InterpreterBuilder.set_grid_idx`` marks each start), so this is the chain of
+    memory round trips one program makes in order on a GPU, the part of its latency that more
+    programs cannot hide.
+atomics
+    Atomic operations (``create_atomic_*``); the route must issue none (``measure`` raises).
+
+``chain_rows`` measures these at a base shape and with B and the plane each x16
+(``CHAIN_SHAPES``); ``--chains`` writes that table.
+
 "Glue ops" are the torch operations the module itself dispatches around the op (drawing the
 TSRD mask, reshapes, autograd), counted the same way, outside the launchers.
 
@@ -45,6 +61,7 @@ traffic; it never reports zeros.
 
     TRITON_INTERPRET=1 python benchmarks/meter.py                 # -> benchmarks/results/traffic.{md,json}
     TRITON_INTERPRET=1 python benchmarks/meter.py --shapes test --dtypes float32 --out -   # one row, to stdout
+    TRITON_INTERPRET=1 python benchmarks/meter.py --chains        # -> benchmarks/results/chains.{md,json}
 """
 from __future__ import annotations
 
@@ -78,6 +95,18 @@ SHAPES = {
     "fc": (4, 2, 1024),
     "test": (4, 1, 8, 3, 3),  # the shape tests/test_meter.py re-measures against the committed table
 }
+# The shapes of the chain table: a base where every reduction whose length grows with B or the
+# plane spans more than one block (2 plane tiles per sample in the MLP kernels' tile sums; T*B = 18
+# rows, 2 blocks of 16, in the weight-matrix and bias sums; T*B*NP = 36 key-gradient rows in 2 row
+# ranges; B*NP = 18 rows, 2 blocks, per position-encoding row), then B x16 and the plane x16
+# (17x17 -> 68x68). T*B is kept small because the interpreter's time grows with T*B*NP.
+CHAIN_SHAPES = {
+    "base": (2, 9, 16, 17, 17),
+    "B x16": (2, 144, 16, 17, 17),
+    "P x16": (2, 9, 16, 68, 68),
+}
+CHAIN_LIMIT = 1.5  # largest allowed growth of a kernel's block loads per program at x16
+PERSISTENT_KERNELS = ("staa_fwd_persistent_kernel", "staa_bwd_persistent_kernel")
 DTYPES = ("float32", "bfloat16")
 PATHS = ("per_step", "persistent")
 PHASES = ("forward", "backward")
@@ -86,6 +115,10 @@ FIGURES = ("launches", "ops", "distinct_bytes", "total_bytes", "plane_bytes")
 
 class MeterHookError(RuntimeError):
     """The interpreter internals the meter hooks are missing or do not see the kernels' traffic."""
+
+
+class AtomicsError(RuntimeError):
+    """An atomic operation ran on the Triton route (the gradients must not depend on program order)."""
 
 
 aten = torch.ops.aten
@@ -149,6 +182,8 @@ class _Tally:
         self.total_bytes = 0
         self.plane_bytes = 0  # distinct bytes in plane storages (see _storages)
         self.kernel_bytes = {}  # kernel -> [distinct, plane] bytes over its launches
+        self.chains = {}  # kernel -> dict(launches, grid, programs, max_loads)
+        self.atomics = Counter()  # kernel -> atomic operations
 
     def figures(self) -> dict:
         return dict(launches=self.launches, ops=sum(self.ops.values()), distinct_bytes=self.distinct_bytes,
@@ -157,6 +192,7 @@ class _Tally:
     def detail(self) -> dict:
         return dict(kernels=dict(sorted(self.kernels.items())), ops=dict(sorted(self.ops.items())),
                     kernel_bytes={k: dict(distinct=v[0], plane=v[1]) for k, v in sorted(self.kernel_bytes.items())},
+                    chains=dict(sorted(self.chains.items())), atomics=dict(sorted(self.atomics.items())),
                     excluded=dict(sorted(self.excluded.items())))
 
 
@@ -203,10 +239,13 @@ class _OpMode(TorchDispatchMode):
 class Meter:
     """Installs the interpreter hooks (``with Meter() as m``) and counts ``m.measure(...)``."""
 
-    def __init__(self, calibrate: bool = True):
+    def __init__(self, calibrate: bool = True, count_bytes: bool = True):
+        """``count_bytes=False``: count launches, grids, block loads and atomics only (much faster
+        on large shapes; the byte figures are then 0)."""
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise MeterHookError("the meter needs TRITON_INTERPRET=1 set before triton is imported")
         self.calibrate_on_enter = calibrate
+        self.count_bytes = count_bytes
         self.in_launch = False
         self.watching = False
         self.syncs: list[str] = []
@@ -224,7 +263,8 @@ class Meter:
             raise MeterHookError(f"cannot import triton.runtime.interpreter: {exc!r}") from exc
         targets = [(interp, "GridExecutor", "__call__")] + [
             (interp, "InterpreterBuilder", n) for n in
-            ("create_masked_load", "create_masked_store", "create_atomic_rmw", "create_atomic_cas")]
+            ("create_masked_load", "create_masked_store", "create_atomic_rmw", "create_atomic_cas", "set_grid_idx",
+             "set_grid_dim")]
         missing = [f"{c}.{n}" for mod, c, n in targets
                    if not hasattr(mod, c) or not callable(getattr(getattr(mod, c), n, None))]
         if missing:
@@ -250,7 +290,8 @@ class Meter:
                     raise MeterHookError("nested launch")
                 name = getattr(ex.fn, "__name__", "?")
                 meter.in_launch = True
-                meter._launch = dict(addrs={}, total=0, storages=meter._storages(args, kwargs))
+                meter._launch = dict(addrs={}, total=0, storages=meter._storages(args, kwargs) if meter.count_bytes
+                                     else [], grid=None, loads=0, max_loads=0, programs=0, atomics=0)
                 try:
                     return orig(ex, *args, **kwargs)
                 finally:
@@ -262,8 +303,30 @@ class Meter:
         def load(orig):
             def create_masked_load(b, ptrs, mask, *args, **kwargs):
                 meter._access(ptrs, mask, 1)
+                meter._launch["loads"] += 1
                 return orig(b, ptrs, mask, *args, **kwargs)
             return create_masked_load
+
+        def grid_idx(orig):
+            def set_grid_idx(b, *idx):
+                meter._next_program()
+                return orig(b, *idx)
+            return set_grid_idx
+
+        def grid_dim(orig):
+            def set_grid_dim(b, *dims):
+                if meter._launch is not None:
+                    meter._launch["grid"] = [int(d) for d in dims]
+                return orig(b, *dims)
+            return set_grid_dim
+
+        def atomic(orig, name):
+            def counted(b, *args, **kwargs):
+                if meter._launch is not None:
+                    meter._launch["atomics"] += 1
+                return orig(b, *args, **kwargs)
+            counted.__name__ = name
+            return counted
 
         def store(orig):
             def create_masked_store(b, ptrs, value, mask, *args, **kwargs):
@@ -275,19 +338,25 @@ class Meter:
             def create_atomic_rmw(b, op, ptr, val, mask, *args, **kwargs):
                 meter._access(ptr, mask, 2)  # read and write
                 return orig(b, op, ptr, val, mask, *args, **kwargs)
-            return create_atomic_rmw
+            return atomic(create_atomic_rmw, "create_atomic_rmw")
 
         def cas(orig):
             def create_atomic_cas(b, ptr, *args, **kwargs):
                 meter._access(ptr, None, 2)
                 return orig(b, ptr, *args, **kwargs)
-            return create_atomic_cas
+            return atomic(create_atomic_cas, "create_atomic_cas")
 
         patch(GE, "__call__", grid_call)
         patch(IB, "create_masked_load", load)
         patch(IB, "create_masked_store", store)
         patch(IB, "create_atomic_rmw", rmw)
         patch(IB, "create_atomic_cas", cas)
+        for name in ("create_atomic_load", "create_atomic_store", "create_atomic_poll"):  # newer releases
+            if callable(getattr(IB, name, None)):
+                patch(IB, name, lambda orig, _n=name: atomic(orig, _n))
+        patch(IB, "set_grid_idx", grid_idx)
+        patch(IB, "set_grid_dim", grid_dim)
+        self._skip_repatching(interp)
         self._patch_cuda_sync()
         try:
             if self.calibrate_on_enter:
@@ -325,10 +394,48 @@ class Meter:
             setattr(torch.Tensor, name, wrap(orig, f"Tensor.{name}"))
             self._undo.append((torch.Tensor, name, orig))
 
+    def _skip_repatching(self, interp):
+        """Speed only: the interpreter re-patches triton.language on every call of a
+        ``@triton.jit`` helper inside a kernel (``_patch_lang``, about a third of its time here).
+        Within a launch the language modules are already patched, and the nested scopes are never
+        restored, so a repeated patch of the same modules changes nothing: skip it."""
+        orig = getattr(interp, "_patch_lang", None)
+        scope_cls = getattr(interp, "_LangPatchScope", None)
+        if orig is None or scope_cls is None:
+            return  # another release: no shortcut, the counts are the same
+        meter = self
+
+        def _patch_lang(fn):
+            rec = meter._launch
+            langs = {id(v) for v in fn.__globals__.values()
+                     if isinstance(v, type(os)) and v in (interp.tl, interp.tl.core)}
+            if rec is not None and langs and langs <= rec.setdefault("patched", set()):
+                return scope_cls()  # nothing to restore
+            scope = orig(fn)
+            if rec is not None:
+                rec["patched"] |= langs
+            return scope
+
+        interp._patch_lang = _patch_lang
+        self._undo.append((interp, "_patch_lang", orig))
+
+    def _next_program(self):
+        """A program of the current launch starts: close the previous one's load count."""
+        rec = self._launch
+        if rec is None:
+            raise MeterHookError("a program started outside a counted launch: the launch hook is not live")
+        if rec["programs"]:
+            rec["max_loads"] = max(rec["max_loads"], rec["loads"])
+        rec["loads"] = 0
+        rec["programs"] += 1
+
     def _access(self, ptrs, mask, times: int):
         rec = self._launch
         if rec is None:
             raise MeterHookError("a kernel load/store ran outside a counted launch: the launch hook is not live")
+        if not self.count_bytes:
+            rec["total"] += 1  # only whether the launch touched memory at all
+            return
         p = np.asarray(ptrs.data)
         if mask is not None:
             m = np.broadcast_to(np.asarray(mask.data, dtype=bool), p.shape)
@@ -352,6 +459,7 @@ class Meter:
         return sorted(out.values())
 
     def _finish_launch(self, name, rec):
+        rec["max_loads"] = max(rec["max_loads"], rec["loads"])
         distinct = plane = 0
         starts = np.array([s for s, _, _ in rec["storages"]], dtype=np.uint64)
         ends = np.array([e for _, e, _ in rec["storages"]], dtype=np.uint64)
@@ -365,8 +473,11 @@ class Meter:
                 inside = np.zeros(u.size, dtype=bool)
                 inside[ok] = (u[ok] < ends[i[ok]]) & is_plane[i[ok]]
                 plane += size * int(inside.sum())
-        if distinct == 0:
+        if (distinct if self.count_bytes else rec["total"]) == 0:
             raise MeterHookError(f"launch of {name} recorded no loads or stores: the load/store hooks are not live")
+        if rec["grid"] is None or rec["programs"] != int(np.prod(rec["grid"])):
+            raise MeterHookError(f"launch of {name}: {rec['programs']} programs counted for grid {rec['grid']}: "
+                                 "the set_grid_idx/set_grid_dim hooks are not live")
         if self.phase is None:
             raise MeterHookError(f"launch of {name} outside a metered phase")
         t = self.tallies[self.phase]
@@ -378,6 +489,13 @@ class Meter:
         kb = t.kernel_bytes.setdefault(name, [0, 0])
         kb[0] += int(distinct)
         kb[1] += int(plane)
+        ch = t.chains.setdefault(name, dict(launches=0, grid=rec["grid"], programs=0, max_loads=0))
+        ch["launches"] += 1
+        if int(np.prod(rec["grid"])) > ch["programs"]:
+            ch["programs"], ch["grid"] = int(np.prod(rec["grid"])), rec["grid"]
+        ch["max_loads"] = max(ch["max_loads"], rec["max_loads"])
+        if rec["atomics"]:
+            t.atomics[name] += rec["atomics"]
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self):
@@ -409,19 +527,37 @@ class Meter:
         s = torch.full((1,), 0.5)
         f = torch.arange(grid, dtype=torch.int8)
         w = torch.zeros(grid)
+        @triton.jit
+        def _meter_atomic_calibration_kernel(c_ptr):
+            tl.atomic_add(c_ptr + tl.program_id(0) * 0, 1.0)
+
+        counter = torch.zeros(1)
         saved, self.phase = self.phase, "_calibration"
+        saved_bytes, self.count_bytes = self.count_bytes, True
         self.tallies["_calibration"] = _Tally()
         try:
             _meter_calibration_kernel[(grid,)](x, y, s, f, w, n, BLOCK=block)
             t = self.tallies.pop("_calibration")
+            self.tallies["_calibration"] = _Tally()
+            _meter_atomic_calibration_kernel[(3,)](counter)
+            ta = self.tallies.pop("_calibration")
         finally:
             self.phase = saved
+            self.count_bytes = saved_bytes
             self.tallies.pop("_calibration", None)
         want = dict(launches=1, distinct_bytes=8 * n + 4 + grid + 4 * grid, total_bytes=12 * n + 9 * grid)
         got = {k: t.figures()[k] for k in want}
         if got != want or not torch.equal(y, 2 * x) or not torch.equal(w, f.float() + 0.5):
             raise MeterHookError(f"calibration kernel counted {got}, expected {want}: the interpreter's "
                                  "load/store path no longer goes through the hooked methods")
+        chain = t.chains.get("_meter_calibration_kernel")
+        want_chain = dict(launches=1, grid=[grid, 1, 1], programs=grid, max_loads=4)
+        if chain != want_chain:
+            raise MeterHookError(f"calibration kernel's programs and loads counted {chain}, expected {want_chain}: "
+                                 "the interpreter no longer starts programs through set_grid_idx")
+        if sum(ta.atomics.values()) != 3 or float(counter[0]) != 3.0:
+            raise MeterHookError(f"atomic calibration kernel counted {dict(ta.atomics)} atomics, expected 3: "
+                                 "the interpreter's atomics no longer go through the hooked methods")
 
     # ------------------------------------------------------------------ measurement
     @contextlib.contextmanager
@@ -473,10 +609,11 @@ class Meter:
         os.environ[launch.PATH_ENV] = path
         saved = self._wrap_launchers(launch)
         try:
-            m.reset()
-            self.tallies = {}
-            self.phase = "_warmup"
-            m(x)  # materialises nothing here (channels given), but warms the interpreter's caches
+            if self.count_bytes:
+                m.reset()
+                self.tallies = {}
+                self.phase = "_warmup"
+                m(x)  # materialises nothing here (channels given), but warms the interpreter's caches
             self.tallies, self.syncs = {"glue": _Tally()}, []
             self.phase = "glue"
             m.reset()
@@ -500,6 +637,9 @@ class Meter:
                 raise MeterHookError(f"no Triton launch counted in the {ph}: did the route reach the kernels?")
         if any(gr is None for gr in grads):
             raise RuntimeError("a gradient is missing")
+        atomics = {ph: dict(self.tallies[ph].atomics) for ph in PHASES if self.tallies[ph].atomics}
+        if atomics:
+            raise AtomicsError(f"atomic operations ran on the Triton route: {atomics}")
         kernels = {ph: sorted(self.tallies[ph].kernels) for ph in PHASES}
         expect = "persistent" if path == "persistent" else "elem"
         if not all(any(expect in k for k in ks) for ks in kernels.values()):
@@ -518,7 +658,129 @@ class Meter:
         row["glue_ops"] = self.tallies["glue"].figures()["ops"]
         row["glue_detail"] = self.tallies["glue"].detail()
         row["syncs"] = sorted(set(self.syncs))
+        row["chains"] = {ph: self.tallies[ph].detail()["chains"] for ph in PHASES}
         return row
+
+
+# ----------------------------------------------------------------------------- chains
+def kernel_chains(row) -> dict:
+    """``{kernel: dict(launches, grid, programs, max_loads)}`` of one measured row, forward and
+    backward together (a kernel run in both phases: launches added, the larger grid and count)."""
+    out = {}
+    for ph in PHASES:
+        for k, c in row["chains"][ph].items():
+            o = out.setdefault(k, dict(launches=0, grid=c["grid"], programs=0, max_loads=0))
+            o["launches"] += c["launches"]
+            if c["programs"] > o["programs"]:
+                o["programs"], o["grid"] = c["programs"], c["grid"]
+            o["max_loads"] = max(o["max_loads"], c["max_loads"])
+    return dict(sorted(out.items()))
+
+
+def chain_rows(paths=PATHS, shapes=None, dtype="float32", log=sys.stderr, count_bytes=False) -> list:
+    """Per loop path and chain shape (``CHAIN_SHAPES``): the measured row's per-kernel chains
+    (``kernel_chains``), as ``[dict(path, name, shape, kernels)]``. Raises ``AtomicsError`` if an
+    atomic operation ran. This is what a cost model reads: launches, grid and the largest block-load
+    count per program of every kernel at a shape."""
+    shapes = shapes or CHAIN_SHAPES
+    rows = []
+    with Meter(count_bytes=count_bytes) as meter:
+        for path in paths:
+            for name, shape in shapes.items():
+                t0 = datetime.datetime.now()
+                row = meter.measure(shape, dtype, path)
+                rows.append(dict(path=path, name=name, shape=list(shape), dtype=dtype, kernels=kernel_chains(row)))
+                print(f"chains {path} {name} {shape_label(shape)}: "
+                      f"{(datetime.datetime.now() - t0).total_seconds():.0f} s", file=log, flush=True)
+    return rows
+
+
+def chain_growth(rows, limit=CHAIN_LIMIT) -> list:
+    """The kernels whose block loads per program grow more than ``limit`` times from the base
+    shape to B x16 or to the plane x16 (only B x16 for the persistent kernels, which own one
+    sample's whole plane by design), as readable lines; empty when none does."""
+    by = {(r["path"], r["name"]): r["kernels"] for r in rows}
+    bad = []
+    for path in sorted({r["path"] for r in rows}):
+        base = by[(path, "base")]
+        for name in ("B x16", "P x16"):
+            for k, c in by.get((path, name), {}).items():
+                if name == "P x16" and k in PERSISTENT_KERNELS:
+                    continue
+                b = base.get(k)
+                if b is None:
+                    bad.append(f"{path} {name}: {k} does not run at the base shape")
+                elif c["max_loads"] > limit * b["max_loads"]:
+                    bad.append(f"{path} {name}: {k} issues {c['max_loads']} block loads per program, "
+                               f"{c['max_loads'] / b['max_loads']:.2f}x the base shape's {b['max_loads']}")
+    return bad
+
+
+def _grid_label(grid) -> str:
+    g = list(grid)
+    while len(g) > 1 and g[-1] == 1:
+        g.pop()
+    return "x".join(str(v) for v in g)
+
+
+def _chain_rows_parallel(paths, jobs: int) -> list:
+    """``chain_rows`` with the loop paths measured in up to ``jobs`` processes side by side."""
+    import concurrent.futures
+
+    def one(path):
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--chains", "--paths", path, "--out", "-"],
+                             capture_output=True, text=True, env=env)
+        sys.stderr.write(res.stderr)
+        if res.returncode != 0:
+            raise RuntimeError(f"chains of the {path} path failed:\n{res.stderr[-4000:]}")
+        return json.loads(res.stdout.strip().splitlines()[-1])["results"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [r for rows in pool.map(one, paths) for r in rows]
+
+
+def chain_markdown(rows, info: dict, command: str) -> str:
+    out = ["# Launches, grids and block loads per program of the Triton route (CPU meter)", ""]
+    dirty = (" Uncommitted changes in the measured tree: " + ", ".join(info["dirty"]) + ".") if info["dirty"] else ""
+    out += [f"Measured by `{command}` on {info['cpu']} ({info['machine']}), Python {info['python']}, "
+            f"torch {info['torch']}, triton {info['triton']} (interpreter), {info['date']}; "
+            f"commit {info['commit']} (kernels/ last changed in {info['kernels_commit']}).{dirty}", ""]
+    out += ["One layer `STAALIF(C, T, backend=\"triton\")` (GC1, GC2, SA, position encoding; TSRD off), float32, "
+            "forward + backward, the loop path forced by `STAA_TRITON_PATH`, under `TRITON_INTERPRET=1`. "
+            "Counts are exact and do not depend on the machine. Per kernel: **launches** in one forward + "
+            "backward; **grid** of its largest launch; **loads/program**: the largest number of `tl.load` "
+            "calls (blocks of addresses) one program issues, over all its programs and launches: the chain of "
+            "memory round trips a GPU cannot spread over more programs. No atomic operation ran (the meter "
+            "raises otherwise).", "",
+            "Shapes `[T, B, C, HxW]`: " + ", ".join(f"{n} `{shape_label(s)}`" for n, s in CHAIN_SHAPES.items()) +
+            ". At the base every reduction whose length grows with B or the plane spans more than one block: "
+            "2 plane tiles per sample (summed by the MLP kernels), T*B = 18 rows of the weight-matrix and bias "
+            "sums (2 blocks of 16), T*B*NP = 36 key-gradient rows (2 row ranges), B*NP = 18 rows (2 blocks) "
+            "per position-encoding row. `tests/test_meter.py` fails when a kernel's loads/program grow "
+            f"more than {CHAIN_LIMIT}x at B x16 or P x16 (the persistent kernels: at B x16 only; they own one "
+            "sample's plane by design).", ""]
+    for path in sorted({r["path"] for r in rows}):
+        rs = {r["name"]: r["kernels"] for r in rows if r["path"] == path}
+        names = list(CHAIN_SHAPES)
+        out += [f"## {path}", "",
+                "| kernel | " + " | ".join(f"{n}: launches / grid / loads per program" for n in names) +
+                " | growth B x16 | growth P x16 |",
+                "|---|" + "---|" * (len(names) + 2)]
+        for k in rs["base"]:
+            cells = []
+            for n in names:
+                c = rs[n].get(k)
+                cells.append("-" if c is None else
+                             f"{c['launches']} / {_grid_label(c['grid'])} / "
+                             f"{c['max_loads']}")
+            base = rs["base"][k]["max_loads"]
+            grow = [f"{rs[n][k]['max_loads'] / base:.2f}x" if k in rs[n] and base else "-" for n in names[1:]]
+            out.append(f"| `{k}` | " + " | ".join(cells) + " | " + " | ".join(grow) + " |")
+        out.append("")
+    bad = chain_growth(rows)
+    out += ["Growth above the limit: " + ("none." if not bad else "")] + [f"- {b}" for b in bad]
+    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------------- floors
@@ -634,10 +896,31 @@ def main(argv=None):
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "traffic"),
-                    help="path stem for .md and .json, or '-' for JSON on stdout")
+    ap.add_argument("--out", default=None,
+                    help="path stem for .md and .json (default: benchmarks/results/traffic, with --chains "
+                         "benchmarks/results/chains), or '-' for JSON on stdout")
+    ap.add_argument("--chains", action="store_true",
+                    help="the chain table instead: launches, grid and block loads per program of every kernel at "
+                         "the base shape and with B and the plane x16, both paths")
+    ap.add_argument("--jobs", type=int, default=1, help="with --chains: loop paths measured in parallel processes")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.out is None:
+        args.out = os.path.join(HERE, "results", "chains" if args.chains else "traffic")
+    if args.chains:
+        rows = chain_rows(args.paths) if args.jobs <= 1 or len(args.paths) == 1 else \
+            _chain_rows_parallel(args.paths, args.jobs)
+        info = machine_info()
+        if args.out == "-":
+            print(json.dumps(dict(machine=info, results=rows)))
+            return
+        command = "TRITON_INTERPRET=1 python benchmarks/meter.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.out + ".json", "w") as f:
+            json.dump(dict(machine=info, command=command.rstrip(), shapes=CHAIN_SHAPES, results=rows), f, indent=1)
+        with open(args.out + ".md", "w") as f:
+            f.write(chain_markdown(rows, info, command.rstrip()))
+        print(f"wrote {args.out}.md and .json", file=sys.stderr)
+        return
     results = run(args.shapes, args.dtypes, args.paths)
     info = machine_info()
     if args.out == "-":

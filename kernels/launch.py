@@ -12,8 +12,8 @@ of X_t = I_t + PE_t on every step, and GC2's of the initial state) run in one pl
 launch before the loop. The time loop launches two kernels per step (channel MLPs, then the
 elementwise pass), or, for small planes, one persistent program per sample runs all steps
 (``loop_path``). The forward keeps each step's summed reductions (``stats``) so the backward
-recomputes the MLP activations without re-reading x or u, and one launch after the reverse
-loop builds every parameter gradient. Apart from allocations, the only torch operation on
+recomputes the MLP activations without re-reading x or u, and two launches after the reverse
+loop build every parameter gradient (row ranges in parallel, then their partials added). Apart from allocations, the only torch operation on
 the route is the TSRD mask's cast to int8; see docs/triton.md for the layout and the counts.
 """
 from __future__ import annotations
@@ -28,14 +28,14 @@ import triton.language as tl
 
 from ..reference import GCParams, SAParams, compute_dtype
 from ..surrogate import SURROGATE_KINDS
-from .staa_bwd import (staa_bwd_elem_kernel, staa_bwd_mlp_kernel, staa_bwd_persistent_kernel,
-                       staa_bwd_weights_kernel)
+from .staa_bwd import (WEIGHT_JOBS_FIXED, WEIGHT_OUTPUTS, staa_bwd_elem_kernel, staa_bwd_mlp_kernel,
+                       staa_bwd_persistent_kernel, staa_bwd_weights_kernel, staa_bwd_weights_sum_kernel)
 from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persistent_kernel,
                        staa_plane_reduce_kernel)
 
 Tensor = torch.Tensor
 
-__all__ = ["TileConfig", "tile_config", "mlp_config", "loop_path", "backward_elem_warps", "persistent_backward_warps", "staa_lif_forward",
+__all__ = ["TileConfig", "tile_config", "mlp_config", "partial_block", "WeightConfig", "weight_config", "loop_path", "backward_elem_warps", "persistent_backward_warps", "staa_lif_forward",
            "staa_lif_backward"]
 
 # Elements of one [BLOCK_C, BLOCK_P] plane tile held by one program of the elementwise
@@ -74,6 +74,85 @@ def mlp_config(C: int, *hidden: int) -> tuple:
     block_cc = max(1, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // widest))
     num_warps = 4 if widest * block_cc >= 2048 else 2
     return block_cc, block_h, num_warps
+
+
+# Elements of one [BLOCK_NP, BLOCK_CC] block of per-tile partials that the MLP kernels sum with one load
+# (at 4096 the [128, 32x32] forward MLP kernel spilled 4 bytes per thread, at 2048 it does not).
+MAX_PARTIAL_TILE = 2048
+
+
+def partial_block(NP: int, block_cc: int) -> int:
+    """``BLOCK_NP``: plane tiles per block when the MLP kernels sum a sample's ``NP`` per-tile
+    partials (``_sum_partials``): every tile in one block (one load per channel chunk, however
+    many tiles) up to ``MAX_PARTIAL_TILE`` elements per block, then blocks added in order."""
+    return max(1, min(triton.next_power_of_2(NP), MAX_PARTIAL_TILE // block_cc))
+
+
+# The parameter gradients (``staa_bwd_weights_kernel`` then ``staa_bwd_weights_sum_kernel``): rows
+# of every sum are read in blocks of WEIGHT_ROW_BLOCK (the K of the weight matrices' ``tl.dot``,
+# which needs at least 16), each program of pass 1 takes a contiguous range of at least
+# WEIGHT_SPLIT_BLOCKS blocks, and the number of ranges grows with the rows up to a cap (more rows
+# then lengthen the ranges): MAX_MATRIX_SPLITS for the weight matrices, whose per-split partials
+# are whole matrices, MAX_VECTOR_SPLITS for the vectors.
+WEIGHT_ROW_BLOCK = 16
+WEIGHT_SPLIT_BLOCKS = 2
+MAX_MATRIX_SPLITS = 16
+MAX_VECTOR_SPLITS = 64
+MAX_WEIGHT_HIDDEN_TILE = 128  # hidden rows of one weight-matrix tile
+# Warps of pass 1: at 4 its C = 64 and C = 128 configurations spilled 8-48 bytes per thread around the
+# weight matrices' tl.dot, at 8 four configurations spill 12 (stores) / 4 (loads) bytes and none more
+# (benchmarks/results/kernel_compile_sm90_parallel_sums.md).
+WEIGHT_WARPS = 8
+
+
+def _splits(rows: int, cap: int) -> tuple:
+    """``(splits, blocks per split)`` of a sum over ``rows`` rows."""
+    rows = max(rows, 1)
+    n = max(1, min(triton.cdiv(rows, WEIGHT_ROW_BLOCK * WEIGHT_SPLIT_BLOCKS), cap))
+    rb = triton.cdiv(triton.cdiv(rows, n), WEIGHT_ROW_BLOCK)
+    return triton.cdiv(rows, rb * WEIGHT_ROW_BLOCK), rb
+
+
+class WeightConfig(NamedTuple):
+    """Launch configuration of the two parameter-gradient passes (see ``weight_config``)."""
+    NSM: int  # row ranges (pass-1 programs per output tile) of the weight matrices' sums
+    RBM: int  # row blocks per range
+    NSV: int  # row ranges of the vectors' sums
+    RBV: int
+    BLOCK_HD: int  # hidden rows of a weight-matrix tile
+    BLOCK_WC: int  # channels of a weight-matrix tile
+    BLOCK_WV: int  # channels of a vector tile
+    NCT: int  # channel tiles of the weight matrices
+    grid1: tuple  # pass 1
+    BLOCK_S: int  # pass 2: ranges per block
+    BLOCK_E: int  # pass 2: output elements per program
+    grid2: tuple  # pass 2
+
+
+def weight_config(T: int, B: int, NP: int, C: int, hidden: tuple, T_pos: int, *, has_gc: bool,
+                  has_pos: bool) -> WeightConfig:
+    """Splits and tiles of the parameter-gradient passes for ``T`` steps, ``B`` samples, ``NP``
+    plane tiles, ``C`` channels, hidden widths ``(CH1, CH2, CHS)`` and ``T_pos`` position rows.
+
+    Every sum reads WEIGHT_ROW_BLOCK rows per load; pass-1 programs take ranges of
+    ``RBM``/``RBV`` such blocks, so a program's loads do not grow with B or the plane until the
+    range count reaches its cap (16 for the matrices: T*B = 512 rows; 64 for the vectors: T*B*NP
+    = 2048 rows), and pass 2 adds at most 64 partials per element in one block."""
+    rows_v = max(T * B, T * B * NP if has_gc else 0, B * NP if has_pos else 0)
+    nsm, rbm = _splits(T * B, MAX_MATRIX_SPLITS)
+    nsv, rbv = _splits(rows_v, MAX_VECTOR_SPLITS)
+    widest = max(hidden)
+    block_hd = max(16, min(triton.next_power_of_2(widest), MAX_WEIGHT_HIDDEN_TILE))
+    block_wc = max(16, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // block_hd))
+    block_wv = max(16, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // WEIGHT_ROW_BLOCK))
+    nct = triton.cdiv(C, block_wc)
+    tiles = max(nct * triton.cdiv(widest, block_hd), triton.cdiv(C, block_wv), 1)
+    block_s = triton.next_power_of_2(max(nsm, nsv))
+    block_e = max(16, MAX_WEIGHT_TILE // block_s)
+    largest = max(widest * C, T_pos * C, C)
+    return WeightConfig(nsm, rbm, nsv, rbv, block_hd, block_wc, block_wv, nct,
+                        (tiles, WEIGHT_JOBS_FIXED + T_pos, max(nsm, nsv)), block_s, block_e,
+                        (triton.cdiv(largest, block_e), WEIGHT_OUTPUTS))
 
 
 # Planes of at most this many elements (C * P) run the time loop (forward and backward) in one
@@ -381,7 +460,8 @@ def staa_lif_forward(
     hidden = _hidden(gcx, gch, sa)
     block_cc, (bh1, bh2, bhs), mlp_warps = mlp_config(C, *hidden)
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
-    mlp_blocks = dict(BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2, BLOCK_HS=bhs, CD=CD)
+    mlp_blocks = dict(BLOCK_NP=partial_block(tc.NP, block_cc), BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2,
+                      BLOCK_HS=bhs, CD=CD)
     scal = (float(v_threshold), rest, rest)  # v_th, v_reset, the constant H_{-1}
     if persistent:
         _run(staa_fwd_persistent_kernel, (B,),
@@ -475,22 +555,41 @@ def _bwd_buffers(T, B, C, P, NP, hidden, has, cd, dev, dummy) -> _BwdBuffers:
 
 
 def _weight_grads(bufs: _BwdBuffers, kept, pos, gcx, gch, sa, T, B, NP, C, hidden, dummy, CD):
-    """Every parameter gradient from the loop's per-(t, b) factors and per-tile partials, by one
-    launch of ``staa_bwd_weights_kernel``: ``(grad_pos, grad_gcx, grad_gch, grad_sa)``."""
+    """Every parameter gradient from the loop's per-(t, b) factors and per-tile partials, by two
+    launches: ``staa_bwd_weights_kernel`` sums each row range of every sum into per-range
+    partials, ``staa_bwd_weights_sum_kernel`` adds the ranges (``weight_config``). Returns
+    ``(grad_pos, grad_gcx, grad_gch, grad_sa)``."""
     outs = [None if blk is None else type(blk)(*(torch.empty_like(w) for w in blk)) for blk in (gcx, gch, sa)]
     grad_pos = torch.empty_like(pos) if pos is not None else None
     if pos is None and all(o is None for o in outs):
         return None, None, None, None
     g1, g2, s4 = (_block(o, cls, dummy) for o, cls in zip(outs, (GCParams, GCParams, SAParams)))
-    block_cc, (bh1, bh2, bhs), _ = mlp_config(C, *hidden)
+    chg1, chg2, chs = hidden
+    t_pos = pos.shape[0] if pos is not None else T
+    wc = weight_config(T, B, NP, C, hidden, t_pos, has_gc=gcx is not None or gch is not None,
+                       has_pos=pos is not None)
+    tm = 2 * C * (chg1 + chg2 + chs)
+    tv = (5 + t_pos) * C + 2 + 3 * (chg1 + chg2) + chs
+    has_mat = gcx is not None or gch is not None or sa is not None
+    part_m = torch.empty((wc.NSM, tm), dtype=dummy.dtype, device=dummy.device) if has_mat else dummy
+    part_v = torch.empty((wc.NSV, tv), dtype=dummy.dtype, device=dummy.device)
+    block_h = [triton.next_power_of_2(max(h, 1)) for h in hidden]
+    flags = dict(HAS_POS=pos is not None, HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
     gz, gsum, pooled, hid, ghid = bufs.rows[:5]
-    _run(staa_bwd_weights_kernel, (triton.cdiv(C, block_cc), 7),
+    _run(staa_bwd_weights_kernel, wc.grid1,
          kept["ctx1"] if kept["ctx1"] is not None else dummy, kept["ctx2"] if kept["ctx2"] is not None else dummy,
-         gsum, gz, pooled, hid, ghid, *bufs.rows[5:], *bufs.acc, bufs.gpos,
-         *g1, *g2, *s4, grad_pos if grad_pos is not None else dummy,
-         T * B, T, pos.shape[0] if pos is not None else T, B * NP, C, *hidden,
-         HAS_POS=pos is not None, HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None,
-         BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2, BLOCK_HS=bhs, CD=CD, num_warps=4)
+         gsum, gz, pooled, hid, ghid, *bufs.rows[5:], *bufs.acc, bufs.gpos, part_m, part_v,
+         T * B, T, t_pos, B * NP, C, *hidden, wc.NCT, wc.NSM, wc.RBM, wc.NSV, wc.RBV, **flags,
+         BLOCK_N=WEIGHT_ROW_BLOCK, BLOCK_HD=wc.BLOCK_HD, BLOCK_WC=wc.BLOCK_WC, BLOCK_WV=wc.BLOCK_WV,
+         BLOCK_HG1=block_h[0], BLOCK_HG2=block_h[1], BLOCK_HS=block_h[2], CD=CD, num_warps=WEIGHT_WARPS)
+    # Outputs in the pass-2 job order: the six matrices, the C-sized vectors and PE, the rest.
+    o = [g1.query_weight, g1.value_weight, g2.query_weight, g2.value_weight, s4.fc1_weight, s4.fc2_weight,
+         g1.key_weight, g1.value_bias, g2.key_weight, g2.value_bias, s4.fc2_bias,
+         grad_pos if grad_pos is not None else dummy,
+         g1.key_bias, g1.query_bias, g1.norm_weight, g1.norm_bias, g2.key_bias, g2.query_bias, g2.norm_weight,
+         g2.norm_bias, s4.fc1_bias]
+    _run(staa_bwd_weights_sum_kernel, wc.grid2, part_m, part_v, *o, t_pos, C, *hidden, wc.NSM, wc.NSV, **flags,
+         BLOCK_S=wc.BLOCK_S, BLOCK_E=wc.BLOCK_E, CD=CD, num_warps=4)
     return (grad_pos, *outs)
 
 
@@ -570,7 +669,8 @@ def staa_lif_backward(
     weights = _mlp_weights(gcx, gch, sa, dummy)
     kept_args = tuple(kept[n] if kept[n] is not None else dummy for n in ("ctx1", "xsum", "ctx2", "hsum"))
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
-    mlp_blocks = dict(BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2, BLOCK_HS=bhs, CD=CD)
+    mlp_blocks = dict(BLOCK_NP=partial_block(tc.NP, block_cc), BLOCK_CC=block_cc, BLOCK_HG1=bh1, BLOCK_HG2=bh2,
+                      BLOCK_HS=bhs, CD=CD)
     scal = (float(v_threshold), rest, rest, float(surrogate_param))  # v_th, v_reset, constant H_{-1}, p
     states = (h0c if h0c is not None else dummy, grad_h0 if grad_h0 is not None else dummy,
               ghl if ghl is not None else dummy)

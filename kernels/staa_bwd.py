@@ -19,8 +19,14 @@ into the membrane state, dL/dH_{t-1}; per step t (from T-1 down to 0) two kernel
   position-encoding gradients are stored as per-(step, sample, tile) partials: each is
   written once, never read back and updated.
 
-After the loop ``staa_bwd_weights_kernel`` (one launch) reduces the factors and partials into
-every parameter gradient, each output element by one program in a fixed order (no atomics).
+After the loop two launches reduce the factors and partials into every parameter gradient:
+``staa_bwd_weights_kernel`` sums fixed row ranges of each sum (the weight matrices as ``tl.dot``
+products over 16-row blocks), one range per program, and ``staa_bwd_weights_sum_kernel`` adds the
+ranges' partials; both orders are fixed (no atomics), and no program's loads grow with the batch
+or the plane (see the comment above the two kernels).
+
+The MLP kernel sums a sample's per-tile partials in ``[BLOCK_NP, BLOCK_CC]`` blocks
+(``_sum_partials``), one load per channel chunk for the shipped planes.
 
 For small planes (``launch.loop_path``) ``staa_bwd_persistent_kernel`` (grid ``[B]``) runs
 the loop's launch sequence for one sample in one program, the two kernels' bodies
@@ -78,15 +84,16 @@ def staa_bwd_mlp_kernel(
     r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,  # [T, B, CHG2] out
     t, B, C, P, NP, CHG1, CHG2, CHS, alpha,
     HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
-    CD: tl.constexpr,
+    BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
     _bwd_mlp_sample(
         tl.program_id(0), t, part_a_ptr, part_b_ptr, gate_ptr, drop_ptr, ctx1_ptr, xsum_ptr, ctx2_ptr, hsum_ptr,
         qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,
         f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr, pooled_ptr,
         hid_ptr, ghid_ptr, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
-        B, C, P, NP, CHG1, CHG2, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
+        B, C, P, NP, CHG1, CHG2, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA, BLOCK_NP, BLOCK_CC, BLOCK_HG1, BLOCK_HG2,
+        BLOCK_HS, CD,
     )
 
 
@@ -98,8 +105,8 @@ def _bwd_mlp_sample(
     hid_ptr, ghid_ptr, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
     B, C, P, NP, CHG1, CHG2, CHS, alpha,
     HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
-    CD: tl.constexpr,
+    BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
     """The channel-MLP backward of one sample b at step t (body of ``staa_bwd_mlp_kernel``,
     also run in place by the persistent kernel). It recomputes the step's MLP activations from
@@ -122,11 +129,11 @@ def _bwd_mlp_sample(
     # The forward's activations of this (t, b).
     if HAS_GCX:
         qh1, rstd1, n1 = _gc_query_ln(ctx1_ptr + vec, 1, C, qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, ctx1_ptr,
-                                      offs_h1, mh1, CHG1, False, BLOCK_CC, BLOCK_HG1, CD)
+                                      offs_h1, mh1, CHG1, False, 1, BLOCK_CC, BLOCK_HG1, CD)
         r1 = _relu(n1)
     if HAS_GCH:
         qh2, rstd2, n2 = _gc_query_ln(ctx2_ptr + vec, 1, C, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, ctx2_ptr,
-                                      offs_h2, mh2, CHG2, False, BLOCK_CC, BLOCK_HG2, CD)
+                                      offs_h2, mh2, CHG2, False, 1, BLOCK_CC, BLOCK_HG2, CD)
         r2 = _relu(n2)
     if HAS_SA:
         hid = tl.zeros([BLOCK_HS], dtype=CD)
@@ -151,7 +158,7 @@ def _bwd_mlp_sample(
         for c0 in range(0, C, BLOCK_CC):
             offs_c = c0 + tl.arange(0, BLOCK_CC)
             mc = offs_c < C
-            ga = _sum_partials(part_a_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
+            ga = _sum_partials(part_a_ptr + part, NP, C, offs_c, mc, BLOCK_NP, BLOCK_CC, CD)
             g = tl.load(gate_ptr + vec + offs_c, mask=mc, other=0.0)
             gz = tl.where(dropped, 0.0, ga * g * (1.0 - g))
             tl.store(gz_ptr + vec + offs_c, gz, mask=mc)
@@ -167,7 +174,7 @@ def _bwd_mlp_sample(
     for c0 in range(0, C, BLOCK_CC):
         offs_c = c0 + tl.arange(0, BLOCK_CC)
         mc = offs_c < C
-        gb = _sum_partials(part_b_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
+        gb = _sum_partials(part_b_ptr + part, NP, C, offs_c, mc, BLOCK_NP, BLOCK_CC, CD)
         if HAS_SA:
             g = tl.load(gate_ptr + vec + offs_c, mask=mc, other=0.0)
             w1 = tl.load(f1w_ptr + offs_hs[:, None] * C + offs_c[None, :], mask=mhs[:, None] & mc[None, :], other=0.0)
@@ -379,7 +386,7 @@ def staa_bwd_persistent_kernel(
     T, B, C, P, NP, CHG1, CHG2, CHS, alpha, v_th, v_reset, h0, sg_param,
     SURROGATE: tl.constexpr, HAS_H0: tl.constexpr, HAS_GHL: tl.constexpr, HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
     HARD: tl.constexpr, DETACH: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NP: tl.constexpr,
     BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
     CD: tl.constexpr,
 ):
@@ -413,7 +420,7 @@ def staa_bwd_persistent_kernel(
                 vb2_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, gm_ptr, gctx1_ptr, gctx2_ptr, gz_ptr, gsum_ptr,
                 pooled_ptr, hid_ptr, ghid_ptr, r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,
                 B, C, P, NP, CHG1, CHG2, CHS, alpha, HAS_GCX, HAS_GCH, HAS_SA,
-                BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
+                BLOCK_NP, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
             )
             tl.debug_barrier()
         if k < T:
@@ -437,49 +444,72 @@ def staa_bwd_persistent_kernel(
         tl.debug_barrier()
 
 
-@triton.jit
-def _outer_sum(a_ptr, A, b_ptr, BW, out_ptr, N, offs_a, ma, offs_b, mb,
-               TRANS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, CD: tl.constexpr):
-    """``sum_n a[n, offs_a] (x) b[n, offs_b]`` over the N rows of ``a [N, A]`` and ``b [N, BW]``, in
-    row order, stored into ``out`` as ``[A, BW]`` (or ``[BW, A]`` with ``TRANS``) in its dtype."""
-    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=CD)
-    for n in range(0, N):
-        av = tl.load(a_ptr + n * A + offs_a, mask=ma, other=0.0)
-        bv = tl.load(b_ptr + n * BW + offs_b, mask=mb, other=0.0)
-        acc += av[:, None] * bv[None, :]
-    m = ma[:, None] & mb[None, :]
-    if TRANS:
-        tl.store(out_ptr + offs_b[None, :] * A + offs_a[:, None], acc.to(out_ptr.dtype.element_ty), mask=m)
-    else:
-        tl.store(out_ptr + offs_a[:, None] * BW + offs_b[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
+# ----------------------------------------------------------------------------- parameter gradients
+# Every parameter gradient is a sum over rows: over the N = T*B (step, sample) rows of the MLP
+# factors, over the T*B*NP (step, sample, tile) rows of the key-gradient partials, over the B*NP
+# rows of one step's position-encoding partials. No program walks all rows of a sum: pass 1
+# (``staa_bwd_weights_kernel``) splits the rows into contiguous ranges of RB blocks of BLOCK_N rows,
+# one range per program (the grid's split axis), and writes each range's partial result; pass 2
+# (``staa_bwd_weights_sum_kernel``) adds the ranges' partials of each output element with one
+# ``tl.sum`` over a ``[BLOCK_S, BLOCK_E]`` block. Both orders are fixed by the launch
+# configuration (no atomics), so gradients are bitwise repeatable.
+#
+# Layout of one split's partials (row s of ``part_m [NSM, TM]`` and ``part_v [NSV, TV]``), CH1, CH2
+# and CHS the hidden widths (1 for a disabled block, whose slots are never written or read):
+#   part_m: qw1 [CH1, C] | vw1 [C, CH1] | qw2 [CH2, C] | vw2 [C, CH2] | f1w [CHS, C] | f2w [C, CHS]
+#   part_v: kw1 [C] | vb1 [C] | kw2 [C] | vb2 [C] | f2b [C] | pos [T_pos, C] |
+#           kb1 [1] | qb1, nw1, nb1 [CH1] | kb2 [1] | qb2, nw2, nb2 [CH2] | f1b [CHS]
+# Position-encoding rows t >= T (not used by the call) get zero partials.
+WEIGHT_JOBS_FIXED = 19  # pass-1 jobs before the T_pos position-encoding rows (a literal in the kernel)
+WEIGHT_OUTPUTS = 21  # pass-2 jobs: one per gradient tensor
 
 
 @triton.jit
-def _sum_scalars(ptr, n, BLOCK: tl.constexpr, CD: tl.constexpr):
-    """Sum of the ``n`` scalars at ``ptr``, in fixed chunks (deterministic)."""
-    acc = tl.zeros([BLOCK], dtype=CD)
-    for i0 in range(0, n, BLOCK):
-        offs = i0 + tl.arange(0, BLOCK)
-        acc += tl.load(ptr + offs, mask=offs < n, other=0.0)
+def _row_range(s, RB, rows, BLOCK_N: tl.constexpr):
+    """Rows ``[lo, hi)`` of split ``s`` (RB blocks of BLOCK_N rows each) of a sum over ``rows`` rows."""
+    lo = s * (RB * BLOCK_N)
+    return lo, tl.minimum(lo + RB * BLOCK_N, rows)
+
+
+@triton.jit
+def _outer_part(a_ptr, A, b_ptr, C, dst_ptr, lo, hi, RB, ph, pc, TRANS: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_HD: tl.constexpr, BLOCK_WC: tl.constexpr, CD: tl.constexpr):
+    """``sum_{n in [lo, hi)} a[n, h] b[n, c]`` for hidden tile ``ph`` and channel tile ``pc`` of
+    ``a [N, A]`` and ``b [N, C]``: one ``tl.dot`` per block of BLOCK_N rows, accumulated in row
+    order, with IEEE fp32 products (no tf32: the gradients match the torch path to fp32 rounding).
+    Stored at ``dst`` as ``[A, C]`` (``[C, A]`` with TRANS)."""
+    offs_h = ph * BLOCK_HD + tl.arange(0, BLOCK_HD)
+    mh = offs_h < A
+    offs_c = pc * BLOCK_WC + tl.arange(0, BLOCK_WC)
+    mc = offs_c < C
+    if ph * BLOCK_HD < A:
+        offs_n = tl.arange(0, BLOCK_N)
+        acc = tl.zeros([BLOCK_HD, BLOCK_WC], dtype=CD)
+        for k in range(0, RB):
+            n = lo + k * BLOCK_N + offs_n
+            mn = n < hi
+            rows = n.to(tl.int64)
+            a = tl.load(a_ptr + rows[:, None] * A + offs_h[None, :], mask=mn[:, None] & mh[None, :], other=0.0)
+            b = tl.load(b_ptr + rows[:, None] * C + offs_c[None, :], mask=mn[:, None] & mc[None, :], other=0.0)
+            acc = tl.dot(tl.trans(a), b, acc, input_precision="ieee")
+        m = mh[:, None] & mc[None, :]
+        if TRANS:
+            tl.store(dst_ptr + offs_c[None, :] * A + offs_h[:, None], acc, mask=m)
+        else:
+            tl.store(dst_ptr + offs_h[:, None] * C + offs_c[None, :], acc, mask=m)
+
+
+@triton.jit
+def _col_part(src_ptr, W, lo, hi, RB, offs, m, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, CD: tl.constexpr):
+    """``sum_{n in [lo, hi)} src[n, offs]`` of ``src [rows, W]``: BLOCK_N-row blocks added in row
+    order into a ``[BLOCK_N, BLOCK_W]`` accumulator, then one ``tl.sum`` over its rows."""
+    offs_n = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N, BLOCK_W], dtype=CD)
+    for k in range(0, RB):
+        n = lo + k * BLOCK_N + offs_n
+        acc += tl.load(src_ptr + n.to(tl.int64)[:, None] * W + offs[None, :], mask=(n < hi)[:, None] & m[None, :],
+                       other=0.0)
     return tl.sum(acc, axis=0)
-
-
-@triton.jit
-def _store_vec(out_ptr, val, offs, m):
-    tl.store(out_ptr + offs, val.to(out_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _gc_small_grads(gq_ptr, gnq_ptr, gn_ptr, akb_ptr, okb_ptr, oqb_ptr, onw_ptr, onb_ptr, N, NK, CH,
-                    BLOCK_H: tl.constexpr, CD: tl.constexpr):
-    """GC's bias-like gradients: key bias (sum of the key-logit partials), query bias, LayerNorm
-    weight and bias (column sums of the per-(t, b) rows)."""
-    offs_h = tl.arange(0, BLOCK_H)
-    mh = offs_h < CH
-    tl.store(okb_ptr, _sum_scalars(akb_ptr, NK, 128, CD).to(okb_ptr.dtype.element_ty))
-    _store_vec(oqb_ptr, _sum_partials(gq_ptr, N, CH, offs_h, mh, BLOCK_H, CD), offs_h, mh)
-    _store_vec(onw_ptr, _sum_partials(gnq_ptr, N, CH, offs_h, mh, BLOCK_H, CD), offs_h, mh)
-    _store_vec(onb_ptr, _sum_partials(gn_ptr, N, CH, offs_h, mh, BLOCK_H, CD), offs_h, mh)
 
 
 @triton.jit
@@ -490,74 +520,244 @@ def staa_bwd_weights_kernel(
     r1_ptr, gq1_ptr, gn1_ptr, gnq1_ptr, r2_ptr, gq2_ptr, gn2_ptr, gnq2_ptr,  # [T, B, CHG*]
     akw1_ptr, akb1_ptr, akw2_ptr, akb2_ptr,  # [T, B, NP, C], [T, B, NP]: key-gradient partials
     gpos_ptr,  # [T, B, NP, C]: per-tile position-encoding gradient partials
-    okw1_ptr, okb1_ptr, oqw1_ptr, oqb1_ptr, onw1_ptr, onb1_ptr, ovw1_ptr, ovb1_ptr,  # GC1 gradients out
-    okw2_ptr, okb2_ptr, oqw2_ptr, oqb2_ptr, onw2_ptr, onb2_ptr, ovw2_ptr, ovb2_ptr,  # GC2 gradients out
-    of1w_ptr, of1b_ptr, of2w_ptr, of2b_ptr,  # SA gradients out
-    opos_ptr,  # [T_pos, C] position-encoding gradient out
-    N, T, T_pos, BNP, C, CHG1, CHG2, CHS,
+    part_m_ptr, part_v_ptr,  # [NSM, TM], [NSV, TV] out: per-split partials (layout above)
+    N, T, T_pos, BNP, C, CHG1, CHG2, CHS, NCT, NSM, RBM, NSV, RBV,
     HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
-    CD: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_HD: tl.constexpr, BLOCK_WC: tl.constexpr, BLOCK_WV: tl.constexpr,
+    BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
-    """Every parameter gradient of the layer in one launch, after the reverse loop (grid
-    ``[cdiv(C, BLOCK_CC), 7]``). Program ``(c, task)`` owns channel tile c of one output:
-    tasks 0-5 the weight matrices (GC1 query and value, GC2 query and value, SA fc1 and fc2),
-    each a sum over the N = T*B rows of outer products of per-(t, b) factors; task 6 the
-    vectors (key weights from the elementwise kernels' per-tile partials, value biases, fc2's
-    bias, position-encoding rows; in tile 0 also the H-sized vectors and the key biases).
-    Each output element is reduced by one program in a fixed order: no atomics."""
-    pc = tl.program_id(0)
-    task = tl.program_id(1)
-    offs_c = pc * BLOCK_CC + tl.arange(0, BLOCK_CC)
-    mc = offs_c < C
-    offs_h1 = tl.arange(0, BLOCK_HG1)
-    mh1 = offs_h1 < CHG1
-    offs_h2 = tl.arange(0, BLOCK_HG2)
-    mh2 = offs_h2 < CHG2
-    offs_hs = tl.arange(0, BLOCK_HS)
-    mhs = offs_hs < CHS
-    if task == 0:
-        if HAS_GCX:
-            _outer_sum(gq1_ptr, CHG1, ctx1_ptr, C, oqw1_ptr, N, offs_h1, mh1, offs_c, mc, False, BLOCK_HG1, BLOCK_CC, CD)
-    elif task == 1:
-        if HAS_GCX:
-            _outer_sum(r1_ptr, CHG1, gsum_ptr, C, ovw1_ptr, N, offs_h1, mh1, offs_c, mc, True, BLOCK_HG1, BLOCK_CC, CD)
-    elif task == 2:
-        if HAS_GCH:
-            _outer_sum(gq2_ptr, CHG2, ctx2_ptr, C, oqw2_ptr, N, offs_h2, mh2, offs_c, mc, False, BLOCK_HG2, BLOCK_CC, CD)
-    elif task == 3:
-        if HAS_GCH:
-            _outer_sum(r2_ptr, CHG2, gsum_ptr, C, ovw2_ptr, N, offs_h2, mh2, offs_c, mc, True, BLOCK_HG2, BLOCK_CC, CD)
-    elif task == 4:
-        if HAS_SA:
-            _outer_sum(ghid_ptr, CHS, pooled_ptr, C, of1w_ptr, N, offs_hs, mhs, offs_c, mc, False, BLOCK_HS, BLOCK_CC, CD)
-    elif task == 5:
-        if HAS_SA:
-            _outer_sum(hid_ptr, CHS, gz_ptr, C, of2w_ptr, N, offs_hs, mhs, offs_c, mc, True, BLOCK_HS, BLOCK_CC, CD)
-    else:
-        NK = T * BNP  # (t, b, tile) partials per key gradient
-        if HAS_GCX or HAS_GCH:
-            gsum = _sum_partials(gsum_ptr, N, C, offs_c, mc, BLOCK_CC, CD)
-        if HAS_GCX:
-            _store_vec(okw1_ptr, _sum_partials(akw1_ptr, NK, C, offs_c, mc, BLOCK_CC, CD), offs_c, mc)
-            _store_vec(ovb1_ptr, gsum, offs_c, mc)
-        if HAS_GCH:
-            _store_vec(okw2_ptr, _sum_partials(akw2_ptr, NK, C, offs_c, mc, BLOCK_CC, CD), offs_c, mc)
-            _store_vec(ovb2_ptr, gsum, offs_c, mc)
-        if HAS_SA:
-            _store_vec(of2b_ptr, _sum_partials(gz_ptr, N, C, offs_c, mc, BLOCK_CC, CD), offs_c, mc)
-        if HAS_POS:
-            for t in range(0, T):
-                _store_vec(opos_ptr + t * C, _sum_partials(gpos_ptr + t * BNP * C, BNP, C, offs_c, mc, BLOCK_CC, CD),
-                           offs_c, mc)
-            for t in range(T, T_pos):  # rows of later steps: not used by this call
-                _store_vec(opos_ptr + t * C, tl.zeros([BLOCK_CC], dtype=CD), offs_c, mc)
-        if pc == 0:
+    """Pass 1 of the parameter gradients (grid ``[tiles, 19 + T_pos, splits]``): program
+    ``(p, job, s)`` sums split s's rows of one output's tile. Jobs 0-5 are the weight matrices (GC1
+    query and value, GC2 query and value, SA fc1 and fc2; tile p = hidden tile p // NCT x channel
+    tile p % NCT; splits s < NSM of RBM blocks), the rest vectors (splits s < NSV of RBV blocks):
+    6 value biases (sum of gsum), 7 fc2's bias, 8 and 9 the key weights (channel tile p < cdiv(C,
+    BLOCK_WV)); in program p = 0 only, 10-13 GC1's key bias, query bias, LayerNorm weight and bias,
+    14-17 GC2's, 18 fc1's bias; 19 + t position-encoding row t."""
+    pid = tl.program_id(0)
+    job = tl.program_id(1)
+    s = tl.program_id(2)
+    TM = 2 * C * (CHG1 + CHG2 + CHS)
+    HV = (5 + T_pos) * C  # start of the hidden-sized vectors in part_v
+    TV = HV + 2 + 3 * (CHG1 + CHG2) + CHS
+    if job < 6:
+        if s < NSM:
+            pc = pid % NCT
+            ph = pid // NCT
+            lo, hi = _row_range(s, RBM, N, BLOCK_N)
+            dst = part_m_ptr + s.to(tl.int64) * TM
+            o2 = 2 * CHG1 * C  # GC2's matrices
+            o3 = o2 + 2 * CHG2 * C  # SA's
+            if job == 0:
+                if HAS_GCX:
+                    _outer_part(gq1_ptr, CHG1, ctx1_ptr, C, dst, lo, hi, RBM, ph, pc, False,
+                                BLOCK_N, BLOCK_HD, BLOCK_WC, CD)
+            elif job == 1:
+                if HAS_GCX:
+                    _outer_part(r1_ptr, CHG1, gsum_ptr, C, dst + CHG1 * C, lo, hi, RBM, ph, pc, True,
+                                BLOCK_N, BLOCK_HD, BLOCK_WC, CD)
+            elif job == 2:
+                if HAS_GCH:
+                    _outer_part(gq2_ptr, CHG2, ctx2_ptr, C, dst + o2, lo, hi, RBM, ph, pc, False,
+                                BLOCK_N, BLOCK_HD, BLOCK_WC, CD)
+            elif job == 3:
+                if HAS_GCH:
+                    _outer_part(r2_ptr, CHG2, gsum_ptr, C, dst + o2 + CHG2 * C, lo, hi, RBM, ph, pc, True,
+                                BLOCK_N, BLOCK_HD, BLOCK_WC, CD)
+            elif job == 4:
+                if HAS_SA:
+                    _outer_part(ghid_ptr, CHS, pooled_ptr, C, dst + o3, lo, hi, RBM, ph, pc, False,
+                                BLOCK_N, BLOCK_HD, BLOCK_WC, CD)
+            else:
+                if HAS_SA:
+                    _outer_part(hid_ptr, CHS, gz_ptr, C, dst + o3 + CHS * C, lo, hi, RBM, ph, pc, True,
+                                BLOCK_N, BLOCK_HD, BLOCK_WC, CD)
+    elif s < NSV:
+        dst = part_v_ptr + s.to(tl.int64) * TV
+        NK = T * BNP  # (step, sample, tile) rows of the key-gradient partials
+        if job < 10:
+            offs_c = pid * BLOCK_WV + tl.arange(0, BLOCK_WV)
+            mc = offs_c < C
+            if pid * BLOCK_WV < C:
+                if job == 6:
+                    if HAS_GCX or HAS_GCH:
+                        lo, hi = _row_range(s, RBV, N, BLOCK_N)
+                        gsum = _col_part(gsum_ptr, C, lo, hi, RBV, offs_c, mc, BLOCK_N, BLOCK_WV, CD)
+                        if HAS_GCX:
+                            tl.store(dst + C + offs_c, gsum, mask=mc)
+                        if HAS_GCH:
+                            tl.store(dst + 3 * C + offs_c, gsum, mask=mc)
+                elif job == 7:
+                    if HAS_SA:
+                        lo, hi = _row_range(s, RBV, N, BLOCK_N)
+                        tl.store(dst + 4 * C + offs_c, _col_part(gz_ptr, C, lo, hi, RBV, offs_c, mc, BLOCK_N,
+                                                                BLOCK_WV, CD), mask=mc)
+                elif job == 8:
+                    if HAS_GCX:
+                        lo, hi = _row_range(s, RBV, NK, BLOCK_N)
+                        tl.store(dst + offs_c, _col_part(akw1_ptr, C, lo, hi, RBV, offs_c, mc, BLOCK_N, BLOCK_WV,
+                                                         CD), mask=mc)
+                else:
+                    if HAS_GCH:
+                        lo, hi = _row_range(s, RBV, NK, BLOCK_N)
+                        tl.store(dst + 2 * C + offs_c, _col_part(akw2_ptr, C, lo, hi, RBV, offs_c, mc, BLOCK_N,
+                                                                 BLOCK_WV, CD), mask=mc)
+        elif job < 19:
+            if pid == 0:
+                offs_1 = tl.arange(0, 1)
+                m1 = offs_1 < 1
+                offs_h1 = tl.arange(0, BLOCK_HG1)
+                mh1 = offs_h1 < CHG1
+                offs_h2 = tl.arange(0, BLOCK_HG2)
+                mh2 = offs_h2 < CHG2
+                offs_hs = tl.arange(0, BLOCK_HS)
+                mhs = offs_hs < CHS
+                g2 = HV + 1 + 3 * CHG1  # GC2's hidden-sized slots
+                lo, hi = _row_range(s, RBV, N, BLOCK_N)
+                if job == 10:
+                    if HAS_GCX:
+                        lk, hk = _row_range(s, RBV, NK, BLOCK_N)
+                        tl.store(dst + HV + offs_1, _col_part(akb1_ptr, 1, lk, hk, RBV, offs_1, m1, BLOCK_N, 1, CD))
+                elif job == 11:
+                    if HAS_GCX:
+                        tl.store(dst + HV + 1 + offs_h1, _col_part(gq1_ptr, CHG1, lo, hi, RBV, offs_h1, mh1, BLOCK_N,
+                                                                   BLOCK_HG1, CD), mask=mh1)
+                elif job == 12:
+                    if HAS_GCX:
+                        tl.store(dst + HV + 1 + CHG1 + offs_h1, _col_part(gnq1_ptr, CHG1, lo, hi, RBV, offs_h1, mh1,
+                                                                          BLOCK_N, BLOCK_HG1, CD), mask=mh1)
+                elif job == 13:
+                    if HAS_GCX:
+                        tl.store(dst + HV + 1 + 2 * CHG1 + offs_h1, _col_part(gn1_ptr, CHG1, lo, hi, RBV, offs_h1, mh1,
+                                                                              BLOCK_N, BLOCK_HG1, CD), mask=mh1)
+                elif job == 14:
+                    if HAS_GCH:
+                        lk, hk = _row_range(s, RBV, NK, BLOCK_N)
+                        tl.store(dst + g2 + offs_1, _col_part(akb2_ptr, 1, lk, hk, RBV, offs_1, m1, BLOCK_N, 1, CD))
+                elif job == 15:
+                    if HAS_GCH:
+                        tl.store(dst + g2 + 1 + offs_h2, _col_part(gq2_ptr, CHG2, lo, hi, RBV, offs_h2, mh2, BLOCK_N,
+                                                                   BLOCK_HG2, CD), mask=mh2)
+                elif job == 16:
+                    if HAS_GCH:
+                        tl.store(dst + g2 + 1 + CHG2 + offs_h2, _col_part(gnq2_ptr, CHG2, lo, hi, RBV, offs_h2, mh2,
+                                                                          BLOCK_N, BLOCK_HG2, CD), mask=mh2)
+                elif job == 17:
+                    if HAS_GCH:
+                        tl.store(dst + g2 + 1 + 2 * CHG2 + offs_h2, _col_part(gn2_ptr, CHG2, lo, hi, RBV, offs_h2, mh2,
+                                                                              BLOCK_N, BLOCK_HG2, CD), mask=mh2)
+                else:
+                    if HAS_SA:
+                        tl.store(dst + g2 + 1 + 3 * CHG2 + offs_hs, _col_part(ghid_ptr, CHS, lo, hi, RBV, offs_hs, mhs,
+                                                                              BLOCK_N, BLOCK_HS, CD), mask=mhs)
+        else:
+            if HAS_POS:
+                t = job - 19  # position-encoding row t: the B*NP partials of step t
+                offs_c = pid * BLOCK_WV + tl.arange(0, BLOCK_WV)
+                mc = offs_c < C
+                if pid * BLOCK_WV < C:
+                    lo, hi = _row_range(s, RBV, tl.where(t < T, BNP, 0), BLOCK_N)
+                    src = gpos_ptr + tl.minimum(t, T - 1).to(tl.int64) * BNP * C
+                    tl.store(dst + (5 + t) * C + offs_c, _col_part(src, C, lo, hi, RBV, offs_c, mc, BLOCK_N,
+                                                                   BLOCK_WV, CD), mask=mc)
+
+
+@triton.jit
+def _sum_splits(part_ptr, NS, STRIDE, off, numel, out_ptr, pe, BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr,
+                CD: tl.constexpr):
+    """``out[e] = sum_s part[s, off + e]`` over the NS splits, for elements ``e`` of block ``pe``:
+    ``[BLOCK_S, BLOCK_E]`` blocks of splits, each summed by ``tl.sum``, added in split order."""
+    offs_e = pe * BLOCK_E + tl.arange(0, BLOCK_E)
+    me = offs_e < numel
+    if pe * BLOCK_E < numel:
+        offs_s = tl.arange(0, BLOCK_S)
+        acc = tl.zeros([BLOCK_E], dtype=CD)
+        for s0 in range(0, NS, BLOCK_S):
+            sp = s0 + offs_s
+            blk = tl.load(part_ptr + sp.to(tl.int64)[:, None] * STRIDE + off + offs_e[None, :],
+                          mask=(sp < NS)[:, None] & me[None, :], other=0.0)
+            acc += tl.sum(blk, axis=0)
+        tl.store(out_ptr + offs_e, acc.to(out_ptr.dtype.element_ty), mask=me)
+
+
+@triton.jit
+def staa_bwd_weights_sum_kernel(
+    part_m_ptr, part_v_ptr,  # [NSM, TM], [NSV, TV]: pass 1's per-split partials
+    oqw1_ptr, ovw1_ptr, oqw2_ptr, ovw2_ptr, of1w_ptr, of2w_ptr,  # weight-matrix gradients out
+    okw1_ptr, ovb1_ptr, okw2_ptr, ovb2_ptr, of2b_ptr, opos_ptr,  # C-sized (and [T_pos, C]) gradients out
+    okb1_ptr, oqb1_ptr, onw1_ptr, onb1_ptr, okb2_ptr, oqb2_ptr, onw2_ptr, onb2_ptr, of1b_ptr,  # the rest
+    T_pos, C, CHG1, CHG2, CHS, NSM, NSV,
+    HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_E: tl.constexpr, CD: tl.constexpr,
+):
+    """Pass 2 of the parameter gradients (grid ``[element blocks, 21]``): program ``(pe, job)`` adds
+    the split partials of element block pe of gradient ``job`` (in the argument order of the
+    outputs) and stores it in the gradient's dtype."""
+    pe = tl.program_id(0)
+    job = tl.program_id(1)
+    TM = 2 * C * (CHG1 + CHG2 + CHS)
+    HV = (5 + T_pos) * C
+    TV = HV + 2 + 3 * (CHG1 + CHG2) + CHS
+    g2 = HV + 1 + 3 * CHG1
+    if job < 6:
+        o2 = 2 * CHG1 * C
+        o3 = o2 + 2 * CHG2 * C
+        if job == 0:
             if HAS_GCX:
-                _gc_small_grads(gq1_ptr, gnq1_ptr, gn1_ptr, akb1_ptr, okb1_ptr, oqb1_ptr, onw1_ptr, onb1_ptr,
-                                N, NK, CHG1, BLOCK_HG1, CD)
+                _sum_splits(part_m_ptr, NSM, TM, 0, CHG1 * C, oqw1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 1:
+            if HAS_GCX:
+                _sum_splits(part_m_ptr, NSM, TM, CHG1 * C, CHG1 * C, ovw1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 2:
             if HAS_GCH:
-                _gc_small_grads(gq2_ptr, gnq2_ptr, gn2_ptr, akb2_ptr, okb2_ptr, oqb2_ptr, onw2_ptr, onb2_ptr,
-                                N, NK, CHG2, BLOCK_HG2, CD)
+                _sum_splits(part_m_ptr, NSM, TM, o2, CHG2 * C, oqw2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 3:
+            if HAS_GCH:
+                _sum_splits(part_m_ptr, NSM, TM, o2 + CHG2 * C, CHG2 * C, ovw2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 4:
             if HAS_SA:
-                _store_vec(of1b_ptr, _sum_partials(ghid_ptr, N, CHS, offs_hs, mhs, BLOCK_HS, CD), offs_hs, mhs)
+                _sum_splits(part_m_ptr, NSM, TM, o3, CHS * C, of1w_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        else:
+            if HAS_SA:
+                _sum_splits(part_m_ptr, NSM, TM, o3 + CHS * C, CHS * C, of2w_ptr, pe, BLOCK_S, BLOCK_E, CD)
+    elif job < 12:
+        if job == 6:
+            if HAS_GCX:
+                _sum_splits(part_v_ptr, NSV, TV, 0, C, okw1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 7:
+            if HAS_GCX:
+                _sum_splits(part_v_ptr, NSV, TV, C, C, ovb1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 8:
+            if HAS_GCH:
+                _sum_splits(part_v_ptr, NSV, TV, 2 * C, C, okw2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 9:
+            if HAS_GCH:
+                _sum_splits(part_v_ptr, NSV, TV, 3 * C, C, ovb2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        elif job == 10:
+            if HAS_SA:
+                _sum_splits(part_v_ptr, NSV, TV, 4 * C, C, of2b_ptr, pe, BLOCK_S, BLOCK_E, CD)
+        else:
+            if HAS_POS:
+                _sum_splits(part_v_ptr, NSV, TV, 5 * C, T_pos * C, opos_ptr, pe, BLOCK_S, BLOCK_E, CD)
+    elif job < 16:
+        if HAS_GCX:
+            if job == 12:
+                _sum_splits(part_v_ptr, NSV, TV, HV, 1, okb1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+            elif job == 13:
+                _sum_splits(part_v_ptr, NSV, TV, HV + 1, CHG1, oqb1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+            elif job == 14:
+                _sum_splits(part_v_ptr, NSV, TV, HV + 1 + CHG1, CHG1, onw1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+            else:
+                _sum_splits(part_v_ptr, NSV, TV, HV + 1 + 2 * CHG1, CHG1, onb1_ptr, pe, BLOCK_S, BLOCK_E, CD)
+    elif job < 20:
+        if HAS_GCH:
+            if job == 16:
+                _sum_splits(part_v_ptr, NSV, TV, g2, 1, okb2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+            elif job == 17:
+                _sum_splits(part_v_ptr, NSV, TV, g2 + 1, CHG2, oqb2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+            elif job == 18:
+                _sum_splits(part_v_ptr, NSV, TV, g2 + 1 + CHG2, CHG2, onw2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+            else:
+                _sum_splits(part_v_ptr, NSV, TV, g2 + 1 + 2 * CHG2, CHG2, onb2_ptr, pe, BLOCK_S, BLOCK_E, CD)
+    else:
+        if HAS_SA:
+            _sum_splits(part_v_ptr, NSV, TV, g2 + 1 + 3 * CHG2, CHS, of1b_ptr, pe, BLOCK_S, BLOCK_E, CD)

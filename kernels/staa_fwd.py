@@ -8,7 +8,8 @@ One launch before the time loop (see ``launch.staa_lif_forward``):
 
 Then two kernels per time step t:
 
-* ``staa_fwd_mlp_kernel`` (grid ``[B]``): sums the per-tile partials of X_t and of H_{t-1},
+* ``staa_fwd_mlp_kernel`` (grid ``[B]``): sums the per-tile partials of X_t and of H_{t-1}
+  (all of a sample's tiles in one block load per channel chunk, ``_sum_partials``),
   runs GC1's and GC2's query/LayerNorm/value MLPs and SA's fc1/fc2, and writes GC1's channel
   delta ``d1[t, b, :]``, GC2's ``d2[b, :]``, the SA gate ``gate[t, b, :]`` and (``STATS``) the
   step's summed reductions, kept for the backward so that it need not re-read x or u.
@@ -43,12 +44,18 @@ def _relu(z):
 
 
 @triton.jit
-def _sum_partials(ptr, NP, C, offs_c, mc, BLOCK_CC: tl.constexpr, CD: tl.constexpr):
+def _sum_partials(ptr, NP, C, offs_c, mc, BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, CD: tl.constexpr):
     """Sum over a sample's NP plane tiles of the per-tile partial C-vectors at ``ptr`` (layout
-    [NP, C]), for the channels ``offs_c``, in tile order (deterministic)."""
+    [NP, C]), for the channels ``offs_c``: ``[BLOCK_NP, BLOCK_CC]`` blocks of tiles, each summed
+    by ``tl.sum`` and added in block order (a fixed order: bitwise repeatable). The launchers
+    size ``BLOCK_NP`` (``launch.partial_block``) so one block holds every tile of the shipped
+    planes: one load, however large the plane."""
+    offs_j = tl.arange(0, BLOCK_NP)
     acc = tl.zeros([BLOCK_CC], dtype=CD)
-    for j in range(0, NP):
-        acc += tl.load(ptr + j * C + offs_c, mask=mc, other=0.0)
+    for j0 in range(0, NP, BLOCK_NP):
+        rows = j0 + offs_j
+        blk = tl.load(ptr + rows[:, None] * C + offs_c[None, :], mask=(rows < NP)[:, None] & mc[None, :], other=0.0)
+        acc += tl.sum(blk, axis=0)
     return acc
 
 
@@ -94,7 +101,8 @@ def _spike_value(s, v):
 
 @triton.jit
 def _gc_query_ln(src_ptr, NP, C, qw_ptr, qb_ptr, nw_ptr, nb_ptr, ctx_out_ptr, offs_h, mh, CH,
-                 STATS: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_H: tl.constexpr, CD: tl.constexpr):
+                 STATS: tl.constexpr, BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_H: tl.constexpr,
+                 CD: tl.constexpr):
     """GC's query and LayerNorm for one sample: the context ``ctx [C]`` is the sum of the ``NP``
     partial C-vectors at ``src_ptr`` (layout [NP, C]; NP = 1 for a summed context), stored at
     ``ctx_out_ptr`` with ``STATS``. Returns ``(qhat, rstd, n)``: the normalised query, 1 / std
@@ -104,7 +112,7 @@ def _gc_query_ln(src_ptr, NP, C, qw_ptr, qb_ptr, nw_ptr, nb_ptr, ctx_out_ptr, of
     for c0 in range(0, C, BLOCK_CC):
         offs_c = c0 + tl.arange(0, BLOCK_CC)
         mc = offs_c < C
-        ctx = _sum_partials(src_ptr, NP, C, offs_c, mc, BLOCK_CC, CD)
+        ctx = _sum_partials(src_ptr, NP, C, offs_c, mc, BLOCK_NP, BLOCK_CC, CD)
         if STATS:
             tl.store(ctx_out_ptr + offs_c, ctx, mask=mc)
         w = tl.load(qw_ptr + offs_h[:, None] * C + offs_c[None, :], mask=mh[:, None] & mc[None, :], other=0.0)
@@ -140,15 +148,15 @@ def staa_fwd_mlp_kernel(
     f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr,  # SA weights
     t, B, C, P, NP, CHG1, CHG2, CHS, alpha,
     HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr, STATS: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
-    CD: tl.constexpr,
+    BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
     _fwd_mlp_sample(
         tl.program_id(0), t, part_xctx_ptr, part_xsum_ptr, part_ctx_ptr, part_hsum_ptr, d1_ptr, d2_ptr, gate_ptr,
         drop_ptr, ctx1_out_ptr, xsum_out_ptr, ctx2_out_ptr, hsum_out_ptr,
         qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,
         f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, B, C, P, NP, CHG1, CHG2, CHS, alpha,
-        HAS_GCX, HAS_GCH, HAS_SA, STATS, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
+        HAS_GCX, HAS_GCH, HAS_SA, STATS, BLOCK_NP, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
     )
 
 
@@ -159,8 +167,8 @@ def _fwd_mlp_sample(
     qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr, vb2_ptr,
     f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, B, C, P, NP, CHG1, CHG2, CHS, alpha,
     HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr, STATS: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
-    CD: tl.constexpr,
+    BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
     """The channel MLPs of one sample b at step t (body of ``staa_fwd_mlp_kernel``, also
     run in place by the persistent kernel): GC1 on X_t's and GC2 on H_{t-1}'s summed tile
@@ -182,11 +190,11 @@ def _fwd_mlp_sample(
 
     if HAS_GCX:
         _, _, n1 = _gc_query_ln(part_xctx_ptr + xpart, NP, C, qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, ctx1_out_ptr + vec,
-                                offs_h1, mh1, CHG1, STATS, BLOCK_CC, BLOCK_HG1, CD)
+                                offs_h1, mh1, CHG1, STATS, BLOCK_NP, BLOCK_CC, BLOCK_HG1, CD)
         r1 = _relu(n1)
     if HAS_GCH:
         _, _, n2 = _gc_query_ln(part_ctx_ptr + part, NP, C, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, ctx2_out_ptr + vec,
-                                offs_h2, mh2, CHG2, STATS, BLOCK_CC, BLOCK_HG2, CD)
+                                offs_h2, mh2, CHG2, STATS, BLOCK_NP, BLOCK_CC, BLOCK_HG2, CD)
         r2 = _relu(n2)
 
     if HAS_SA:
@@ -201,8 +209,8 @@ def _fwd_mlp_sample(
             d2 = _gc_value(vw2_ptr, vb2_ptr, r2, offs_c, mc, offs_h2, mh2, CHG2, CD)
             tl.store(d2_ptr + b.to(tl.int64) * C + offs_c, d2, mask=mc)
         if HAS_SA:
-            xsum = _sum_partials(part_xsum_ptr + xpart, NP, C, offs_c, mc, BLOCK_CC, CD)
-            hsum = _sum_partials(part_hsum_ptr + part, NP, C, offs_c, mc, BLOCK_CC, CD)
+            xsum = _sum_partials(part_xsum_ptr + xpart, NP, C, offs_c, mc, BLOCK_NP, BLOCK_CC, CD)
+            hsum = _sum_partials(part_hsum_ptr + part, NP, C, offs_c, mc, BLOCK_NP, BLOCK_CC, CD)
             if STATS:
                 tl.store(xsum_out_ptr + vec + offs_c, xsum, mask=mc)
                 tl.store(hsum_out_ptr + vec + offs_c, hsum, mask=mc)
@@ -331,8 +339,8 @@ def staa_fwd_persistent_kernel(
     HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr, STATS: tl.constexpr,
     HARD: tl.constexpr, STORE_V: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr, BLOCK_HS: tl.constexpr,
-    CD: tl.constexpr,
+    BLOCK_NP: tl.constexpr, BLOCK_CC: tl.constexpr, BLOCK_HG1: tl.constexpr, BLOCK_HG2: tl.constexpr,
+    BLOCK_HS: tl.constexpr, CD: tl.constexpr,
 ):
     """The whole time loop of one sample b (grid ``[B]``), for small planes.
 
@@ -354,7 +362,7 @@ def staa_fwd_persistent_kernel(
                 ctx1_out_ptr, xsum_out_ptr, ctx2_out_ptr, hsum_out_ptr,
                 qw1_ptr, qb1_ptr, nw1_ptr, nb1_ptr, vw1_ptr, vb1_ptr, qw2_ptr, qb2_ptr, nw2_ptr, nb2_ptr, vw2_ptr,
                 vb2_ptr, f1w_ptr, f1b_ptr, f2w_ptr, f2b_ptr, B, C, P, NP, CHG1, CHG2, CHS, alpha,
-                HAS_GCX, HAS_GCH, HAS_SA, STATS, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
+                HAS_GCX, HAS_GCH, HAS_SA, STATS, BLOCK_NP, BLOCK_CC, BLOCK_HG1, BLOCK_HG2, BLOCK_HS, CD,
             )
             tl.debug_barrier()
         cur = (t * B + b).to(tl.int64) * C

@@ -39,6 +39,8 @@ TRITON = ["tests/interpret/test_kernels.py"]  # run with TRITON_INTERPRET=1 (run
 BACKEND = ["tests/test_backend.py"]
 SELFTEST = ["tests/test_selftest.py"]  # its in-process tests come first, so -x stops before the slow runs
 GRAPHS = ["tests/test_cuda_graphs.py"]  # the CPU checks of the route a device runs (capture-safe)
+REDUCTIONS = ["tests/interpret/test_reductions.py"]  # the blocked sums, split small (also TRITON_INTERPRET=1)
+REPEAT = ["tests/interpret/test_reductions_repeat.py"]  # their bitwise repeatability
 
 
 class Mutation(NamedTuple):
@@ -96,7 +98,7 @@ MUTATIONS: List[Mutation] = [
     Mutation("G1", "on a device, a dropped step keeps the aggregator's U", "staa/ops/torch_impl.py",
              "torch.where(d_t, xc[t] + h, u_t, out=u_t)", "torch.where(d_t, u_t, u_t, out=u_t)", GRAPHS),
     Mutation("G2", "on a device, a dropped step's GC key gradient joins the weight gradients",
-             "staa/ops/torch_impl.py", "g_key_t = _zero_if(dropped, g_key_t)", "g_key_t = g_key_t", GRAPHS),
+             "staa/ops/_global_context.py", "g_key_t = _zero_if(dropped, g_key_t)", "g_key_t = g_key_t", GRAPHS),
     Mutation("G3", "a compiled or captured single-step call starts its device counter at 0", "staa/neuron.py",
              "torch.full((), self._t, dtype=torch.long", "torch.full((), 0, dtype=torch.long", GRAPHS),
     # ---- the Triton kernels, one per family (run under TRITON_INTERPRET=1)
@@ -124,14 +126,30 @@ MUTATIONS: List[Mutation] = [
     Mutation("BK1", "auto trusts a verified entry whatever the kernels' fingerprint", "staa/_backend.py",
              "        if r.kernels == mine:", "        if True:", BACKEND),
     Mutation("BK2", "auto does not recognise a ROCm build", "staa/_backend.py", "    if hip:\n", "    if False:\n", BACKEND),
-    Mutation("ST1", "the self-test never applies the spike-agreement threshold", "staa/_selftest.py",
+    Mutation("ST1", "the self-test never applies the spike-agreement threshold", "staa/_selftest_criteria.py",
              "    if agreement < SPIKE_AGREEMENT:", "    if False:", SELFTEST),
-    Mutation("ST2", "the self-test's 2x error rule becomes 200x", "staa/_selftest.py",
+    Mutation("ST2", "the self-test's 2x error rule becomes 200x", "staa/_selftest_criteria.py",
              "        if e_tri > max(ERROR_RATIO * e_tor, floor):", "        if e_tri > max(100 * ERROR_RATIO * e_tor, floor):",
              SELFTEST),
     Mutation("ST3", "a filter that selects no case is not an error", "staa/_selftest.py",
              "        if not cases:\n            raise NoCaseSelected", "        if False:\n            raise NoCaseSelected",
              SELFTEST),
+    # ---- the blocked reductions (sums over the batch and the plane, split into blocks and ranges)
+    Mutation("R1", "parameter gradients: pass 2 drops the last row range's partial", "staa/kernels/staa_bwd.py",
+             "mask=(sp < NS)[:, None] & me[None, :], other=0.0)", "mask=(sp < NS - 1)[:, None] & me[None, :], other=0.0)",
+             REDUCTIONS, True),
+    Mutation("R2", "MLP kernels: the last plane tile's partial is dropped from every tile sum", "staa/kernels/staa_fwd.py",
+             "mask=(rows < NP)[:, None] & mc[None, :], other=0.0)", "mask=(rows < NP - 1)[:, None] & mc[None, :], other=0.0)",
+             REDUCTIONS),
+    Mutation("R3", "weight-matrix sums: a row range's blocks are read from row 0 (range offset lost)",
+             "staa/kernels/staa_bwd.py",
+             "n = lo + k * BLOCK_N + offs_n\n            mn = n < hi", "n = k * BLOCK_N + offs_n\n            mn = n < hi",
+             REDUCTIONS),
+    Mutation("R4", "MLP kernels: every block of plane-tile partials re-reads the first block", "staa/kernels/staa_fwd.py",
+             "rows = j0 + offs_j", "rows = offs_j", REDUCTIONS),
+    Mutation("R5", "pass 2 adds the row ranges in an order set by the output's address (not bitwise repeatable)",
+             "staa/kernels/staa_bwd.py", "sp = s0 + offs_s",
+             "sp = tl.where(s0 + offs_s < NS, (s0 + offs_s + out_ptr.to(tl.int64) // 4) % NS, NS)", REPEAT),
 ]
 
 

@@ -34,3 +34,24 @@ def test_the_package_copy_is_the_installed_layout(tmp_path):
     assert os.path.isfile(os.path.join(pkg, "staa", "kernels", "launch.py"))
     assert os.path.isfile(os.path.join(pkg, "staa", "ops", "torch_impl.py"))
     mc.check_imports_come_from(pkg)
+
+
+def test_blocked_sums_have_their_mutations():
+    """The blocked sums over the batch and the plane keep a dropped partial, a wrong block
+    offset and a reorder that breaks bitwise repeatability among the bugs, run against the tests
+    that force those sums into several blocks and ranges."""
+    reds = {m.key: m for m in mc.MUTATIONS if m.key.startswith("R")}
+    assert len(reds) >= 5
+    assert all(m.tests in (mc.REDUCTIONS, mc.REPEAT) for m in reds.values())
+    assert any(m.tests == mc.REPEAT for m in reds.values())
+    whats = " ".join(m.what for m in reds.values())
+    for words in ("drops the last", "offset", "not bitwise repeatable"):
+        assert words in whats, words
+
+
+def test_readme_states_the_number_of_mutations():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    n, fast = len(mc.MUTATIONS), sum(m.fast for m in mc.MUTATIONS)
+    assert f"applies\n{n} hand-written bugs" in readme or f"applies {n} hand-written bugs" in readme
+    assert f"# all {n};" in readme and f"--fast a {fast}-bug subset" in readme

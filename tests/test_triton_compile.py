@@ -36,7 +36,7 @@ def test_quick_configurations_compile_for_sm90(tmp_path):
     # [128, 32, 32] runs the per-step kernels, [512, 4, 4] the persistent ones.
     kernels = {"staa_plane_reduce_kernel", "staa_fwd_mlp_kernel", "staa_fwd_elem_kernel", "staa_fwd_persistent_kernel",
                "staa_bwd_mlp_kernel", "staa_bwd_elem_kernel", "staa_bwd_persistent_kernel",
-                   "staa_bwd_weights_kernel"}
+                   "staa_bwd_weights_kernel", "staa_bwd_weights_sum_kernel"}
     rows = [line for line in table.splitlines() if line.startswith("| staa_")]
     assert {r.split("|")[1].strip() for r in rows} == kernels
     for r in rows:

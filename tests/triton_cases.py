@@ -32,6 +32,16 @@ TOLERANCES = {
 }
 
 
+# A case whose blocked sums span several blocks and ranges once the launchers' blocks and ranges
+# are shrunk (tests/interpret/test_reductions*.py): C = 5 with MAX_TILE 16 gives [8, 2] tiles, so
+# P = 5 is NP = 3 tiles per sample, and MLP blocks of MAX_PARTIAL_TILE / BLOCK_CC = 16 / 8 = 2 tiles
+# (2 + 1); the parameter-gradient sums take ranges of at least 1 block, at most 2 ranges for the
+# weight matrices (T*B = 33 rows: 2 ranges of 2 blocks, the last one partial) and 4 for the
+# vectors (T*B*NP = 99 rows: 4 ranges of 2 blocks; pass 2 adds 4 partials per element).
+SPLIT_CASE = dict(T=3, B=11, C=5, P=5, max_tile=16)
+SPLIT_SMALL = dict(max_partial_tile=16, weight_splits=(1, 2, 4))
+
+
 def tolerances(dtype: torch.dtype) -> dict:
     return TOLERANCES[str(dtype).replace("torch.", "")]
 
@@ -163,9 +173,11 @@ def flat_grads(out):
 
 
 @contextlib.contextmanager
-def poisoned(active=True):
+def poisoned(active=True, shift=0):
     """Every fresh floating-point ``torch.empty``/``empty_like`` is NaN-filled while active, so an
-    element a kernel forgets to write shows as NaN."""
+    element a kernel forgets to write shows as NaN. ``shift`` > 0: each such allocation is also a
+    view ``shift`` elements into a larger one, so its address differs from any aligned allocation
+    of an earlier run (a reduction whose order depends on where its buffers lie then changes)."""
     if not active:
         yield
         return
@@ -175,6 +187,9 @@ def poisoned(active=True):
         def poisoned_make(*a, **k):
             t = make(*a, **k)
             if t.is_floating_point():
+                if shift and t.numel() > 0 and t.is_contiguous():
+                    base = empty(t.numel() + shift, dtype=t.dtype, device=t.device)
+                    t = base[shift:].view(t.shape)
                 t.fill_(float("nan"))
             return t
         return poisoned_make
@@ -187,15 +202,23 @@ def poisoned(active=True):
 
 
 @contextlib.contextmanager
-def launcher_settings(max_tile=None, tile_config=None, path_env=None):
-    """The launchers with a smaller tile (``max_tile``), a replaced ``tile_config`` or the path
-    variable set (``path_env``: "per_step", "persistent", or "" to unset it); everything is
-    restored on exit."""
+def launcher_settings(max_tile=None, tile_config=None, path_env=None, max_partial_tile=None, weight_splits=None):
+    """The launchers with a smaller tile (``max_tile``), a replaced ``tile_config``, the path
+    variable set (``path_env``: "per_step", "persistent", or "" to unset it), smaller blocks of
+    plane-tile partials in the MLP kernels (``max_partial_tile``: elements per block) or other
+    row splits of the parameter-gradient sums (``weight_splits``: ``(blocks per split at least,
+    matrix splits at most, vector splits at most)``); everything is restored on exit."""
     from staa.kernels import launch
 
-    saved = launch.MAX_TILE, launch.tile_config, os.environ.get(launch.PATH_ENV)
+    names = ("MAX_TILE", "MAX_PARTIAL_TILE", "WEIGHT_SPLIT_BLOCKS", "MAX_MATRIX_SPLITS", "MAX_VECTOR_SPLITS")
+    saved = {n: getattr(launch, n) for n in names}
+    saved_cfg, saved_env = launch.tile_config, os.environ.get(launch.PATH_ENV)
     if max_tile is not None:
         launch.MAX_TILE = max_tile
+    if max_partial_tile is not None:
+        launch.MAX_PARTIAL_TILE = max_partial_tile
+    if weight_splits is not None:
+        launch.WEIGHT_SPLIT_BLOCKS, launch.MAX_MATRIX_SPLITS, launch.MAX_VECTOR_SPLITS = weight_splits
     if tile_config is not None:
         launch.tile_config = tile_config
     if path_env is not None:
@@ -205,10 +228,12 @@ def launcher_settings(max_tile=None, tile_config=None, path_env=None):
     try:
         yield launch
     finally:
-        launch.MAX_TILE, launch.tile_config = saved[:2]
+        for n, v in saved.items():
+            setattr(launch, n, v)
+        launch.tile_config = saved_cfg
         os.environ.pop(launch.PATH_ENV, None)
-        if saved[2] is not None:
-            os.environ[launch.PATH_ENV] = saved[2]
+        if saved_env is not None:
+            os.environ[launch.PATH_ENV] = saved_env
 
 
 @contextlib.contextmanager

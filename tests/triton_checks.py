@@ -120,9 +120,10 @@ def check_parity(T, B, C, P, *, max_tile=None, store_v_seq=True, grads=True, poi
 
 def check_deterministic_backward(T, B, C, P, *, device="cpu", path=None, **case) -> int:
     """Backward twice on the same saved tensors (both launchers given ``path``), the second time
-    with every fresh allocation NaN-poisoned (on the CPU): all gradients bitwise identical, and
-    the saved tensors (x, u, gate, the reductions) unchanged by the backward. Returns how many
-    gradients were compared."""
+    with every fresh allocation NaN-poisoned and placed at an address no first-run buffer can
+    have (on the CPU; ``poisoned(shift=17)``): all gradients bitwise identical, and the saved
+    tensors (x, u, gate, the reductions) unchanged by the backward. Returns how many gradients
+    were compared."""
     from staa.kernels import launch
 
     x, params, drop, kw, _, _, h0 = build_case(T, B, C, P, **case)
@@ -132,7 +133,7 @@ def check_deterministic_backward(T, B, C, P, *, device="cpu", path=None, **case)
     gs = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device=device, dtype=x.dtype)
     runs = []
     for poison in (False, device == "cpu"):
-        with poisoned(poison):
+        with poisoned(poison, shift=17 if poison else 0):
             runs.append(flat_grads(backward(launch, gs, None, x, drop, h0, params, u, gate, kw, path=path,
                                             stats=stats)))
     differ = [i for i, (a, b) in enumerate(zip(*runs)) if not torch.equal(a, b)]

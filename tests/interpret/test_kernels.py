@@ -145,8 +145,9 @@ def test_path_rule():
         run = check_parity(2, 1, 4, 3)
         assert run.fwd_kernels == ["staa_fwd_elem_kernel", "staa_fwd_mlp_kernel", "staa_plane_reduce_kernel"]
         # The backward takes the forward's reductions (the op's route), so it launches no plane
-        # reduction; one launch after the loop computes every parameter gradient.
-        assert run.bwd_kernels == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_bwd_weights_kernel"]
+        # reduction; two launches after the loop compute every parameter gradient.
+        assert run.bwd_kernels == ["staa_bwd_elem_kernel", "staa_bwd_mlp_kernel", "staa_bwd_weights_kernel",
+                                   "staa_bwd_weights_sum_kernel"]
     with launcher_settings(path_env="persistent") as launch:
         assert launch.loop_path(128, 1024) == "persistent"
     with launcher_settings(path_env="fast") as launch:
