@@ -194,6 +194,12 @@ def _flags(kwargs):
     return " ".join(blocks), ",".join(on), cd
 
 
+# Shared memory one block may use (opt-in maximum, bytes) and the GPUs of each architecture; a
+# configuration over its architecture's limit would fail to launch there (triton's OutOfResources).
+SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+ARCH_NAMES = {80: "A100", 86: "RTX 30-series / A40", 89: "RTX 40-series / L40", 90: "H100 / H200"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the two goal layer shapes, default options (CI)")
@@ -202,7 +208,9 @@ def main(argv=None) -> int:
                          "for every layer shape the launchers run them on")
     ap.add_argument("--out", default=None, help="table path (default: benchmarks/results/kernel_compile_sm90.md, "
                                                 "or kernel_compile_sm90_persistent.md with --persistent)")
-    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability to compile for")
+    ap.add_argument("--arch", type=int, default=90,
+                    help="CUDA compute capability to compile for: 90 (H100/H200), 89 (RTX 40-series, L40), "
+                         "80 (A100); the table defaults to results/kernel_compile_sm<arch>.md")
     ap.add_argument("--kernels", nargs="+", default=None, metavar="NAME",
                     help="compile only these kernels' configurations (e.g. the ones a change touched)")
     ap.add_argument("--options", nargs="+", default=None, choices=[o["name"] for o in OPTIONS],
@@ -219,7 +227,7 @@ def main(argv=None) -> int:
     from staa.kernels import launch as _launch
 
     if ns.out is None:
-        name = "kernel_compile_sm90_persistent.md" if ns.persistent else "kernel_compile_sm90.md"
+        name = f"kernel_compile_sm{ns.arch}" + ("_persistent" if ns.persistent else "") + ".md"
         ns.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
     target = GPUTarget("cuda", ns.arch, 32)
     shapes = SHAPES
@@ -244,7 +252,12 @@ def main(argv=None) -> int:
         try:
             ck = compile_launch(kernel, args, kwargs, target)
             use = ptxas_usage(ck.asm["ptx"], ns.arch)
+            use["shared"] = int(ck.metadata.shared)
             status = "ok"
+            limit = SMEM_LIMIT.get(ns.arch)
+            if limit is not None and use["shared"] > limit:
+                failures += 1
+                status = f"FAILED: {use['shared']} B of shared memory, over sm_{ns.arch}'s {limit} B per block"
             if "persistent" in kernel.__name__ and "ld.global.nc" in ck.asm["ptx"]:
                 # A persistent program reads back its own global writes after a CTA barrier;
                 # the non-coherent (read-only) load path would not see them.
@@ -252,29 +265,35 @@ def main(argv=None) -> int:
                 status = "FAILED: non-coherent load (ld.global.nc) in a persistent kernel"
         except Exception as exc:  # report every failure, then fail the run
             failures += 1
-            use = dict(regs=-1, spill_stores=-1, spill_loads=-1)
+            use = dict(regs=-1, spill_stores=-1, spill_loads=-1, shared=-1)
             status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
         rows.append((kernel.__name__, label, blocks, flags, warps, use["regs"], use["spill_stores"],
-                     use["spill_loads"], status))
+                     use["spill_loads"], use["shared"], status))
         print(f"{kernel.__name__:22s} {label:34s} {blocks:40s} warps={warps} regs={use['regs']} "
               f"spill st/ld={use['spill_stores']}/{use['spill_loads']} {status}", flush=True)
     dt = time.time() - t0
     spilling = sum(1 for r in rows if r[6] > 0 or r[7] > 0)
     os.makedirs(os.path.dirname(os.path.abspath(ns.out)), exist_ok=True)
     with open(ns.out, "w") as f:
-        f.write(f"# Triton kernel configurations compiled for sm_{ns.arch} (H200 = sm_90)\n\n")
+        commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip() or "unknown"
+        f.write(f"# Triton kernel configurations compiled for sm_{ns.arch} ({ARCH_NAMES.get(ns.arch, 'CUDA')})\n\n")
+        f.write(f"Commit {commit}. ")
         f.write(f"Compiled on: {platform.machine()} CPU machine ({os.cpu_count()} cores, no GPU), "
                 f"triton {triton.__version__}, torch {torch.__version__}, with triton's bundled ptxas; "
                 f"`python benchmarks/compile_kernels.py{' --quick' if ns.quick else ''}"
                 f"{' --persistent' if ns.persistent else ''}"
                 f"{(' --kernels ' + ' '.join(ns.kernels)) if ns.kernels else ''}"
-                f"{(' --options ' + ' '.join(ns.options)) if ns.options else ''}` in {dt:.0f} s.\n\n")
+                f"{(' --options ' + ' '.join(ns.options)) if ns.options else ''}"
+                f"{(' --arch ' + str(ns.arch)) if ns.arch != 90 else ''}` in {dt:.0f} s.\n\n")
         f.write(f"{len(rows)} distinct configurations, {failures} failed to compile, {spilling} spill registers "
-                "to local memory (bytes per thread in the last two columns).\n"
+                "to local memory (bytes per thread), shared memory per block in bytes"
+                + (f" (sm_{ns.arch} allows {SMEM_LIMIT[ns.arch]})" if ns.arch in SMEM_LIMIT else "") + ".\n"
                 "The first layer shape/options that produced a configuration labels it; launches that "
                 "specialise identically are listed once.\n\n")
-        f.write("| kernel | first seen for | tiles | flags | warps | registers | spill stores (B) | spill loads (B) | status |\n")
-        f.write("|---|---|---|---|---|---|---|---|---|\n")
+        f.write("| kernel | first seen for | tiles | flags | warps | registers | spill stores (B) | spill loads (B) | "
+                "shared (B) | status |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
             f.write("| " + " | ".join(str(v) for v in r) + " |\n")
     print(f"{len(rows)} configurations, {failures} failed, {spilling} spilling; table: {ns.out}")
