@@ -18,12 +18,9 @@ otherwise idle machine (pause any accuracy runs): it uses one torch thread, like
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -93,34 +90,19 @@ def main(argv=None) -> int:
     unknown = set(args.rows) - set(run_ladder.STATIC_VARIANTS)
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {run_ladder.STATIC_VARIANTS}")
-    torch.set_num_threads(args.threads)
-    ladder_args = run_ladder.parse_args(LONG_ARGS + ["--data", args.data])
-    if args.train_size is not None:
-        ladder_args.train_size = args.train_size
-    cfg = run_ladder.build_config(ladder_args)
     try:
-        raw = fmnist_events.load_fashion_mnist(args.data)
+        cfg, raw, record = time_epoch.timing_setup(args, LONG_ARGS, "cost_rows.py", argv)
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 2
     data = run_ladder.prepare_task("static", raw, cfg)
-    record = {
-        "machine": dict(run_ladder.machine_info(args.threads),
-                        machine=f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, no training or "
-                                "benchmark running beside it"),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python benchmarks/accuracy/cost_rows.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record.update({
         "batch_size": cfg["batch_size"],
         "steps": args.steps,
         "block": args.block,
         "rows": measure(data, cfg, args.rows, args.steps, args.block, log=lambda m: print(m, flush=True)),
-    }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "accuracy-long-cost.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.write("\n")
-    print(f"wrote {path}")
+    })
+    time_epoch.write_record(record, os.path.join(args.out, "accuracy-long-cost.json"))
     return 0
 
 

@@ -436,6 +436,20 @@ def _max_se(summary: Dict[Tuple[str, str], dict], task: str) -> Optional[float]:
     return max(ses) if ses else None
 
 
+def _machine_lines(runs: List[dict]) -> List[str]:
+    """The "Machine and reproduce" heading and the paragraph naming the machine and the runs' commits."""
+    commits = sorted({r.get("machine", {}).get("git_commit") or "unknown" for r in runs})
+    machine = runs[0].get("machine", {})
+    return [
+        "## Machine and reproduce",
+        "",
+        f"Runs on {machine.get('machine')}, {machine.get('torch_threads')} torch thread per run, torch "
+        f"{machine.get('torch')}, Python {machine.get('python')}. Each run file records the commit the tree was at "
+        f"when the run finished: {', '.join(c[:7] for c in commits)}.",
+        "",
+    ]
+
+
 def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict], plot_name: str = "accuracy-large.png",
                  plotted: bool = True) -> str:
     """The large-protocol results page: ladder tables, every step with its standard error, the op vs the
@@ -545,15 +559,7 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
                          f"{r['reference_seconds_per_epoch']:.1f} | {r['reference_over_module']:.2f}x |")
         lines += ["", "(The seconds per epoch recorded inside each run's JSON come from a machine shared with other "
                   "work and are not used here.)", ""]
-    commits = sorted({r.get("machine", {}).get("git_commit") or "unknown" for r in runs + ref_runs})
-    machine = runs[0].get("machine", {})
-    lines += [
-        "## Machine and reproduce",
-        "",
-        f"Runs on {machine.get('machine')}, {machine.get('torch_threads')} torch thread per run, torch "
-        f"{machine.get('torch')}, Python {machine.get('python')}. Each run file records the commit the tree was at "
-        f"when the run finished: {', '.join(c[:7] for c in commits)}.",
-        "",
+    lines += _machine_lines(runs + ref_runs) + [
         "```",
         "sudo apt-get install -y dataset-fashion-mnist",
         f"{REPRODUCE} {LARGE_FLAGS} --seeds 0 1 2 3 4 \\",
@@ -705,17 +711,9 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -
             lines.append(f"| {v} | {gain} | {c['params']} | {c['params_over_lif']} | "
                          f"{1000 * c['seconds_per_step']:.1f} | {ratio} | {c['saved_bytes_per_step'] / 2**20:.1f} |")
         lines.append("")
-    commits = sorted({r.get("machine", {}).get("git_commit") or "unknown" for r in runs})
-    machine = runs[0].get("machine", {})
     epochs = runs[0]["config"]["epochs"]
     seeds = " ".join(str(x) for x in sorted({r["seed"] for r in runs}))
-    lines += [
-        "## Machine and reproduce",
-        "",
-        f"Runs on {machine.get('machine')}, {machine.get('torch_threads')} torch thread per run, torch "
-        f"{machine.get('torch')}, Python {machine.get('python')}. Each run file records the commit the tree was at "
-        f"when the run finished: {', '.join(c[:7] for c in commits)}.",
-        "",
+    lines += _machine_lines(runs) + [
         "```",
         "sudo apt-get install -y dataset-fashion-mnist",
         f"{REPRODUCE} {SELECTION_FLAGS} \\",

@@ -106,6 +106,35 @@ def time_task(task: str, data, cfg: dict, steps: int, block: int, seed: int = 0,
     return out
 
 
+def timing_setup(args, protocol_args, script: str, argv=None):
+    """(config, raw data, record header) for a timing script: the protocol's config (``--train-size``
+    may override it, for tests), the Fashion-MNIST arrays (FileNotFoundError when missing) and the
+    record's machine, start time and command. Sets the torch thread count."""
+    torch.set_num_threads(args.threads)
+    ladder_args = run_ladder.parse_args(list(protocol_args) + ["--data", args.data])
+    if args.train_size is not None:
+        ladder_args.train_size = args.train_size
+    cfg = run_ladder.build_config(ladder_args)
+    raw = fmnist_events.load_fashion_mnist(args.data)
+    record = {
+        "machine": dict(run_ladder.machine_info(args.threads),
+                        machine=f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, no training or "
+                                "benchmark running beside it"),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": f"python benchmarks/accuracy/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    return cfg, raw, record
+
+
+def write_record(record: dict, path: str) -> None:
+    """Write a timing record as sorted, indented JSON (the results pages read it)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=fmnist_events.DEFAULT_DATA_DIR)
@@ -116,24 +145,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(run_ladder.REPO, "docs", "results"))
     p.add_argument("--train-size", type=int, default=None, help="override the protocol's train size (tests)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    ladder_args = run_ladder.parse_args(LARGE_ARGS + ["--data", args.data])
-    if args.train_size is not None:
-        ladder_args.train_size = args.train_size
-    cfg = run_ladder.build_config(ladder_args)
     try:
-        raw = fmnist_events.load_fashion_mnist(args.data)
+        cfg, raw, record = timing_setup(args, LARGE_ARGS, "time_epoch.py", argv)
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 2
-    record = {
-        "machine": dict(run_ladder.machine_info(args.threads),
-                        machine=f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, no training or "
-                                "benchmark running beside it"),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python benchmarks/accuracy/time_epoch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tasks": {},
-    }
+    record["tasks"] = {}
     for task in args.tasks:
         data = run_ladder.prepare_task(task, raw, cfg)
         print(f"{task}: {TIMED_VARIANT[task]}, {len(data['y_train'])} train images, batch {cfg['batch_size']}", flush=True)
@@ -142,13 +159,9 @@ def main(argv=None) -> int:
         print(f"{task}: module {r['module_seconds_per_epoch']:.1f} s/epoch, reference "
               f"{r['reference_seconds_per_epoch']:.1f} s/epoch, reference/module {r['reference_over_module']:.2f}",
               flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "accuracy-large-timing.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.write("\n")
-    print(f"wrote {path}")
+    write_record(record, os.path.join(args.out, "accuracy-large-timing.json"))
     return 0
+
 
 
 if __name__ == "__main__":
