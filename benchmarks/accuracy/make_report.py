@@ -460,7 +460,7 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
         "",
         "Every number on this page comes from the **large protocol**, fixed before its runs and stated in "
         "[accuracy-protocol.md](accuracy-protocol.md): 20,000 training images, 3 epochs, batch 128, the full "
-        "10,000-image test set, 5 seeds per row, and `staa.STAALIF` as shipped (the module's own op, the path every "
+        "10,000-image test set, 5 seeds per row (the seeds column says how many have finished), and `staa.STAALIF` as shipped (the module's own op, the path every "
         "multi-step layer takes). The older [small-protocol page](accuracy.md) is kept as it was; its numbers are not "
         "mixed into this one.",
         "",
