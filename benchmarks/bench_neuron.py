@@ -344,7 +344,8 @@ def main(argv=None):
     notes.append(f"{args.rounds} interleaved rounds per shape and mode; whole run {time.time() - t_start:.0f} s.")
     if load0 is not None:
         notes.append(f"1-minute load average {load0[0]:.1f} at the start and {load1[0]:.1f} at the end "
-                     f"(on {info['cpu_count']} cores): other processes shared the machine.")
+                     f"(on {info['cpu_count']} cores; the average trails by about a minute and counts this "
+                     f"run's own {torch.get_num_threads()} thread(s)).")
     info["loadavg_start"], info["loadavg_end"] = load0, load1
     stem = args.out or os.path.join(HERE, "results", f"neuron_{device.type}")
     os.makedirs(os.path.dirname(stem), exist_ok=True)

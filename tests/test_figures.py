@@ -178,10 +178,7 @@ def _provenance_text(source):
 
 # Sources written before their script recorded the command, with what they lack; each entry goes
 # when the table is regenerated (benchmarks/bench_neuron.py now writes "command" into both files).
-PENDING_PROVENANCE = {
-    "benchmarks/results/neuron_cpu.json": "command",
-    "benchmarks/results/neuron_cpu_single_step.json": "command",
-}
+PENDING_PROVENANCE = {}
 
 
 def _missing_provenance(source):
