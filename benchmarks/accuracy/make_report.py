@@ -695,6 +695,11 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -
             f"of {cost.get('block')} steps ({cost.get('steps')} steps each), the median over blocks. Saved for "
             "backward: the bytes autograd keeps during one training forward (parameters excluded).",
             "",
+            "The LIF row's neuron is the plain PyTorch loop every accuracy run uses (`staa._demo.MultiStepLIF`), "
+            "not a fused LIF, so its time is no LIF's best: the layer alone against spikingjelly's LIF is in "
+            "[performance.md](../performance.md). The saved bytes are mostly the convolutions' and BatchNorms' "
+            "activations, which every row keeps alike.",
+            "",
             "| row | accuracy over LIF (points) | params | params over LIF | CPU ms / training step | x LIF | "
             "MiB saved for backward |",
             "|---|---|---|---|---|---|---|",
