@@ -73,13 +73,15 @@ WEIGHT_KERNELS = ("staa_bwd_weights_kernel", "staa_bwd_weights_sum_kernel")
 WEIGHT_BATCH = 64
 
 
-def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
+def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None, arch=90):
     """Run the launchers on CPU tensors for each ``((C, H, W), options, dtype name)`` with
     launches recorded instead of run; returns the distinct launches.
 
     ``path`` is the launchers' ``path`` argument (None: their automatic rule),
     ``store_v`` the ``store_v_seq`` values to run, ``only`` a set of kernel names to keep,
-    ``kinds`` the surrogate kinds the backward runs with (default: all)."""
+    ``kinds`` the surrogate kinds the backward runs with (default: all), ``arch`` the compute
+    capability whose shared memory per block (``SMEM_LIMIT``) the launchers plan for, as they do
+    on such a device."""
     import torch
 
     from staa.kernels import launch
@@ -112,6 +114,7 @@ def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
     ctx_label = [""]
     weights_only = [False]
     launch.launch_hook = hook
+    launch.smem_limit = SMEM_LIMIT.get(arch)
     try:
         for (C, H, W), opt, dtype in combos:
             P = H * W
@@ -142,6 +145,7 @@ def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None):
             weights_only[0] = False
     finally:
         launch.launch_hook = None
+        launch.smem_limit = None
     return list(seen.values())
 
 
@@ -241,9 +245,9 @@ def main(argv=None) -> int:
     if ns.persistent:
         only = {"staa_fwd_persistent_kernel", "staa_bwd_persistent_kernel"}
         launches = record_launches(combos, path="persistent", store_v=(False, True),
-                                   only=only & set(ns.kernels) if ns.kernels else only)
+                                   only=only & set(ns.kernels) if ns.kernels else only, arch=ns.arch)
     else:
-        launches = record_launches(combos, only=set(ns.kernels) if ns.kernels else None)
+        launches = record_launches(combos, only=set(ns.kernels) if ns.kernels else None, arch=ns.arch)
     rows, failures = [], 0
     t0 = time.time()
     for kernel, args, kwargs, label in launches:

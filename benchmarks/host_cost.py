@@ -390,7 +390,8 @@ def prepare_tree(spec: str, tmp: str) -> dict:
         head = _git("rev-parse", "--short", "HEAD", cwd=root)
         dirty = _git("status", "--porcelain", "--", "src/staa", "kernels", cwd=root)
         label = (head or os.path.basename(root)) + ("+dirty" if dirty else "")
-        desc = dict(spec=spec, label=label, commit=head, dirty=sorted(ln[3:] for ln in (dirty or "").splitlines()))
+        desc = dict(spec=spec, label=label, commit=head,
+                    dirty=sorted(ln.split(None, 1)[1] for ln in (dirty or "").splitlines()))
     else:
         commit = _git("rev-parse", "--short", spec + "^{commit}")
         if commit is None:

@@ -36,7 +36,7 @@ from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persi
 Tensor = torch.Tensor
 
 __all__ = ["TileConfig", "tile_config", "mlp_config", "partial_block", "WeightConfig", "weight_config", "loop_path", "backward_elem_warps", "persistent_backward_warps", "staa_lif_forward",
-           "staa_lif_backward"]
+           "staa_lif_backward", "weight_shared_bytes", "device_smem"]
 
 # Elements of one [BLOCK_C, BLOCK_P] plane tile held by one program of the elementwise
 # kernels; one program always holds every channel of its positions, because GC's key
@@ -59,8 +59,15 @@ def tile_config(C: int, P: int) -> TileConfig:
     ``BLOCK_C`` covers every channel; ``BLOCK_P`` is the largest power of two (at most
     ``P`` rounded up) that keeps the tile within ``MAX_TILE`` elements.
     """
+    return _tile_config(C, P, MAX_TILE)
+
+
+# The configurations depend only on the shape and the module's limits (keys of the caches, so a
+# changed limit is a new entry): computed once per shape, not on every call.
+@functools.lru_cache(maxsize=1024)
+def _tile_config(C: int, P: int, max_tile: int) -> TileConfig:
     block_c = triton.next_power_of_2(C)
-    block_p = max(1, min(triton.next_power_of_2(P), MAX_TILE // block_c))
+    block_p = max(1, min(triton.next_power_of_2(P), max_tile // block_c))
     n_p = triton.cdiv(P, block_p)
     tile = block_c * block_p
     num_warps = 2 if tile <= 512 else 4 if tile <= 2048 else 8
@@ -68,10 +75,15 @@ def tile_config(C: int, P: int) -> TileConfig:
 
 
 def mlp_config(C: int, *hidden: int) -> tuple:
-    """``(BLOCK_CC, [BLOCK_H...], num_warps)`` of the per-sample MLP kernels."""
-    block_h = [triton.next_power_of_2(max(h, 1)) for h in hidden]
+    """``(BLOCK_CC, (BLOCK_H...), num_warps)`` of the per-sample MLP kernels."""
+    return _mlp_config(C, hidden, MAX_WEIGHT_TILE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _mlp_config(C: int, hidden: tuple, max_weight_tile: int) -> tuple:
+    block_h = tuple(triton.next_power_of_2(max(h, 1)) for h in hidden)
     widest = max(block_h) if block_h else 1
-    block_cc = max(1, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // widest))
+    block_cc = max(1, min(triton.next_power_of_2(C), max_weight_tile // widest))
     num_warps = 4 if widest * block_cc >= 2048 else 2
     return block_cc, block_h, num_warps
 
@@ -103,6 +115,22 @@ MAX_WEIGHT_HIDDEN_TILE = 128  # hidden rows of one weight-matrix tile
 # weight matrices' tl.dot, at 8 four configurations spill 12 (stores) / 4 (loads) bytes and none more
 # (benchmarks/results/kernel_compile_sm90_parallel_sums.md).
 WEIGHT_WARPS = 8
+# Shared memory one block may use (the opt-in maximum, bytes) per CUDA compute capability, for a
+# device whose properties do not report it; benchmarks/compile_kernels.py checks its tables against it.
+SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+# The shared memory per block the launchers plan for in place of the device's (None: the CUDA device's,
+# no limit elsewhere); set by benchmarks/compile_kernels.py to the architecture it compiles for, and by tests.
+smem_limit = None
+
+
+def weight_shared_bytes(block_hd: int, block_wc: int, itemsize: int) -> int:
+    """Estimated shared memory (bytes per block) of ``staa_bwd_weights_kernel`` with a ``[BLOCK_HD,
+    BLOCK_WC]`` weight-matrix tile in a compute dtype of ``itemsize`` bytes: the weight matrices'
+    ``tl.dot`` loop is software-pipelined, its ``[BLOCK_N, BLOCK_HD]`` and ``[BLOCK_N, BLOCK_WC]``
+    row blocks buffered in shared memory. Ten such pairs: the compiled figure for sm_80, sm_89 and
+    sm_90 at both goal layers' tiles ([32, 128] and [128, 32], fp32: 102,400 B); tests check it
+    bounds every weights-kernel row of the compile tables."""
+    return 10 * WEIGHT_ROW_BLOCK * (block_hd + block_wc) * itemsize
 
 
 def _splits(rows: int, cap: int) -> tuple:
@@ -130,20 +158,39 @@ class WeightConfig(NamedTuple):
 
 
 def weight_config(T: int, B: int, NP: int, C: int, hidden: tuple, T_pos: int, *, has_gc: bool,
-                  has_pos: bool) -> WeightConfig:
+                  has_pos: bool, smem: Optional[int] = None, itemsize: int = 4) -> WeightConfig:
     """Splits and tiles of the parameter-gradient passes for ``T`` steps, ``B`` samples, ``NP``
     plane tiles, ``C`` channels, hidden widths ``(CH1, CH2, CHS)`` and ``T_pos`` position rows.
 
     Every sum reads WEIGHT_ROW_BLOCK rows per load; pass-1 programs take ranges of
     ``RBM``/``RBV`` such blocks, so a program's loads do not grow with B or the plane until the
     range count reaches its cap (16 for the matrices: T*B = 512 rows; 64 for the vectors: T*B*NP
-    = 2048 rows), and pass 2 adds at most 64 partials per element in one block."""
+    = 2048 rows), and pass 2 adds at most 64 partials per element in one block.
+
+    ``smem``: the device's shared memory per block (None: no limit). Where the weight-matrix tile's
+    estimate (``weight_shared_bytes`` for a compute dtype of ``itemsize`` bytes) exceeds it, the
+    tile's longer side is halved (down to 16) until it fits: sm_89's 101,376 B takes [32, 64] and
+    [64, 32] where sm_80 and sm_90 keep [32, 128] and [128, 32]. Same sums in the same row order,
+    in more programs."""
+    return _weight_config(T, B, NP, C, tuple(hidden), T_pos, has_gc, has_pos, smem, itemsize,
+                          (WEIGHT_SPLIT_BLOCKS, MAX_MATRIX_SPLITS, MAX_VECTOR_SPLITS, MAX_WEIGHT_TILE))
+
+
+@functools.lru_cache(maxsize=1024)
+def _weight_config(T, B, NP, C, hidden, T_pos, has_gc, has_pos, smem, itemsize, limits) -> WeightConfig:
+    # ``limits``: the module's split and tile limits, part of the cache key (tests change them)
     rows_v = max(T * B, T * B * NP if has_gc else 0, B * NP if has_pos else 0)
     nsm, rbm = _splits(T * B, MAX_MATRIX_SPLITS)
     nsv, rbv = _splits(rows_v, MAX_VECTOR_SPLITS)
     widest = max(hidden)
     block_hd = max(16, min(triton.next_power_of_2(widest), MAX_WEIGHT_HIDDEN_TILE))
     block_wc = max(16, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // block_hd))
+    while smem is not None and max(block_hd, block_wc) > 16 and weight_shared_bytes(block_hd, block_wc,
+                                                                                    itemsize) > smem:
+        if block_wc >= block_hd:
+            block_wc //= 2
+        else:
+            block_hd //= 2
     block_wv = max(16, min(triton.next_power_of_2(C), MAX_WEIGHT_TILE // WEIGHT_ROW_BLOCK))
     nct = triton.cdiv(C, block_wc)
     tiles = max(nct * triton.cdiv(widest, block_hd), triton.cdiv(C, block_wv), 1)
@@ -153,6 +200,24 @@ def weight_config(T: int, B: int, NP: int, C: int, hidden: tuple, T_pos: int, *,
     return WeightConfig(nsm, rbm, nsv, rbv, block_hd, block_wc, block_wv, nct,
                         (tiles, WEIGHT_JOBS_FIXED + T_pos, max(nsm, nsv)), block_s, block_e,
                         (triton.cdiv(largest, block_e), WEIGHT_OUTPUTS))
+
+
+def device_smem(device) -> Optional[int]:
+    """Shared memory per block the launchers plan for on ``device``: ``smem_limit`` when set, else a
+    CUDA device's opt-in maximum (its properties, or ``SMEM_LIMIT`` by compute capability), else
+    None (the interpreter: no limit)."""
+    if smem_limit is not None:
+        return smem_limit
+    if device.type != "cuda":
+        return None
+    return _cuda_smem(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_smem(index: int) -> Optional[int]:
+    props = torch.cuda.get_device_properties(index)
+    return (getattr(props, "shared_memory_per_block_optin", None)
+            or SMEM_LIMIT.get(10 * props.major + props.minor))
 
 
 # Planes of at most this many elements (C * P) run the time loop (forward and backward) in one
@@ -254,7 +319,8 @@ def _drop_i8(drop: Optional[Tensor], T: int, device) -> Tensor:
 
 
 def _vec(p: Tensor) -> Tensor:
-    return p.detach().contiguous()
+    # A kernel only needs the pointer: a contiguous tensor outside autograd is passed as it is.
+    return p if not p.requires_grad and p.is_contiguous() else p.detach().contiguous()
 
 
 def _block(blk, cls, dummy: Tensor):
@@ -263,6 +329,42 @@ def _block(blk, cls, dummy: Tensor):
     if blk is None:
         return cls(*([dummy] * len(cls._fields)))
     return cls(*(_vec(w) for w in blk))
+
+
+def _or_dummy(blk, cls, dummy: Tensor):
+    """A prepared block (``_prepare``: already contiguous) as it is, or ``dummy`` in every field."""
+    return cls(*([dummy] * len(cls._fields))) if blk is None else blk
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(shapes: tuple, item: int) -> tuple:
+    """``(elements, ((shape, strides, offset) or None, ...))``: contiguous pieces of one flat buffer
+    for ``shapes`` (None: no piece), each starting on a 16-byte boundary as a fresh allocation
+    does, so the kernels' pointer specialisation (divisible by 16) is the same."""
+    align = max(1, 16 // item)
+    total, pieces = 0, []
+    for shape in shapes:
+        if shape is None:
+            pieces.append(None)
+            continue
+        strides, n = [], 1
+        for d in reversed(shape):
+            strides.append(n)
+            n *= d
+        pieces.append((shape, tuple(reversed(strides)), total))
+        total += -(-n // align) * align
+    return total, tuple(pieces)
+
+
+def _carve(shapes: tuple, dtype: torch.dtype, device) -> list:
+    """One fresh ``torch.empty`` for several scratch buffers of one dtype: a contiguous view per
+    shape (None where the shape is None). Only for buffers that do not leave the launcher (a view
+    keeps the whole allocation alive)."""
+    total, pieces = _layout(shapes, dtype.itemsize)
+    if total == 0:
+        return [None] * len(pieces)
+    flat = torch.empty((total,), dtype=dtype, device=device)
+    return [None if pc is None else flat.as_strided(*pc) for pc in pieces]
 
 
 def _rest(v_reset: Optional[float]) -> float:
@@ -283,10 +385,11 @@ def _reduce(src: Tensor, pos, gate, gc: Optional[GCParams], *, rows: bool, from_
     n_rows = T * B if rows else 0
 
     def buf(on, n):
-        return torch.empty((n, tc.NP, C), dtype=cd, device=src.device) if on else None
+        return (n, tc.NP, C) if on else None
 
-    part_ctx, part_sum = buf(rows and gc is not None, n_rows), buf(rows and want_sum, n_rows)
-    ipart_ctx, ipart_sum = buf(init_ctx, B), buf(init_sum, B)
+    part_ctx, part_sum, ipart_ctx, ipart_sum = _carve(
+        (buf(rows and gc is not None, n_rows), buf(rows and want_sum, n_rows), buf(init_ctx, B), buf(init_sum, B)),
+        cd, src.device)
     dummy = next(t for t in (part_ctx, part_sum, ipart_ctx, ipart_sum, src) if t is not None)
     rest = _rest(v_reset)
     has_h0 = h0 is not None and (from_u or init_ctx or init_sum)
@@ -350,7 +453,7 @@ def _on_device(fn):
 def _mlp_weights(gcx, gch, sa, dummy) -> tuple:
     """The channel MLPs' weights in the kernels' argument order: GC1 and GC2 query, LayerNorm
     and value weights and biases, then SA's fc1 and fc2 (``dummy`` for a disabled block)."""
-    g1, g2, s4 = _block(gcx, GCParams, dummy), _block(gch, GCParams, dummy), _block(sa, SAParams, dummy)
+    g1, g2, s4 = _or_dummy(gcx, GCParams, dummy), _or_dummy(gch, GCParams, dummy), _or_dummy(sa, SAParams, dummy)
     return tuple(g1[2:]) + tuple(g2[2:]) + tuple(s4)
 
 
@@ -441,8 +544,7 @@ def staa_lif_forward(
     h_last = torch.empty((B, C, P), dtype=cd, device=dev)
     v_seq = torch.empty((T, B, C, P), dtype=cd, device=dev) if store_v_seq else None
     gate = (torch.empty if sa is not None else torch.ones)((T, B, C), dtype=cd, device=dev)
-    d1 = torch.empty((T, B, C), dtype=cd, device=dev) if gcx is not None else None
-    d2 = torch.empty((B, C), dtype=cd, device=dev) if gch is not None else None
+    d1, d2 = _carve(((T, B, C) if gcx is not None else None, (B, C) if gch is not None else None), cd, dev)
     # One launch reduces X_t for every step (GC1, SA) and H_{-1} for step 0 (GC2, SA); the
     # elementwise kernels overwrite the H rows with H_t's reductions as the loop goes.
     pxc = pxs = pc = phs = None
@@ -456,7 +558,7 @@ def staa_lif_forward(
     pick = lambda t: t if t is not None else dummy  # noqa: E731
     kept = [stats[rows[n]] if keep_stats and n in rows else dummy for n in ("ctx1", "xsum", "ctx2", "hsum")]
     weights = _mlp_weights(gcx, gch, sa, dummy)
-    g2 = _block(gch, GCParams, dummy)
+    g2 = _or_dummy(gch, GCParams, dummy)
     hidden = _hidden(gcx, gch, sa)
     block_cc, (bh1, bh2, bhs), mlp_warps = mlp_config(C, *hidden)
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
@@ -473,21 +575,24 @@ def staa_lif_forward(
             num_warps=persistent_warps(tc),
         )
         return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
+    # The per-step launches differ only in t and the first/last step's flags: their arguments are built once.
+    has_mlp = gcx is not None or gch is not None or sa is not None
+    mlp_head = (pick(pxc), pick(pxs), pick(pc), pick(phs), pick(d1), pick(d2), gate, drop8, *kept, *weights)
+    mlp_tail = (B, C, P, tc.NP, *hidden, float(alpha))
+    mlp_kw = dict(**flags, STATS=keep_stats, **mlp_blocks, num_warps=mlp_warps)
+    elem_head = (x, pick(posc), pick(d1), pick(d2), gate, u, spikes, pick(v_seq), h_last, pick(pc), pick(phs),
+                 g2.key_weight, g2.key_bias, drop8)
+    elem_tail = (B, C, P, tc.NP, *scal)
+    elem_kw = dict(FIRST=False, LAST=False, HAS_H0=False, HAS_POS=posc is not None, **flags,
+                   HARD=v_reset is not None, STORE_V=store_v_seq,
+                   BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
     for t in range(T):
-        if gcx is not None or gch is not None or sa is not None:
-            _run(staa_fwd_mlp_kernel, (B,),
-                pick(pxc), pick(pxs), pick(pc), pick(phs), pick(d1), pick(d2), gate, drop8, *kept, *weights,
-                t, B, C, P, tc.NP, *hidden, float(alpha),
-                **flags, STATS=keep_stats, **mlp_blocks, num_warps=mlp_warps,
-            )
-        _run(staa_fwd_elem_kernel, (B, tc.NP),
-            x, pick(posc), pick(d1), pick(d2), gate, u, spikes, pick(v_seq), h_last, pick(pc), pick(phs),
-            g2.key_weight, g2.key_bias, drop8, h0c if h0c is not None and t == 0 else dummy,
-            t, B, C, P, tc.NP, *scal,
-            FIRST=t == 0, LAST=t == T - 1, HAS_H0=h0c is not None and t == 0, HAS_POS=posc is not None, **flags,
-            HARD=v_reset is not None, STORE_V=store_v_seq,
-            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps,
-        )
+        if has_mlp:
+            _run(staa_fwd_mlp_kernel, (B,), *mlp_head, t, *mlp_tail, **mlp_kw)
+        first = t == 0
+        _run(staa_fwd_elem_kernel, (B, tc.NP), *elem_head, h0c if h0c is not None and first else dummy, t, *elem_tail,
+             **(elem_kw if 0 < t < T - 1 else dict(elem_kw, FIRST=first, LAST=t == T - 1,
+                                                   HAS_H0=h0c is not None and first)))
     return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
 
 
@@ -544,14 +649,18 @@ def _bwd_buffers(T, B, C, P, NP, hidden, has, cd, dev, dummy) -> _BwdBuffers:
     has_gcx, has_gch, has_sa, has_pos = has
 
     def e(on, *shape):
-        return torch.empty(shape, dtype=cd, device=dev) if on else dummy
+        return shape if on else None
 
     mlp = has_gcx or has_gch or has_sa
-    rows = (e(has_sa, T, B, C), e(mlp, T, B, C), e(has_sa, T, B, C), e(has_sa, T, B, chs), e(has_sa, T, B, chs),
-            *(e(has_gcx, T, B, chg1) for _ in range(4)), *(e(has_gch, T, B, chg2) for _ in range(4)))
-    acc = (e(has_gcx, T, B, NP, C), e(has_gcx, T, B, NP), e(has_gch, T, B, NP, C), e(has_gch, T, B, NP))
-    return _BwdBuffers(e(True, 2, B, C, P), e(True, B, NP, C), e(True, B, NP, C),
-                       tuple(e(True, B, C) for _ in range(3)), rows, acc, e(has_pos, T, B, NP, C))
+    shapes = (e(True, B, NP, C), e(True, B, NP, C), *(e(True, B, C) for _ in range(3)),
+              e(has_sa, T, B, C), e(mlp, T, B, C), e(has_sa, T, B, C), e(has_sa, T, B, chs), e(has_sa, T, B, chs),
+              *(e(has_gcx, T, B, chg1) for _ in range(4)), *(e(has_gch, T, B, chg2) for _ in range(4)),
+              e(has_gcx, T, B, NP, C), e(has_gcx, T, B, NP), e(has_gch, T, B, NP, C), e(has_gch, T, B, NP),
+              e(has_pos, T, B, NP, C))
+    # The dL/dV carry has a storage of its own (the plane-sized one; the meter classes storages by the
+    # shapes using them), every other buffer is a view of one more allocation.
+    b = [torch.empty((2, B, C, P), dtype=cd, device=dev)] + [dummy if t is None else t for t in _carve(shapes, cd, dev)]
+    return _BwdBuffers(b[0], b[1], b[2], tuple(b[3:6]), tuple(b[6:19]), tuple(b[19:23]), b[23])
 
 
 def _weight_grads(bufs: _BwdBuffers, kept, pos, gcx, gch, sa, T, B, NP, C, hidden, dummy, CD):
@@ -563,17 +672,17 @@ def _weight_grads(bufs: _BwdBuffers, kept, pos, gcx, gch, sa, T, B, NP, C, hidde
     grad_pos = torch.empty_like(pos) if pos is not None else None
     if pos is None and all(o is None for o in outs):
         return None, None, None, None
-    g1, g2, s4 = (_block(o, cls, dummy) for o, cls in zip(outs, (GCParams, GCParams, SAParams)))
+    g1, g2, s4 = (_or_dummy(o, cls, dummy) for o, cls in zip(outs, (GCParams, GCParams, SAParams)))
     chg1, chg2, chs = hidden
     t_pos = pos.shape[0] if pos is not None else T
     wc = weight_config(T, B, NP, C, hidden, t_pos, has_gc=gcx is not None or gch is not None,
-                       has_pos=pos is not None)
+                       has_pos=pos is not None, smem=device_smem(dummy.device), itemsize=dummy.element_size())
     tm = 2 * C * (chg1 + chg2 + chs)
     tv = (5 + t_pos) * C + 2 + 3 * (chg1 + chg2) + chs
     has_mat = gcx is not None or gch is not None or sa is not None
-    part_m = torch.empty((wc.NSM, tm), dtype=dummy.dtype, device=dummy.device) if has_mat else dummy
-    part_v = torch.empty((wc.NSV, tv), dtype=dummy.dtype, device=dummy.device)
-    block_h = [triton.next_power_of_2(max(h, 1)) for h in hidden]
+    part_m, part_v = _carve(((wc.NSM, tm) if has_mat else None, (wc.NSV, tv)), dummy.dtype, dummy.device)
+    part_m = dummy if part_m is None else part_m
+    block_h = mlp_config(C, *hidden)[1]
     flags = dict(HAS_POS=pos is not None, HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
     gz, gsum, pooled, hid, ghid = bufs.rows[:5]
     _run(staa_bwd_weights_kernel, wc.grid1,
@@ -664,8 +773,8 @@ def staa_lif_backward(
     bufs = _bwd_buffers(T, B, C, P, tc.NP, hidden, (gcx is not None, gch is not None, sa is not None, posc is not None),
                         cd, dev, dummy)
     block_cc, (bh1, bh2, bhs), mlp_warps = mlp_config(C, *hidden)
-    g1 = _block(gcx, GCParams, dummy)
-    g2 = _block(gch, GCParams, dummy)
+    g1 = _or_dummy(gcx, GCParams, dummy)
+    g2 = _or_dummy(gch, GCParams, dummy)
     weights = _mlp_weights(gcx, gch, sa, dummy)
     kept_args = tuple(kept[n] if kept[n] is not None else dummy for n in ("ctx1", "xsum", "ctx2", "hsum"))
     flags = dict(HAS_GCX=gcx is not None, HAS_GCH=gch is not None, HAS_SA=sa is not None)
@@ -677,17 +786,21 @@ def staa_lif_backward(
     tile_args = (grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8)
     key_args = (g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias, *bufs.acc, bufs.gpos, bufs.part_a, bufs.part_b)
 
+    elem_tail = (B, C, P, tc.NP, *scal)
+    elem_kw = {}  # (finish, start) -> the launch's keywords, built once per call
+
     def elem(t, finish, start, gv_in, gv_out):
         # Specialise only where it matters: the surrogate where a step starts, h0 at t = 0,
         # grad_h_last at t = T.
-        _run(staa_bwd_elem_kernel, (B, tc.NP),
-            *tile_args, gv_in, gv_out, *bufs.vecs, grad_x, *key_args, *states,
-            t, B, C, P, tc.NP, *scal,
-            FINISH=finish, START=start, SURROGATE=kind if start else 0,
-            HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish,
-            HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
-            BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=backward_elem_warps(tc),
-        )
+        kw = elem_kw.get((finish, start))
+        if kw is None:
+            kw = elem_kw[(finish, start)] = dict(
+                FINISH=finish, START=start, SURROGATE=kind if start else 0,
+                HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish,
+                HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
+                BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=backward_elem_warps(tc))
+        _run(staa_bwd_elem_kernel, (B, tc.NP), *tile_args, gv_in, gv_out, *bufs.vecs, grad_x, *key_args, *states,
+             t, *elem_tail, **kw)
 
     if persistent:
         _run(staa_bwd_persistent_kernel, (B,),
@@ -698,15 +811,15 @@ def staa_lif_backward(
             BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, **mlp_blocks, num_warps=persistent_backward_warps(tc),
         )
     else:
-        gv = (bufs.gv[0], bufs.gv[1])
+        gv = bufs.gv.unbind(0)
         elem(T, False, True, gv[1], gv[0])  # dL/dV_{T-1} (dL/dH_{T-1} = grad_h_last or 0)
+        mlp_head = (bufs.part_a, bufs.part_b, gate, drop8, *kept_args, *weights, *bufs.vecs, *bufs.rows)
+        mlp_tail = (B, C, P, tc.NP, *hidden, float(alpha))
+        mlp_kw = dict(**flags, **mlp_blocks, num_warps=mlp_warps)
         for t in range(T - 1, -1, -1):
             k = (T - 1 - t) % 2
             if has_mlp:
-                _run(staa_bwd_mlp_kernel, (B,),
-                    bufs.part_a, bufs.part_b, gate, drop8, *kept_args, *weights, *bufs.vecs, *bufs.rows,
-                    t, B, C, P, tc.NP, *hidden, float(alpha), **flags, **mlp_blocks, num_warps=mlp_warps,
-                )
+                _run(staa_bwd_mlp_kernel, (B,), *mlp_head, t, *mlp_tail, **mlp_kw)
             elem(t, True, t > 0, gv[k], gv[1 - k])
 
     grad_pos, grad_gcx, grad_gch, grad_sa = _weight_grads(bufs, kept, pos, *param_blocks, T, B, tc.NP, C, hidden,

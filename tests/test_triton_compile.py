@@ -60,3 +60,84 @@ def test_compile_script_refuses_interpreter_mode():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compile_kernels.py"), "--quick"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert res.returncode == 2 and "TRITON_INTERPRET" in res.stderr
+
+
+# ----------------------------------------------------------------------------- shared memory per architecture
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def _launch():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import compile_kernels
+    from staa.kernels import launch
+
+    return launch, compile_kernels
+
+
+def _weight_rows(name):
+    """``(label, BLOCK_HD, BLOCK_WC, shared bytes, status)`` of every weights-kernel row of a committed table."""
+    out = []
+    for line in open(os.path.join(RESULTS, name)).read().splitlines():
+        if line.startswith("| staa_bwd_weights_kernel |"):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            tiles = dict(t.split("=") for t in cells[2].split())
+            out.append((cells[1], int(tiles["BLOCK_HD"]), int(tiles["BLOCK_WC"]), int(cells[8]), cells[9]))
+    return out
+
+
+def test_shared_memory_limits_agree():
+    launch, ck = _launch()
+    assert launch.SMEM_LIMIT == ck.SMEM_LIMIT
+
+
+@pytest.mark.parametrize("name", ["kernel_compile_sm80_quick.md", "kernel_compile_sm89_quick.md",
+                                  "kernel_compile_sm90.md"])
+def test_shared_memory_estimate_bounds_the_compiled_figures(name):
+    """``weight_shared_bytes`` is what the launcher's choice rests on: it must not be below what
+    the compiler allocated for any weights-kernel configuration of the committed tables (fp32
+    compute for float32 and bfloat16 inputs)."""
+    launch, _ = _launch()
+    rows = _weight_rows(name)
+    assert rows
+    for label, hd, wc, shared, _ in rows:
+        assert launch.weight_shared_bytes(hd, wc, 4) >= shared, (name, label, hd, wc, shared)
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_weight_tile_fits_each_architecture(arch, itemsize):
+    """At every shipped layer shape and a training batch, the chosen weight tile's estimate fits the
+    architecture's limit; sm_80 and sm_90 keep the unlimited choice in fp32 (their tables stay valid)."""
+    launch, ck = _launch()
+    limit = launch.SMEM_LIMIT[arch]
+    from staa._blocks import hidden_features
+
+    for C, H, W in ck.SHAPES:
+        ch = hidden_features(C, 4)
+        NP = launch.tile_config(C, H * W).NP
+        for T, B in ((4, 1), (4, 64)):
+            wc = launch.weight_config(T, B, NP, C, (ch, ch, ch), T, has_gc=True, has_pos=True, smem=limit,
+                                      itemsize=itemsize)
+            free = launch.weight_config(T, B, NP, C, (ch, ch, ch), T, has_gc=True, has_pos=True, itemsize=itemsize)
+            assert launch.weight_shared_bytes(wc.BLOCK_HD, wc.BLOCK_WC, itemsize) <= limit, (C, H, W)
+            assert wc.BLOCK_HD <= free.BLOCK_HD and wc.BLOCK_WC <= free.BLOCK_WC
+            if arch in (80, 90) and itemsize == 4:
+                assert wc == free, (arch, C, H, W)
+    # The goal layers on sm_89: the longer side halved.
+    for C, P, tile in ((128, 1024, (32, 64)), (512, 16, (64, 32))):
+        ch = hidden_features(C, 4)
+        wc = launch.weight_config(4, 64, launch.tile_config(C, P).NP, C, (ch, ch, ch), 4, has_gc=True,
+                                  has_pos=True, smem=launch.SMEM_LIMIT[89])
+        assert (wc.BLOCK_HD, wc.BLOCK_WC) == tile
+
+
+def test_device_smem_follows_the_override():
+    import torch
+
+    launch, _ = _launch()
+    assert launch.device_smem(torch.device("cpu")) is None
+    launch.smem_limit = 12345
+    try:
+        assert launch.device_smem(torch.device("cpu")) == 12345
+    finally:
+        launch.smem_limit = None
