@@ -161,7 +161,7 @@ def test_listed_figures_are_marked(page, piece, least):
 
 
 _COMMAND = re.compile(r"\b(?:python3?|bash|PYTHON=\S+ bash)\s+(?:-m\s+)?\S+")
-_COMMIT = re.compile(r"commit\W{0,4}[0-9a-f]{7,40}\b|[0-9a-f]{7,40} \(commit\)")
+_COMMIT = re.compile(r"(?i)commit\W{0,4}[0-9a-f]{7,40}\b|[0-9a-f]{7,40} \(commit\)")
 _MACHINE = re.compile(r"(?i)\b(?:machine|cpu|cpus|cores|h100|h200)\b")
 
 
