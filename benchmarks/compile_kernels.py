@@ -73,6 +73,12 @@ WEIGHT_KERNELS = ("staa_bwd_weights_kernel", "staa_bwd_weights_sum_kernel")
 WEIGHT_BATCH = 64
 
 
+def _launch_smem_limit() -> dict:
+    from staa.kernels.launch import SMEM_LIMIT as limits
+
+    return dict(limits)
+
+
 def record_launches(combos, path=None, store_v=(False,), only=None, kinds=None, arch=90):
     """Run the launchers on CPU tensors for each ``((C, H, W), options, dtype name)`` with
     launches recorded instead of run; returns the distinct launches.
@@ -198,9 +204,10 @@ def _flags(kwargs):
     return " ".join(blocks), ",".join(on), cd
 
 
-# Shared memory one block may use (opt-in maximum, bytes) and the GPUs of each architecture; a
-# configuration over its architecture's limit would fail to launch there (triton's OutOfResources).
-SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+# Shared memory one block may use (opt-in maximum, bytes): the launchers' own table, which they plan
+# their tiles for. A configuration over its architecture's limit would fail to launch there
+# (triton's OutOfResources). The GPUs of each architecture:
+SMEM_LIMIT = _launch_smem_limit()
 ARCH_NAMES = {80: "A100", 86: "RTX 30-series / A40", 89: "RTX 40-series / L40", 90: "H100 / H200"}
 
 
