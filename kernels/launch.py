@@ -323,11 +323,8 @@ def _vec(p: Tensor) -> Tensor:
     return p if not p.requires_grad and p.is_contiguous() else p.detach().contiguous()
 
 
-def _block(blk, cls, dummy: Tensor):
-    """The block's weights detached and contiguous (same named tuple), or ``dummy`` in every
-    field for a disabled block (its pointers are never dereferenced)."""
-    if blk is None:
-        return cls(*([dummy] * len(cls._fields)))
+def _block(blk, cls):
+    """The block's weights detached and contiguous (same named tuple)."""
     return cls(*(_vec(w) for w in blk))
 
 
@@ -468,7 +465,7 @@ def _prepare(x, drop, h0, pos, gcx, gch, sa, cd):
     T = x.shape[0]
     h0c = h0.detach().to(cd).contiguous() if h0 is not None else None
     posc = pos.detach()[:T].to(cd).contiguous() if pos is not None else None
-    blocks = (None if blk is None else _block(blk, cls, None)
+    blocks = (None if blk is None else _block(blk, cls)
               for blk, cls in ((gcx, GCParams), (gch, GCParams), (sa, SAParams)))
     return (x.contiguous(), _drop_i8(drop, T, x.device), h0c, posc, *blocks)
 
