@@ -116,6 +116,8 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     rec = json.loads((out / "static_GC-PE-SA-TSRD_seed0.json").read_text())
     assert 0.0 <= rec["test_acc"] <= 1.0 and 0.0 <= rec["firing_rate"] <= 1.0
     assert rec["config"]["train_size"] == 20 and len(rec["epochs"]) == 1
+    assert rec["command"].startswith("python benchmarks/accuracy/run_ladder.py --data ")
+    assert rec["command"].endswith("--widths 4 8")
     page = (report / "accuracy.md").read_text()
     assert "simulated" in page and "Missing runs" in page and "static IF seed 0" in page
     assert f"{100 * rec['test_acc']:.2f}" in page

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -394,6 +395,7 @@ def run_ladder(args, log=print) -> List[dict]:
         record["machine"] = machine_info(args.threads)
         record["machine"]["neuron_impl"] = args.impl if variant != "LIF" else "benchmark MultiStepLIF"
         record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record["command"] = args.command
         write_json(run_path(args.out, task, variant, seed), record)
         results.append(record)
     return results
@@ -427,6 +429,9 @@ def parse_args(argv=None):
     p.add_argument("--impl", default="module", choices=IMPLS,
                    help="STAA neuron implementation: staa.STAALIF as shipped, or the same neuron via staa.reference")
     args = p.parse_args(argv)
+    # The invocation that produced a run, as recorded in its JSON (run from the repository root).
+    args.command = " ".join(["python benchmarks/accuracy/run_ladder.py",
+                             *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if args.event_T < 8:
         p.error("--event-T must be >= 8")
     if args.stop_gain is not None and not args.val_size:
