@@ -368,7 +368,15 @@ def test_long_report_verdicts_gap_and_cost():
     assert "| IF+SA | +1.00 ± 0.10 | 101 | 1 | 200.0 | 2.00x | 2.0 |" in page
     runs, sel = _fake_long(lif_spread=3.0)  # LIF std 0.47: LIF -> rows SE 0.21
     page = make_report.render_long(runs, sel, None)
-    assert "NOT met" in page and "Not measured yet" in page
+    assert "NOT met" in page and "Not measured yet" in page and "Incomplete" not in page
+
+
+def test_long_report_names_rows_short_of_the_minimum_seeds():
+    runs, sel = _fake_long()
+    runs = [r for r in runs if not (r["variant"] == "IF+SA+TSRD" or (r["variant"] == "LIF" and r["seed"] >= 1))]
+    page = make_report.render_long(runs, sel, None)
+    assert "**Incomplete**" in page and "LIF (2 more), IF+SA+TSRD (3 more)." in page
+    assert "| IF+SA+TSRD | STAALIF, sa, tsrd=0.1 | 0 | missing |" in page
 
 
 def test_cost_rows_measures_every_row(tmp_path):

@@ -574,6 +574,7 @@ def render_large(runs: List[dict], ref_runs: List[dict], timing: Optional[dict],
     return "\n".join(lines)
 
 
+LONG_MIN_SEEDS = 3  # the long protocol's minimum seeds per row
 LONG_SE_TARGET = 0.2  # points: the long protocol's bound on the standard error of a reported difference
 # The differences the long protocol reports (docs/results/accuracy-long-protocol.md).
 LONG_DIFFS = [("LIF", "GC+PE+SA+TSRD"), ("LIF", "IF+SA"), ("IF+SA", "GC+PE+SA"), ("GC+PE+SA", "GC+PE+SA+TSRD"),
@@ -593,6 +594,11 @@ def _verdict(diff: float, se: Optional[float]) -> str:
     return "within one standard error: not distinguishable from seed noise"
 
 
+def _pm(se: Optional[float]) -> str:
+    """`` ± se``, or nothing where a row has one seed and so no standard error."""
+    return "" if se is None else f" ± {se:.2f}"
+
+
 def _long_summary(summary: Dict[Tuple[str, str], dict]) -> List[str]:
     """The two verdicts the long protocol exists for, computed from the runs."""
     def diff(a, b):
@@ -608,16 +614,16 @@ def _long_summary(summary: Dict[Tuple[str, str], dict]) -> List[str]:
         keeps = se is not None and d <= se
         out.append(
             f"- **Step attention alone (IF+SA) against the paper's full neuron (GC+PE+SA+TSRD)**: LIF → full "
-            f"{full[0]:+.2f} ± {full[1]:.2f}, LIF → IF+SA {cheap[0]:+.2f} ± {cheap[1]:.2f}; the full neuron is "
-            f"{d:+.2f} ± {se:.2f} points above IF+SA ({_verdict(d, se)}). "
-            + ("IF+SA keeps the full neuron's gain within one standard error." if keeps else
+            f"{full[0]:+.2f}{_pm(full[1])}, LIF → IF+SA {cheap[0]:+.2f}{_pm(cheap[1])}; the full neuron is "
+            f"{d:+.2f}{_pm(se)} points above IF+SA ({_verdict(d, se)}). "
+            + ("" if se is None else
+               "IF+SA keeps the full neuron's gain within one standard error." if keeps else
                "IF+SA does NOT keep the full neuron's gain within one standard error."))
     for a, b in (("GC+PE+SA", "GC+PE+SA+TSRD"), ("IF+SA", "IF+SA+TSRD")):
         r = diff(a, b)
         if r:
             d, se = r
-            se_text = "" if se is None else f" ± {se:.2f}"
-            out.append(f"- **TSRD on the long schedule, {a} → {b}**: {d:+.2f}{se_text} points ({_verdict(d, se)}).")
+            out.append(f"- **TSRD on the long schedule, {a} → {b}**: {d:+.2f}{_pm(se)} points ({_verdict(d, se)}).")
     ses = [r[1] for r in (diff(a, b) for a, b in LONG_DIFFS) if r and r[1] is not None]
     if ses:
         met = "met" if max(ses) <= LONG_SE_TARGET else "NOT met"
@@ -663,6 +669,14 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -
         return "\n".join(lines + ["No finished runs yet.", ""])
     lines += ["## Summary", "", "Computed from the tables below (differences in points, standard errors from the "
               "seed spreads):", ""] + _long_summary(summary) + [""]
+    short = [(v, LONG_MIN_SEEDS - summary[("static", v)]["n"] if ("static", v) in summary else LONG_MIN_SEEDS)
+             for v in LONG_ROWS]
+    short = [(v, k) for v, k in short if k > 0]
+    if short:
+        lines += ["**Incomplete**: the protocol asks for at least "
+                  f"{LONG_MIN_SEEDS} seeds per row, and these rows lack finished runs: "
+                  + ", ".join(f"{v} ({k} more)" for v, k in short)
+                  + ". Until they land, every verdict above rests on fewer seeds than the protocol fixes.", ""]
     lines += ["## Rows", "",
               "Train accuracy is measured after training on the 20,000 training images in eval mode (no TSRD draws); "
               "the gap is train minus test.", "",
