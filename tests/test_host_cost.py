@@ -102,3 +102,32 @@ def test_two_trees_side_by_side(tmp_path):
 def test_docs_page_has_the_generated_section():
     text = open(os.path.join(ROOT, "docs", "triton.md")).read()
     assert text.count(host_cost.BEGIN) == 1 and text.count(host_cost.END) == 1
+
+
+def test_binding_cost_classifies_predicts_and_prices_the_remedies():
+    """benchmarks/binding_cost.py at a tiny shape: every launch recorded and classified by the
+    kernels' own signatures, predictions that follow the fitted line, and remedies that add up."""
+    res = _probe(r"""
+sys.path.insert(0, host_cost.HERE)
+import binding_cost
+print(json.dumps(binding_cost.run((3, 1, 8, 2, 2), 90, 4, 1)))
+""")
+    m = res["model"]
+    assert set(m["per_argument_us"]) == set(m["points_us"]) == {"pointer", "int", "float", "constexpr"}
+    T = 3
+    ps, pe = res["paths"]["per_step"], res["paths"]["persistent"]
+    assert ps["launches"] - pe["launches"] == 4 * T - 1
+    for path in (ps, pe):
+        assert sum(e["launches"] for e in path["kernels"].values()) == path["launches"]
+        for name, e in path["kernels"].items():
+            k = e["kinds"]
+            expect = m["per_launch_us"] + sum(m["per_argument_us"][kind] * n for kind, n in k.items())
+            assert abs(e["predicted_us"] - e["launches"] * expect) < 1e-6 * max(1.0, abs(expect)), name
+    # The MLP kernels take the 16 weight pointers among their pointers; their launches are T each.
+    fwd = ps["kernels"]["staa_fwd_mlp_kernel"]
+    assert fwd["launches"] == T and fwd["kinds"]["pointer"] >= 16
+    assert ps["kernels"]["staa_bwd_mlp_kernel"]["launches"] == T
+    r = ps["remedies"]
+    assert r["mlp_launches"] == 2 * T
+    assert abs(r["pack_weights_us"] - 2 * T * 15 * m["per_argument_us"]["pointer"]) < 1e-9
+    assert abs(r["both_us"] - r["fold_mlp_launches_us"] - r["pack_weights_us"]) < 1e-9
