@@ -25,12 +25,10 @@ Timed: run it on a quiet machine. ``python benchmarks/binding_cost.py`` writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
