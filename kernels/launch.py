@@ -35,8 +35,9 @@ from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persi
 
 Tensor = torch.Tensor
 
-__all__ = ["TileConfig", "tile_config", "mlp_config", "partial_block", "WeightConfig", "weight_config", "loop_path", "backward_elem_warps", "persistent_backward_warps", "staa_lif_forward",
-           "staa_lif_backward", "weight_shared_bytes", "device_smem"]
+__all__ = ["TileConfig", "tile_config", "mlp_config", "partial_block", "WeightConfig", "weight_config",
+           "weight_shared_bytes", "device_smem", "loop_path", "backward_elem_warps", "persistent_backward_warps",
+           "staa_lif_forward", "staa_lif_backward"]
 
 # Elements of one [BLOCK_C, BLOCK_P] plane tile held by one program of the elementwise
 # kernels; one program always holds every channel of its positions, because GC's key
