@@ -12,9 +12,10 @@
 #   bench.log neuron.md neuron.json                     benchmarks/bench_gpu.py (user shapes, fp32/bf16)
 #   graph.log graph.md                                  benchmarks/graph_gpu.py (eager vs CUDA-graph replay)
 #   profile.log profile.md                              benchmarks/profile_gpu.py (device vs wall time)
+#   host_cost.log host_cost.md host_cost.json          benchmarks/host_cost.py on this machine's CPU
 #   cost_model.txt                                      benchmarks/cost_model.py --compare (when it exists)
 #   summary.md                                          one line per step, appended as each ends
-# Every step runs under `timeout` within an overall budget (STAA_GPU_CHECK_BUDGET, default 455 s); a
+# Every step runs under `timeout` within an overall budget (STAA_GPU_CHECK_BUDGET, default 485 s); a
 # step that fails or times out does not stop the next. The commit is $STAA_COMMIT when set (a copy of
 # the tree without .git), else git's; the device is torch's name for it.
 #
@@ -32,7 +33,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHEEL_LIST="$ROOT/benchmarks/gpu_wheels.txt"
 PY="${PYTHON:-python}"
-BUDGET="${STAA_GPU_CHECK_BUDGET:-455}"
+BUDGET="${STAA_GPU_CHECK_BUDGET:-485}"
 
 usage() { echo "usage: benchmarks/gpu_check.sh [OUTDIR] [--wheels DIR] [--dry-run]  (OUTDIR defaults to \$OUT)" >&2; exit 2; }
 
@@ -87,6 +88,7 @@ T_SELFTEST=30
 T_BENCH=125
 T_GRAPH=30
 T_PROFILE=25
+T_HOST=30
 T_COST=15
 # The CUDA tests of tests/test_cuda_graphs.py (its CPU checks run in CI).
 GRAPH_TESTS="graphed or captured or reduce_overhead"
@@ -101,7 +103,8 @@ STEPS=(
     "SJ_LIF_CUDA_IMPLEMENTATION=triton timeout $T_BENCH $PY benchmarks/bench_gpu.py --out OUTDIR --name gpu_<commit>_neuron --shapes user > bench.log"
     "timeout $T_GRAPH $PY benchmarks/graph_gpu.py --out OUTDIR --name gpu_<commit>_graph > graph.log"
     "timeout $T_PROFILE $PY benchmarks/profile_gpu.py --out OUTDIR --name gpu_<commit>_profile > profile.log"
-    "timeout $T_COST $PY benchmarks/cost_model.py --compare <this run's neuron.json graph.md profile.md> > cost_model.txt (skipped if the script does not exist)"
+    "timeout $T_HOST $PY benchmarks/host_cost.py --trees ROOT --rounds 2 --samples 10 --warmup 1 --out OUTDIR/gpu_<commit>_host_cost > host_cost.log (the launchers' host cost on this machine's CPU)"
+    "timeout $T_COST $PY benchmarks/cost_model.py --compare <this run's neuron.json graph.md profile.md> [--host <this run's host_cost.json>] > cost_model.txt (skipped if the script does not exist)"
     "summary.md, a line per step as it ends; overall budget ${BUDGET}s"
 )
 
@@ -247,10 +250,17 @@ step "CUDA-graph replay" "$T_GRAPH" "${P}graph.log" \
     "$PY" benchmarks/graph_gpu.py --out "$OUTDIR" --name "$(basename "${P}graph")" --budget $((T_GRAPH - 15))
 step "device profile" "$T_PROFILE" "${P}profile.log" \
     "$PY" benchmarks/profile_gpu.py --out "$OUTDIR" --name "$(basename "${P}profile")" --budget $((T_PROFILE - 15))
+# The host cost per layer on this machine's CPU: what the cost model's eager predictions take as the
+# launchers' share of host time (the committed table was measured on a CPU without a GPU).
+step "host cost" "$T_HOST" "${P}host_cost.log" \
+    "$PY" benchmarks/host_cost.py --trees "$ROOT" --rounds 2 --samples 10 --warmup 1 --out "${P}host_cost"
 if [ -f benchmarks/cost_model.py ]; then
     compare=()
     for f in "${P}neuron.json" "${P}graph.md" "${P}profile.md"; do [ -f "$f" ] && compare+=("$f"); done
-    step "cost model comparison" "$T_COST" "${P}cost_model.txt" "$PY" benchmarks/cost_model.py --compare "${compare[@]}"
+    host=()
+    [ -f "${P}host_cost.json" ] && host=(--host "${P}host_cost.json")
+    step "cost model comparison" "$T_COST" "${P}cost_model.txt" "$PY" benchmarks/cost_model.py --compare "${compare[@]}" \
+        "${host[@]}"
 else
     header "${P}cost_model.txt" "cost model comparison: skipped, benchmarks/cost_model.py does not exist at this commit"
     echo "- cost model comparison: skipped (benchmarks/cost_model.py does not exist at this commit)" >> "$SUMMARY"

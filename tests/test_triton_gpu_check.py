@@ -37,7 +37,8 @@ def _fake_wheels(folder, skip=()):
 
 
 STEP_FILES = ("pip.log", "env.txt", "nvidia-smi.txt", "tests_cuda_graphs.log", "tests_triton_cuda.log",
-              "selftest_u1.txt", "selftest_u2.txt", "bench.log", "graph.log", "profile.log", "cost_model.txt",
+              "selftest_u1.txt", "selftest_u2.txt", "bench.log", "graph.log", "profile.log", "host_cost.log",
+              "cost_model.txt",
               "summary.md")
 
 
@@ -63,7 +64,8 @@ def test_dry_run_plans_every_step(tmp_path):
     # every dtype (float64 too): only a run with every case can add the device to auto's verified list
     assert "selftest --shape 4,32,128,32,32 >" in plan and "--dtypes" not in plan
     assert "selftest --shape 4,64,512,4,4" in plan
-    for script in ("bench_gpu.py", "graph_gpu.py", "profile_gpu.py", "cost_model.py --compare"):
+    for script in ("bench_gpu.py", "graph_gpu.py", "profile_gpu.py", "host_cost.py --trees ROOT",
+                   "cost_model.py --compare"):
         assert script in plan
     assert "row: u1 [4,32,128,32,32] bfloat16" in plan and "row: u2 [4,64,512,4,4] float32" in plan
     big = [ln for ln in plan.splitlines() if ln.startswith("row: big [16,128,256,64,64]")]
@@ -101,7 +103,7 @@ def test_rehearsal_writes_a_file_per_step_naming_commit_and_device(tmp_path):
             assert "commit abc1234, device rehearsal without a GPU" in text.splitlines()[1], name
     summary = (out / "gpu_abc1234_summary.md").read_text()
     for step in ("CUDA-graph tests", "Triton CUDA tests", "self-test [4,32,128,32,32]", "self-test [4,64,512,4,4]",
-                 "benchmark", "CUDA-graph replay", "device profile", "cost model comparison"):
+                 "benchmark", "CUDA-graph replay", "device profile", "host cost", "cost model comparison"):
         assert f"- {step}: skipped" in summary, step
     assert "wall time" in summary
 
