@@ -199,16 +199,16 @@ class LaunchMeter(meter.Meter):
 
 out = []
 with LaunchMeter() as m:
-    for shape, dtype, path in {jobs!r}:
+    for shape, dtype, path, *blocks in {jobs!r}:
         m.log = []
-        row = m.measure(tuple(shape), dtype, path)
+        row = m.measure(tuple(shape), dtype, path, blocks=blocks[0] if blocks else None)
         ops = row["forward"]["ops"] + row["backward"]["ops"]
         # the measured pass only (the meter's warm-up pass ran into tallies it then dropped)
         final = {{id(m.tallies[ph]) for ph in meter.PHASES}}
         log = [dict((k, v) for k, v in r.items() if k != "tally") for r in m.log if r["tally"] in final]
         if len(log) != row["total"]["launches"]:
             raise SystemExit(f"launch log {{len(log)}} != the meter's {{row['total']['launches']}} launches")
-        out.append(dict(shape=shape, dtype=dtype, path=path,
+        out.append(dict(shape=shape, dtype=dtype, path=path, blocks=row["blocks"],
                         counts=dict(launches=log, ops=ops, glue_ops=row["glue_ops"])))
         print(shape, dtype, path, len(m.log), "launches", file=sys.stderr, flush=True)
 from staa.kernels import launch
@@ -218,12 +218,13 @@ print(json.dumps(dict(staa=os.path.realpath(launch.__file__), rows=out)))
 
 def count(jobs: list, pkg: str | None = None, timeout: int = 7200) -> dict:
     """Run the meter (in a subprocess, ``TRITON_INTERPRET=1``; the tree at ``pkg`` when given) on
-    ``jobs`` = [(shape, dtype, path)]."""
+    ``jobs`` = [(shape, dtype, path)] or [(shape, dtype, path, blocks)] (``blocks``: STAALIF's
+    ``gc``/``pe``/``sa`` switches)."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     env.pop("STAA_TRITON_PATH", None)
     if pkg:
         env["PYTHONPATH"] = pkg + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = COUNT_CODE.format(bench=HERE, jobs=[(list(s), d, p) for s, d, p in jobs])
+    code = COUNT_CODE.format(bench=HERE, jobs=[(list(s), d, p, *rest) for s, d, p, *rest in jobs])
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=pkg or ROOT, timeout=timeout)
     if res.returncode != 0:
@@ -385,6 +386,100 @@ def rule_from_model(rows: list, shapes: dict, dev_name: str, host=None) -> list:
     return out
 
 
+def auto_path(shape) -> str:
+    """The launcher's ``auto`` loop path for a layer of ``shape``."""
+    try:
+        from staa.kernels.launch import loop_path  # triton needed
+    except Exception:  # no triton here: the rule as docs/triton.md states it
+        return "persistent" if shape[2] * _plane(shape) <= 8192 else "per_step"
+    return loop_path(shape[2], _plane(shape), "auto")
+
+
+# ============================================================================= the accuracy rows
+# The long accuracy protocol's network (benchmarks/accuracy/run_ladder.py: widths 32 and 64 on 28x28
+# images, batch 128, T = 4) has two neuron layers; each row of that protocol puts another neuron there.
+PROTOCOL_LAYERS = {"layer1": (4, 128, 32, 28, 28), "layer2": (4, 128, 64, 14, 14)}
+ROW_BLOCKS = {"IF+SA": dict(gc=False, pe=False, sa=True), "GC+PE+SA": dict(gc=True, pe=True, sa=True)}
+# Rows predicted with another row's kernels: the counts are taken at tsrd = 0, and which steps TSRD
+# drops (where the kernels skip the aggregator's arithmetic, not its launches) is not modelled.
+ROW_SAME_AS = {"IF+SA+TSRD": "IF+SA", "GC+PE+SA+TSRD": "GC+PE+SA"}
+ROWS_OUT = os.path.join(RESULTS, "cost_model_rows")
+
+
+def count_rows(pkg=None) -> list:
+    """Meter points of every row's neuron at the protocol's two layers (B = 1, 2; float32; auto path)."""
+    jobs, index = [], []
+    for row, blocks in ROW_BLOCKS.items():
+        for layer, shape in PROTOCOL_LAYERS.items():
+            T, _, C, *sp = shape
+            for B in (1, 2):
+                jobs.append(((T, B, C, *sp), "float32", auto_path(shape), blocks))
+                index.append(f"{row}|{layer}")
+    data = count(jobs, pkg)
+    for name, r in zip(index, data["rows"]):
+        r["name"] = name
+    return data["rows"]
+
+
+def host_per_launch(path: str | None) -> float | None:
+    """Seconds of launcher + binding per Triton launch on the per_step path, from a host_cost.py JSON
+    file (its last tree), or None."""
+    if not path:
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    last = data["trees"][-1]["label"]
+    for r in data["results"]:
+        if r["tree"] == last and r["path"] == "per_step":
+            return r["median_us"]["total"] * 1e-6 / r["counts"]["launches"]
+    return None
+
+
+def row_predictions(rows: list, dev_name: str, per_launch_s: float | None = None) -> dict:
+    """Per accuracy row: predicted ms of the network's neuron layers, forward + backward at the
+    protocol's batch (summed over layers), eager and replayed; LIF as the fused-LIF ideal."""
+    dev = DEVICES[dev_name]
+    out = {}
+    for row in ("LIF", *ROW_BLOCKS, *ROW_SAME_AS):
+        src = ROW_SAME_AS.get(row, row)
+        tot = dict(device=0.0, host=0.0, eager=0.0, graph=0.0)
+        launches = 0
+        for layer, shape in PROTOCOL_LAYERS.items():
+            if row == "LIF":
+                r = dict(fused_lif(shape, 4, dev), host=2 * (T_TRI + T_DRV))
+                launches += 2
+            else:
+                c = counts_at(rows, f"{src}|{layer}", shape, "float32", auto_path(shape))
+                if c is None:
+                    raise ValueError(f"no counts for {src} at {layer}: run `--rows --count`")
+                launcher = None if per_launch_s is None else per_launch_s * len(c["launches"])
+                r = predict(c, dev, launcher)
+                launches += r["launches"]
+            for k in tot:
+                tot[k] += r[k]
+        out[row] = dict({f"{k}_ms": v * 1e3 for k, v in tot.items()}, launches=launches,
+                        same_kernels_as=ROW_SAME_AS.get(row))
+    return out
+
+
+def rows_markdown(data: dict) -> str:
+    lines = [f"# Predicted GPU time of the long accuracy protocol's neuron layers ({data['device']})", "",
+             f"`{data['command']}` at commit {data['commit']}: the meter's counts of each row's neuron "
+             f"({os.path.basename(data['counts'])}: B = 1 and 2, float32, the launcher's auto path) extrapolated to the "
+             "protocol's layers " + ", ".join(f"{k} {list(v)}" for k, v in data["layers"].items()) + ", summed; "
+             "forward + backward of the neuron layers only (convolutions, BatchNorm and the optimiser are not "
+             "modelled). LIF is the cost model's fused-LIF ideal (24 B per neuron-step, two launches per layer), "
+             "not the plain PyTorch loop the accuracy runs train with. Host per Triton launch: "
+             + (f"{data['host_per_launch_us']:.1f} µs measured (host_cost.json, per_step) + T_DRV"
+                if data.get("host_per_launch_us") else "T_TRI + T_DRV") + ".", "",
+             "| row | device ms | host ms | eager ms | graph ms | launches | note |", "|---|---|---|---|---|---|---|"]
+    for row, r in data["rows"].items():
+        note = f"kernels of {r['same_kernels_as']} (TSRD's dropped steps not modelled)" if r["same_kernels_as"] else ""
+        lines.append(f"| {row} | {r['device_ms']:.3f} | {r['host_ms']:.3f} | {r['eager_ms']:.3f} | "
+                     f"{r['graph_ms']:.3f} | {r['launches']} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
 def _plane(shape):
     P = 1
     for s in shape[3:]:
@@ -483,7 +578,34 @@ def main(argv=None) -> int:
                     help="benchmarks/host_cost.py results: the measured launcher + binding time per layer "
                          "replaces launches x T_TRI")
     ap.add_argument("--docs", action="store_true", help="also rewrite the generated section of docs/triton.md")
+    ap.add_argument("--rows", action="store_true",
+                    help="predict the long accuracy protocol's rows instead (with --count: count them first) "
+                         "-> benchmarks/results/cost_model_rows.{md,json}")
     ns = ap.parse_args(argv)
+
+    if ns.rows:
+        counts_path = os.path.join(RESULTS, "cost_counts_rows.json")
+        if ns.count or not os.path.exists(counts_path):
+            with open(counts_path, "w") as f:
+                json.dump(dict(rows=count_rows()), f, indent=1)
+        with open(counts_path) as f:
+            crows = json.load(f)["rows"]
+        per_launch = host_per_launch(ns.host)
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+        data = dict(command="python benchmarks/cost_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    commit=commit, device=ns.device, counts=os.path.relpath(counts_path, ROOT),
+                    machine="counts from the meter under the Triton interpreter; times predicted, not measured",
+                    layers=PROTOCOL_LAYERS, host_per_launch_us=None if per_launch is None else per_launch * 1e6,
+                    constants=dict(T_RT=T_RT, T_DEV=T_DEV, T_DRV=T_DRV, T_OP=T_OP, T_TRI=T_TRI, **DEVICES[ns.device]),
+                    rows=row_predictions(crows, ns.device, per_launch))
+        out = ROWS_OUT if ns.out == os.path.join(RESULTS, "cost_model") else ns.out
+        with open(out + ".json", "w") as f:
+            json.dump(data, f, indent=1)
+        with open(out + ".md", "w") as f:
+            f.write(rows_markdown(data))
+        print(rows_markdown(data))
+        return 0
 
     if ns.check_b10c880:
         sys.path.insert(0, HERE)
@@ -545,16 +667,8 @@ def main(argv=None) -> int:
         counted = json.load(f)
     rows, tree_label = counted["rows"], counted.get("tree", "unknown")
 
-    try:
-        from staa.kernels.launch import loop_path  # triton needed
-
-        def auto(shape):
-            return loop_path(shape[2], _plane(shape), "auto")
-    except Exception:  # no triton here: the rule as docs/triton.md states it
-        def auto(shape):
-            return "persistent" if shape[2] * _plane(shape) <= 8192 else "per_step"
-    pred = prediction_rows(rows, USER_SHAPES, ("float32", "bfloat16"), ("per_step", "persistent"), ns.device, auto,
-                           host_from(ns.host))
+    pred = prediction_rows(rows, USER_SHAPES, ("float32", "bfloat16"), ("per_step", "persistent"), ns.device,
+                           auto_path, host_from(ns.host))
     if ns.compare:
         print(f"Cost model ({ns.device}; counts: {tree_label}, {os.path.basename(ns.counts)}; constants: T_RT "
               f"{T_RT * 1e6:.1f} µs, T_DEV {T_DEV * 1e6:.1f} µs, T_TRI {T_TRI * 1e6:.0f} µs, T_DRV {T_DRV * 1e6:.0f} µs, "

@@ -584,8 +584,9 @@ class Meter:
             setattr(launch, fn_name, wrapped)
         return saved
 
-    def measure(self, shape, dtype: str, path: str, seed: int = 0) -> dict:
-        """One layer ``STAALIF(C, T, backend="triton")`` forward + backward on ``x`` of ``shape``."""
+    def measure(self, shape, dtype: str, path: str, seed: int = 0, blocks: dict | None = None) -> dict:
+        """One layer ``STAALIF(C, T, backend="triton", **blocks)`` forward + backward on ``x`` of
+        ``shape``; ``blocks`` switches GC, PE and SA (``gc``/``pe``/``sa``; all on by default)."""
         import staa
         from staa.kernels import launch
 
@@ -594,7 +595,7 @@ class Meter:
         T, B, C = shape[:3]
         dt = getattr(torch, dtype)
         torch.manual_seed(seed)
-        m = staa.STAALIF(C, T, tsrd=0.0, backend="triton")
+        m = staa.STAALIF(C, T, tsrd=0.0, backend="triton", **(blocks or {}))
         with torch.no_grad():
             for p in m.parameters():
                 p.add_(torch.randn_like(p) * 0.3)
@@ -645,7 +646,8 @@ class Meter:
         if not all(any(expect in k for k in ks) for ks in kernels.values()):
             raise RuntimeError(f"path {path!r} not taken: kernels {kernels}")
         n = int(np.prod(shape))
-        row = dict(shape=list(shape), dtype=dtype, path=path, neuron_steps=n, weight_bytes=weight_bytes)
+        row = dict(shape=list(shape), dtype=dtype, path=path, neuron_steps=n, weight_bytes=weight_bytes,
+                   blocks=dict(blocks or {}))
         for ph in PHASES:
             row[ph] = self.tallies[ph].figures()
             row[ph + "_detail"] = self.tallies[ph].detail()

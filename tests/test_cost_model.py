@@ -141,3 +141,59 @@ def test_host_from_host_cost_results(tmp_path):
 def test_compare_with_no_files_fails_clearly(capsys):
     assert cm.main(["--compare"]) == 1
     assert "no result files" in capsys.readouterr().err
+
+
+def test_host_per_launch_from_host_cost_results(tmp_path):
+    f = tmp_path / "host_cost.json"
+    f.write_text(json.dumps(dict(trees=[dict(label="old"), dict(label="new")], results=[
+        dict(tree="old", path="per_step", median_us=dict(total=900.0), counts=dict(launches=18)),
+        dict(tree="new", path="per_step", median_us=dict(total=600.0), counts=dict(launches=20))])))
+    assert cm.host_per_launch(str(f)) == pytest.approx(30e-6)
+    assert cm.host_per_launch(None) is None
+
+
+def test_row_predictions_sum_the_layers_and_share_kernels_with_tsrd(monkeypatch):
+    """Counts that depend on the row's blocks and the layer: each row's prediction is the sum of its two
+    layers' predictions, TSRD rows take their base row's kernels, LIF is the fused-LIF ideal."""
+    monkeypatch.setattr(cm, "auto_path", lambda shape: "per_step")
+    dev = "H200"
+    rows = []
+    for r, nk in (("IF+SA", 2), ("GC+PE+SA", 3)):
+        for layer, shape in cm.PROTOCOL_LAYERS.items():
+            T, _, C, *sp = shape
+            for B in (1, 2):
+                launches = [dict(name=f"k{i}", bytes=1e6 * B * C, programs=B * 10, chain=4) for i in range(nk)]
+                rows.append(dict(name=f"{r}|{layer}", shape=[T, B, C, *sp], dtype="float32", path="per_step",
+                                 counts=dict(launches=launches, ops=1, glue_ops=0)))
+    pred = cm.row_predictions(rows, dev, per_launch_s=30e-6)
+    assert set(pred) == {"LIF", "IF+SA", "GC+PE+SA", "IF+SA+TSRD", "GC+PE+SA+TSRD"}
+    assert pred["IF+SA+TSRD"]["graph_ms"] == pred["IF+SA"]["graph_ms"]
+    assert pred["GC+PE+SA+TSRD"]["same_kernels_as"] == "GC+PE+SA" and pred["LIF"]["same_kernels_as"] is None
+    assert pred["IF+SA"]["launches"] == 4 and pred["GC+PE+SA"]["launches"] == 6 and pred["LIF"]["launches"] == 4
+    want = 0.0
+    for layer, shape in cm.PROTOCOL_LAYERS.items():
+        c = cm.counts_at(rows, f"GC+PE+SA|{layer}", shape, "float32", "per_step")
+        assert c["launches"][0]["bytes"] == pytest.approx(1e6 * shape[1] * shape[2])  # extrapolated to B = 128
+        want += cm.predict(c, cm.DEVICES[dev], 30e-6 * 3)["graph"]
+    assert pred["GC+PE+SA"]["graph_ms"] == pytest.approx(want * 1e3)
+    lif = sum(cm.fused_lif(s, 4, cm.DEVICES[dev])["graph"] for s in cm.PROTOCOL_LAYERS.values())
+    assert pred["LIF"]["graph_ms"] == pytest.approx(lif * 1e3)
+    page = cm.rows_markdown(dict(command="python benchmarks/cost_model.py --rows", commit="abc1234", device=dev,
+                                 counts="benchmarks/results/cost_counts_rows.json", layers=cm.PROTOCOL_LAYERS,
+                                 host_per_launch_us=30.0, rows=pred))
+    assert "| IF+SA+TSRD |" in page and "kernels of IF+SA" in page and "30.0 µs measured" in page
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("triton") is None, reason="triton is not installed")
+def test_count_switches_the_blocks():
+    """The meter counts the neuron a row asks for: step attention alone moves fewer bytes than the full
+    neuron (same launch sequence: the disabled blocks' work is skipped inside the kernels)."""
+    shape = (2, 1, 4, 2, 2)
+    rows = cm.count([(shape, "float32", "per_step", dict(gc=False, pe=False, sa=True)),
+                     (shape, "float32", "per_step")])["rows"]
+    assert rows[0]["blocks"] == dict(gc=False, pe=False, sa=True) and rows[1]["blocks"] == {}
+
+    def total(r):
+        return sum(x["bytes"] for x in r["counts"]["launches"])
+
+    assert 0 < total(rows[0]) < total(rows[1])
