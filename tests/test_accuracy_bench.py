@@ -366,6 +366,12 @@ def test_long_report_verdicts_gap_and_cost():
     assert "| IF+SA | STAALIF, sa | 5 | 88.00 ± 0.16 | 87.80, 87.90, 88.00, 88.10, 88.20 | 95.00 | +7.00 |" in page
     # cost: IF+SA is LONG_ROWS[1]: 0.2 s/step, 2x LIF, 2 MiB
     assert "| IF+SA | +1.00 ± 0.10 | 101 | 1 | 200.0 | 2.00x | 2.0 |" in page
+    gpu = {"command": "python benchmarks/cost_model.py --rows", "commit": "abc1234", "device": "H200",
+           "rows": {v: {"eager_ms": 1.0 + i, "graph_ms": 0.5 + i} for i, v in enumerate(make_report.LONG_ROWS)}}
+    page = make_report.render_long(runs, sel, cost, gpu)
+    assert "predicted GPU ms, neuron layers (eager / graph) |" in page
+    assert "`python benchmarks/cost_model.py --rows`" in page
+    assert "| IF+SA | +1.00 ± 0.10 | 101 | 1 | 200.0 | 2.00x | 2.0 | 2.00 / 1.50 |" in page
     runs, sel = _fake_long(lif_spread=3.0)  # LIF std 0.47: LIF -> rows SE 0.21
     page = make_report.render_long(runs, sel, None)
     assert "NOT met" in page and "Not measured yet" in page and "Incomplete" not in page

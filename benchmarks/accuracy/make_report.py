@@ -648,7 +648,7 @@ def _selection_lines(selection: List[dict]) -> List[str]:
     return lines
 
 
-def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -> str:
+def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict], predicted: Optional[dict] = None) -> str:
     """The long-protocol results page: rows with their train-test gaps, the reported differences, and each
     row's cost beside its accuracy gain."""
     summary = summarize(runs)
@@ -714,10 +714,22 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -
             "[performance.md](../performance.md). The saved bytes are mostly the convolutions' and BatchNorms' "
             "activations, which every row keeps alike.",
             "",
-            "| row | accuracy over LIF (points) | params | params over LIF | CPU ms / training step | x LIF | "
-            "MiB saved for backward |",
-            "|---|---|---|---|---|---|---|",
         ]
+        gpu = predicted.get("rows", {}) if predicted else {}
+        if gpu:
+            lines += [
+                f"Predicted GPU time: `{predicted.get('command', 'python benchmarks/cost_model.py --rows')}` at commit "
+                f"{predicted.get('commit', 'unknown')}, the cost model's prediction ({predicted.get('device')}) for the "
+                "network's two neuron layers, forward + backward at the protocol's batch, eager and replayed from a "
+                "CUDA graph ([cost_model_rows.md](../../benchmarks/results/cost_model_rows.md)); not measured on a "
+                "GPU. Its LIF is a fused LIF (the model's ideal), and the TSRD rows are predicted with their base "
+                "row's kernels.",
+                "",
+            ]
+        head = ("| row | accuracy over LIF (points) | params | params over LIF | CPU ms / training step | x LIF | "
+                "MiB saved for backward |")
+        lines += [head + (" predicted GPU ms, neuron layers (eager / graph) |" if gpu else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
         for v in LONG_ROWS:
             c = cost["rows"].get(v)
             if c is None:
@@ -727,8 +739,10 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -
                 d, se = _compare(summary[("static", "LIF")], summary[("static", v)])
                 gain = f"{d:+.2f}" + ("" if se is None else f" ± {se:.2f}")
             ratio = f"{c['seconds_per_step'] / base:.2f}x" if base else ""
+            g = gpu.get(v)
             lines.append(f"| {v} | {gain} | {c['params']} | {c['params_over_lif']} | "
-                         f"{1000 * c['seconds_per_step']:.1f} | {ratio} | {c['saved_bytes_per_step'] / 2**20:.1f} |")
+                         f"{1000 * c['seconds_per_step']:.1f} | {ratio} | {c['saved_bytes_per_step'] / 2**20:.1f} |"
+                         + ((f" {g['eager_ms']:.2f} / {g['graph_ms']:.2f} |" if g else " |") if gpu else ""))
         lines.append("")
     epochs = runs[0]["config"]["epochs"]
     seeds = " ".join(str(x) for x in sorted({r["seed"] for r in runs}))
@@ -748,17 +762,21 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict]) -
     return "\n".join(lines)
 
 
-def write_long_report(runs_dir: str, selection_dir: str, cost_path: str, out_dir: str, log=print) -> str:
+def write_long_report(runs_dir: str, selection_dir: str, cost_path: str, out_dir: str, log=print,
+                      predicted_path: Optional[str] = None) -> str:
     os.makedirs(out_dir, exist_ok=True)
     runs = load_runs(runs_dir) if os.path.isdir(runs_dir) else []
     selection = load_runs(selection_dir) if os.path.isdir(selection_dir) else []
-    cost = None
+    cost = predicted = None
     if os.path.isfile(cost_path):
         with open(cost_path) as f:
             cost = json.load(f)
+    if predicted_path and os.path.isfile(predicted_path):
+        with open(predicted_path) as f:
+            predicted = json.load(f)
     path = os.path.join(out_dir, "accuracy-long.md")
     with open(path, "w") as f:
-        f.write(render_long(runs, selection, cost))
+        f.write(render_long(runs, selection, cost, predicted))
     log(f"wrote {path}")
     return path
 
@@ -805,12 +823,14 @@ def main(argv=None) -> int:
     p.add_argument("--timing", default=os.path.join(REPO, "docs", "results", "accuracy-large-timing.json"))
     p.add_argument("--long", action="store_true",
                    help="build the long-protocol page accuracy-long.md (runs from docs/results/accuracy-long-runs, "
-                        "the epoch-count selection run from accuracy-long-selection, costs from accuracy-long-cost.json)")
+                        "the epoch-count selection run from accuracy-long-selection, costs from accuracy-long-cost.json, "
+                        "predicted GPU times from benchmarks/results/cost_model_rows.json)")
     args = p.parse_args(argv)
     if args.long:
         res = os.path.join(REPO, "docs", "results")
         write_long_report(os.path.join(res, "accuracy-long-runs"), os.path.join(res, "accuracy-long-selection"),
-                          os.path.join(res, "accuracy-long-cost.json"), args.out)
+                          os.path.join(res, "accuracy-long-cost.json"), args.out,
+                          predicted_path=os.path.join(REPO, "benchmarks", "results", "cost_model_rows.json"))
         return 0
     if args.large:
         runs = args.runs
