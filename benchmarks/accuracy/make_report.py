@@ -676,7 +676,7 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict], p
         lines += ["**Incomplete**: the protocol asks for at least "
                   f"{LONG_MIN_SEEDS} seeds per row, and these rows lack finished runs: "
                   + ", ".join(f"{v} ({k} more)" for v, k in short)
-                  + ". Until they land, every verdict above rests on fewer seeds than the protocol fixes.", ""]
+                  + ". Until they land, every figure on this page rests on fewer seeds than the protocol fixes.", ""]
     lines += ["## Rows", "",
               "Train accuracy is measured after training on the 20,000 training images in eval mode (no TSRD draws); "
               "the gap is train minus test.", "",
@@ -693,8 +693,9 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict], p
         lines.append(f"| {v} | {NEURONS[v]} | {st['n']} | {_fmt_acc(st)} | {', '.join(f'{a:.2f}' for a in st['acc'])} "
                      f"| {train:.2f} | {train - st['mean']:+.2f} | {st['rate']:.3f} | {st['n_params']} |")
     lines += ["", "The differences the protocol reports:", ""]
-    lines += [_step_text(a, b, summary[("static", a)], summary[("static", b)])
-              for a, b in LONG_DIFFS if ("static", a) in summary and ("static", b) in summary]
+    diffs = [_step_text(a, b, summary[("static", a)], summary[("static", b)])
+             for a, b in LONG_DIFFS if ("static", a) in summary and ("static", b) in summary]
+    lines += diffs or ["- none yet: no pair of rows it compares has finished runs."]
     lines += ["", "## Cost beside benefit", ""]
     if not cost:
         lines += ["Not measured yet: run `python benchmarks/accuracy/cost_rows.py` on an idle machine.", ""]
@@ -734,7 +735,7 @@ def render_long(runs: List[dict], selection: List[dict], cost: Optional[dict], p
             c = cost["rows"].get(v)
             if c is None:
                 continue
-            gain = "baseline"
+            gain = "baseline" if v == "LIF" else "no runs yet"
             if v != "LIF" and ("static", "LIF") in summary and ("static", v) in summary:
                 d, se = _compare(summary[("static", "LIF")], summary[("static", v)])
                 gain = f"{d:+.2f}" + ("" if se is None else f" ± {se:.2f}")
