@@ -333,15 +333,20 @@ def compare(files: list, predictions: list) -> list:
 
 
 # ============================================================================= tables
+def _host_rows(path: str) -> list:
+    """The rows of a benchmarks/host_cost.py JSON file for its last tree (the one under test)."""
+    with open(path) as f:
+        data = json.load(f)
+    last = data["trees"][-1]["label"]
+    return [r for r in data["results"] if r["tree"] == last]
+
+
 def host_from(path: str | None) -> dict:
     """{loop path: seconds} of launcher + binding per layer from a benchmarks/host_cost.py JSON file
     (its last tree: the one under test), or {} without one."""
     if not path:
         return {}
-    with open(path) as f:
-        data = json.load(f)
-    last = data["trees"][-1]["label"]
-    return {r["path"]: r["median_us"]["total"] * 1e-6 for r in data["results"] if r["tree"] == last}
+    return {r["path"]: r["median_us"]["total"] * 1e-6 for r in _host_rows(path)}
 
 
 def prediction_rows(rows: list, shapes: dict, dtypes, paths, dev_name: str, auto_rule, host=None) -> list:
@@ -426,11 +431,8 @@ def host_per_launch(path: str | None) -> float | None:
     file (its last tree), or None."""
     if not path:
         return None
-    with open(path) as f:
-        data = json.load(f)
-    last = data["trees"][-1]["label"]
-    for r in data["results"]:
-        if r["tree"] == last and r["path"] == "per_step":
+    for r in _host_rows(path):
+        if r["path"] == "per_step":
             return r["median_us"]["total"] * 1e-6 / r["counts"]["launches"]
     return None
 
