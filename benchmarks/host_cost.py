@@ -18,14 +18,21 @@ torch ops
 launcher Python
     the rest: shape arithmetic, tile configuration, argument lists, the Python calls themselves;
     the plain run's time less the three phases above.
-Triton binding
-    what ``kernel[grid](*args, **kwargs)`` does on the host before the driver launch, as
-    ``triton.runtime.jit.JITFunction.run`` does it: the option knobs, the binder that specialises
-    every argument (the one ``benchmarks/compile_kernels.py`` drives, built for ``--arch``), the
-    cache key, the kernel-cache lookup, the global-value check and the grid's canonical form.
+binding
+    what a launch costs the host before the driver launch, timed around that work in the bound
+    run. With ``launch`` ``jit`` (every tree before direct launching, or ``STAA_TRITON_LAUNCH=jit``),
+    what ``kernel[grid](*args, **kwargs)`` does, as ``triton.runtime.jit.JITFunction.run`` does it:
+    the option knobs, the binder that specialises every argument (the one
+    ``benchmarks/compile_kernels.py`` drives, built for ``--arch``), the cache key, the kernel-cache
+    lookup, the global-value check and the grid's canonical form. With ``direct``
+    (``kernels/_direct.py``), the tree's own key (``fixed_key`` once per launch object, then
+    ``launch``: the varying arguments' key and the cache lookup) and the argument list and grid
+    handed to the compiled kernel; the first launch of each specialisation is bound as the JIT
+    binds it (it happens in the warm-up).
 
 Not measured: the driver launch itself (``CompiledKernel.launch_metadata`` and ``run``: packing
-the arguments and ``cuLaunchKernel``), the current device and stream queries, the
+the arguments and ``cuLaunchKernel``; both launch modes end in it), the current device and stream
+queries, the
 ``torch.cuda.device`` switch of ``_on_device``, the CUDA caching allocator, and the module glue
 around the op (autograd, the custom op's dispatch, the TSRD draw).
 
@@ -206,6 +213,53 @@ class Prober:
         self.acc["binding"] += time.perf_counter_ns() - t0
         self.cnt["binding"] += 1
 
+    @property
+    def direct(self) -> bool:
+        """Whether this tree launches compiled kernels directly (``kernels/_direct.py``) here."""
+        D = getattr(self.launch, "_direct", None)
+        return D is not None and hasattr(self.launch, "_Launch") and D.mode() == "direct"
+
+    def _direct_seams(self):
+        """Replace the direct launch's calls into the driver: the device and stream queries (not
+        measured, as on the JIT path), the first launch of a specialisation (bound as the JIT binds
+        it, standing in for its compile) and the launch of a kept kernel (the argument list and grid
+        as ``_direct.driver_launch`` builds them; ``compiled.run`` itself is not measured)."""
+        D = self.launch._direct
+        saved = {n: getattr(D, n) for n in ("current_device", "current_stream", "first_launch", "driver_launch",
+                                            "fixed_key", "launch")}
+        acc, cnt = self.acc, self.cnt
+
+        def first_launch(kernel, grid, args, kwargs):
+            cnt["binding"] += 1
+            self.triton_host(kernel, grid, args, kwargs)
+            return None, D.constexpr_tail(kernel, len(args), kwargs)
+
+        def driver_launch(entry, grid, args, device):
+            cnt["binding"] += 1
+            full = args + entry[1]
+            n = len(grid)
+            return grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, full
+
+        def timed(fn):
+            def run(*args):
+                t0 = time.perf_counter_ns()
+                try:
+                    return fn(*args)
+                finally:
+                    acc["binding"] += time.perf_counter_ns() - t0
+            return run
+
+        D.current_device, D.current_stream = (lambda: 0), (lambda device: None)
+        D.first_launch, D.driver_launch = first_launch, driver_launch
+        # The key work: once per launch object (its fixed part) and once per launch.
+        D.fixed_key, D.launch = timed(saved["fixed_key"]), timed(saved["launch"])
+
+        def restore():
+            for n, fn in saved.items():
+                setattr(D, n, fn)
+
+        return restore
+
     # ------------------------------------------------------------------ modes
     def _timed(self, path, hook):
         L = self.launch
@@ -224,10 +278,18 @@ class Prober:
         return self._timed(path, self._noop)
 
     def bound(self, path):
-        """(wall ns, binding ns, launches) with each launch bound as the JIT would."""
+        """(wall ns, launches) with each launch bound as the JIT would, or, in a tree that launches
+        directly, specialised and looked up as it does (``_direct_seams``)."""
         self.acc.clear()
         self.cnt.clear()
-        dt = self._timed(path, self._binding)
+        if self.direct:
+            restore = self._direct_seams()
+            try:
+                dt = self._timed(path, None)
+            finally:
+                restore()
+        else:
+            dt = self._timed(path, self._binding)
         return dt, self.acc["binding"], self.cnt["binding"]
 
     def wrapped(self, path):
@@ -327,6 +389,7 @@ class Prober:
                                       allocations_dispatched=sum(seen.values()))
         finally:
             gc.enable()
+        counts["launch"] = "direct" if self.direct else "jit"
         return dict(samples=out, counts=counts)
 
 
@@ -533,8 +596,8 @@ def _shape(shape):
 
 def table(data: dict) -> list:
     lines = ["| tree | path | launches | host total µs | per launch µs | argument checks | allocation (calls) | "
-             "torch ops (calls) | launcher Python | Triton binding |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "torch ops (calls) | launcher Python | launch | binding |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         m, c = r["median_us"], r["counts"]
         q = r["quartiles_us"]["total"]
@@ -542,7 +605,7 @@ def table(data: dict) -> list:
             f"| {r['tree']} | {r['path']} | {c['launches']} | **{m['total']:.0f}** ({q[0]:.0f}-{q[1]:.0f}) | "
             f"{m['total'] / max(c['launches'], 1):.1f} | {m['checks']:.0f} | {m['allocation']:.0f} "
             f"({c['allocations']}) | {m['torch_ops']:.0f} ({c['torch_ops']}) | {m['launcher_python']:.0f} | "
-            f"{m['binding']:.0f} |")
+            f"{c.get('launch', 'jit')} | {m['binding']:.0f} |")
     return lines
 
 
@@ -571,7 +634,9 @@ def markdown(data: dict) -> str:
            f"samples per path, after {s['warmup']} warm-up blocks).", "",
            f"One layer {_shape(s['shape'])} {s['dtype']} (GC1, GC2, SA, position encoding, TSRD mask given), "
            "the launchers `staa_lif_forward(keep_stats=True)` + `staa_lif_backward(stats=...)` on CPU tensors with "
-           f"every launch intercepted (`launch.launch_hook`) and bound as triton's JIT binds it for sm_{s['arch']}. "
+           "every launch bound as the tree launches it (column launch: `jit`, as triton's JIT binds it for "
+           f"sm_{s['arch']}; "
+           "`direct`, the tree's own key and lookup of the compiled kernel) and no kernel run. "
            "Median µs of one forward + backward (quartiles of the total in brackets); the phases are medians "
            "of their own timed runs, launcher Python is the rest (definitions: benchmarks/host_cost.py).", ""]
     out += table(data)

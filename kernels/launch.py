@@ -28,6 +28,7 @@ import triton.language as tl
 
 from ..reference import GCParams, SAParams, compute_dtype
 from ..surrogate import SURROGATE_KINDS
+from . import _direct
 from .staa_bwd import (WEIGHT_JOBS_FIXED, WEIGHT_OUTPUTS, staa_bwd_elem_kernel, staa_bwd_mlp_kernel,
                        staa_bwd_persistent_kernel, staa_bwd_weights_kernel, staa_bwd_weights_sum_kernel)
 from .staa_fwd import (staa_fwd_elem_kernel, staa_fwd_mlp_kernel, staa_fwd_persistent_kernel,
@@ -274,13 +275,42 @@ def backward_elem_warps(tc: TileConfig) -> int:
 launch_hook = None
 
 
+class _Launch:
+    """A kernel's launches within one launcher call: ``launch(grid, *varying)`` runs it with the
+    positional arguments ``head + varying + tail`` and the keywords given here. ``head`` and
+    ``tail`` are fixed for the call, so with direct launching (``_direct``) their part of the key
+    is built once, at the first launch; ``variant`` shares it with other keywords."""
+
+    __slots__ = ("kernel", "fixed", "kwargs", "base")
+
+    def __init__(self, kernel, head: tuple = (), tail: tuple = (), *, _fixed=None, **kwargs):
+        # No FMA contraction: V = u * gate must round exactly as the backward (and the torch
+        # recomputation of H) evaluates it, e.g. soft reset's V - v_th must not fuse into the product.
+        kwargs.setdefault("enable_fp_fusion", False)
+        self.kernel, self.kwargs, self.base = kernel, kwargs, None
+        self.fixed = [head, tail, None] if _fixed is None else _fixed
+
+    def variant(self, **changes) -> "_Launch":
+        """The same launch with some keywords changed."""
+        return _Launch(self.kernel, _fixed=self.fixed, **dict(self.kwargs, **changes))
+
+    def __call__(self, grid, *varying):
+        head, tail = self.fixed[0], self.fixed[1]
+        args = head + varying + tail if tail else head + varying
+        if launch_hook is not None:
+            return launch_hook(self.kernel, grid, args, self.kwargs)
+        base = self.base
+        if base is None:
+            base = self.base = _direct.fixed_key(self.kernel, self.fixed, self.kwargs)
+        if base is False:
+            self.kernel[grid](*args, **self.kwargs)
+        else:
+            _direct.launch(base[0], base[1], self.kernel, grid, args, varying, self.kwargs)
+
+
 def _run(kernel, grid, *args, **kwargs):
-    # No FMA contraction: V = u * gate must round exactly as the backward (and the torch
-    # recomputation of H) evaluates it, e.g. soft reset's V - v_th must not fuse into the product.
-    kwargs.setdefault("enable_fp_fusion", False)
-    if launch_hook is not None:
-        return launch_hook(kernel, grid, args, kwargs)
-    kernel[grid](*args, **kwargs)
+    """One launch of ``kernel`` (every argument specialised for it alone)."""
+    _Launch(kernel, args, **kwargs)(grid)
 
 
 def _compute_dtype(dtype: torch.dtype):
@@ -577,20 +607,20 @@ def staa_lif_forward(
     has_mlp = gcx is not None or gch is not None or sa is not None
     mlp_head = (pick(pxc), pick(pxs), pick(pc), pick(phs), pick(d1), pick(d2), gate, drop8, *kept, *weights)
     mlp_tail = (B, C, P, tc.NP, *hidden, float(alpha))
-    mlp_kw = dict(**flags, STATS=keep_stats, **mlp_blocks, num_warps=mlp_warps)
+    mlp = _Launch(staa_fwd_mlp_kernel, mlp_head, mlp_tail, **flags, STATS=keep_stats, **mlp_blocks,
+                  num_warps=mlp_warps)
     elem_head = (x, pick(posc), pick(d1), pick(d2), gate, u, spikes, pick(v_seq), h_last, pick(pc), pick(phs),
                  g2.key_weight, g2.key_bias, drop8)
-    elem_tail = (B, C, P, tc.NP, *scal)
-    elem_kw = dict(FIRST=False, LAST=False, HAS_H0=False, HAS_POS=posc is not None, **flags,
-                   HARD=v_reset is not None, STORE_V=store_v_seq,
-                   BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
+    middle = _Launch(staa_fwd_elem_kernel, elem_head, (B, C, P, tc.NP, *scal), FIRST=False, LAST=False, HAS_H0=False,
+                     HAS_POS=posc is not None, **flags, HARD=v_reset is not None, STORE_V=store_v_seq,
+                     BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=tc.num_warps)
     for t in range(T):
         if has_mlp:
-            _run(staa_fwd_mlp_kernel, (B,), *mlp_head, t, *mlp_tail, **mlp_kw)
-        first = t == 0
-        _run(staa_fwd_elem_kernel, (B, tc.NP), *elem_head, h0c if h0c is not None and first else dummy, t, *elem_tail,
-             **(elem_kw if 0 < t < T - 1 else dict(elem_kw, FIRST=first, LAST=t == T - 1,
-                                                   HAS_H0=h0c is not None and first)))
+            mlp((B,), t)
+        first, last = t == 0, t == T - 1
+        elem = middle if not (first or last) else middle.variant(FIRST=first, LAST=last,
+                                                                 HAS_H0=h0c is not None and first)
+        elem((B, tc.NP), h0c if h0c is not None and first else dummy, t)
     return (spikes, h_last, v_seq, u, gate) + ((stats,) if keep_stats else ())
 
 
@@ -784,21 +814,21 @@ def staa_lif_backward(
     tile_args = (grad_spikes, x, posc if posc is not None else dummy, u, gate, drop8)
     key_args = (g1.key_weight, g1.key_bias, g2.key_weight, g2.key_bias, *bufs.acc, bufs.gpos, bufs.part_a, bufs.part_b)
 
-    elem_tail = (B, C, P, tc.NP, *scal)
-    elem_kw = {}  # (finish, start) -> the launch's keywords, built once per call
+    elem_launch = _Launch(staa_bwd_elem_kernel, (*tile_args, *bufs.vecs, grad_x, *key_args, *states),
+                          (B, C, P, tc.NP, *scal), HAS_POS=posc is not None, **flags, HARD=v_reset is not None,
+                          DETACH=bool(detach_reset), BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD,
+                          num_warps=backward_elem_warps(tc))
+    elem_variants = {}  # (finish, start) -> the launch with that step kind's keywords
 
     def elem(t, finish, start, gv_in, gv_out):
         # Specialise only where it matters: the surrogate where a step starts, h0 at t = 0,
         # grad_h_last at t = T.
-        kw = elem_kw.get((finish, start))
-        if kw is None:
-            kw = elem_kw[(finish, start)] = dict(
+        e = elem_variants.get((finish, start))
+        if e is None:
+            e = elem_variants[(finish, start)] = elem_launch.variant(
                 FINISH=finish, START=start, SURROGATE=kind if start else 0,
-                HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish,
-                HAS_POS=posc is not None, **flags, HARD=v_reset is not None, DETACH=bool(detach_reset),
-                BLOCK_C=tc.BLOCK_C, BLOCK_P=tc.BLOCK_P, CD=CD, num_warps=backward_elem_warps(tc))
-        _run(staa_bwd_elem_kernel, (B, tc.NP), *tile_args, gv_in, gv_out, *bufs.vecs, grad_x, *key_args, *states,
-             t, *elem_tail, **kw)
+                HAS_H0=h0c is not None and finish and not start, HAS_GHL=ghl is not None and not finish)
+        e((B, tc.NP), gv_in, gv_out, t)
 
     if persistent:
         _run(staa_bwd_persistent_kernel, (B,),
@@ -812,12 +842,12 @@ def staa_lif_backward(
         gv = bufs.gv.unbind(0)
         elem(T, False, True, gv[1], gv[0])  # dL/dV_{T-1} (dL/dH_{T-1} = grad_h_last or 0)
         mlp_head = (bufs.part_a, bufs.part_b, gate, drop8, *kept_args, *weights, *bufs.vecs, *bufs.rows)
-        mlp_tail = (B, C, P, tc.NP, *hidden, float(alpha))
-        mlp_kw = dict(**flags, **mlp_blocks, num_warps=mlp_warps)
+        mlp = _Launch(staa_bwd_mlp_kernel, mlp_head, (B, C, P, tc.NP, *hidden, float(alpha)), **flags,
+                      **mlp_blocks, num_warps=mlp_warps)
         for t in range(T - 1, -1, -1):
             k = (T - 1 - t) % 2
             if has_mlp:
-                _run(staa_bwd_mlp_kernel, (B,), *mlp_head, t, *mlp_tail, **mlp_kw)
+                mlp((B,), t)
             elem(t, True, t > 0, gv[k], gv[1 - k])
 
     grad_pos, grad_gcx, grad_gch, grad_sa = _weight_grads(bufs, kept, pos, *param_blocks, T, B, tc.NP, C, hidden,

@@ -246,7 +246,6 @@ def _gc_key_bwd(z, gctx, kw, kb, mp):
 def staa_bwd_elem_kernel(
     gs_ptr,  # [T, B, C, P] dL/dspikes
     x_ptr, pos_ptr, u_ptr, gate_ptr, drop_ptr,
-    gv_in_ptr, gv_out_ptr,  # [B, C, P] CD: dL/dV_t in, dL/dV_{t-1} out
     gm_ptr, gctx1_ptr, gctx2_ptr,  # [B, C] from the MLP kernel of step t
     gx_ptr,  # [T, B, C, P] out dL/dI, input dtype
     kw1_ptr, kb1_ptr, kw2_ptr, kb2_ptr,
@@ -255,6 +254,7 @@ def staa_bwd_elem_kernel(
     part_a_ptr, part_b_ptr,  # [B, NP, C] out: per-tile sum_p gV_{t-1} u_{t-1}, sum_p gV_{t-1}
     h0_ptr, gh0_ptr,  # [B, C, P] CD: initial state H_{-1} and dL/dH_{-1} out (only with HAS_H0)
     ghl_ptr,  # [B, C, P] CD: incoming dL/dH_{T-1} (only with HAS_GHL)
+    gv_in_ptr, gv_out_ptr,  # [B, C, P] CD: dL/dV_t in, dL/dV_{t-1} out (with t, what changes between launches)
     t, B, C, P, NP, v_th, v_reset, h0, sg_param,
     FINISH: tl.constexpr, START: tl.constexpr, SURROGATE: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_GHL: tl.constexpr, HAS_POS: tl.constexpr, HAS_GCX: tl.constexpr, HAS_GCH: tl.constexpr, HAS_SA: tl.constexpr,

@@ -41,6 +41,7 @@ SELFTEST = ["tests/test_selftest.py"]  # its in-process tests come first, so -x 
 GRAPHS = ["tests/test_cuda_graphs.py"]  # the CPU checks of the route a device runs (capture-safe)
 REDUCTIONS = ["tests/interpret/test_reductions.py"]  # the blocked sums, split small (also TRITON_INTERPRET=1)
 REPEAT = ["tests/interpret/test_reductions_repeat.py"]  # their bitwise repeatability
+DIRECT = ["tests/test_direct_launch.py"]  # direct launching against triton's binder (no GPU needed)
 
 
 class Mutation(NamedTuple):
@@ -150,6 +151,11 @@ MUTATIONS: List[Mutation] = [
     Mutation("R5", "pass 2 adds the row ranges in an order set by the output's address (not bitwise repeatable)",
              "staa/kernels/staa_bwd.py", "sp = s0 + offs_s",
              "sp = tl.where(s0 + offs_s < NS, (s0 + offs_s + out_ptr.to(tl.int64) // 4) % NS, NS)", REPEAT),
+    # ---- direct launching of the compiled kernels
+    Mutation("L1", "direct launch: a tensor's 16-byte alignment left out of the key", "staa/kernels/_direct.py",
+             "(a.dtype, a.data_ptr() % 16 == 0) if isinstance", "(a.dtype,) if isinstance", DIRECT, True),
+    Mutation("L2", "direct launch: a kernel's constexpr defaults left off the argument list", "staa/kernels/_direct.py",
+             "kwargs[name] if name in kwargs else default for", "kwargs[name] for", DIRECT),
 ]
 
 

@@ -26,7 +26,7 @@ def test_every_mutation_applies_once_and_names_existing_tests():
         assert all(os.path.isfile(os.path.join(ROOT, t)) for t in m.tests), m.key
     assert any(m.fast for m in mc.MUTATIONS)
     assert {m.path.split("/")[-1] for m in mc.MUTATIONS if m.path.startswith("staa/kernels/")} == \
-        {"staa_fwd.py", "staa_bwd.py"}
+        {"staa_fwd.py", "staa_bwd.py", "_direct.py"}  # each kernel module and direct launching
 
 
 def test_the_package_copy_is_the_installed_layout(tmp_path):

@@ -242,14 +242,14 @@ def recorded_launches():
     from staa.kernels import launch
 
     names = []
-    run = launch._run
+    call = launch._Launch.__call__  # every launch goes through it, ``_run``'s included
 
-    def recording_run(kernel, grid, *args, **kwargs):
-        names.append(getattr(kernel, "fn", kernel).__name__)
-        return run(kernel, grid, *args, **kwargs)
+    def recording_call(self, grid, *varying):
+        names.append(getattr(self.kernel, "fn", self.kernel).__name__)
+        return call(self, grid, *varying)
 
-    launch._run = recording_run
+    launch._Launch.__call__ = recording_call
     try:
         yield names
     finally:
-        launch._run = run
+        launch._Launch.__call__ = call
