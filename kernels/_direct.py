@@ -28,6 +28,7 @@ import functools
 import inspect
 import itertools
 import os
+import threading
 from typing import Optional
 
 import torch
@@ -43,6 +44,8 @@ _JIT = object()  # a cache entry: this specialisation launches through the JIT
 _BASES: dict = {}  # fixed-argument key -> small int naming it in the per-launch keys
 _COMPILED: dict = {}  # (base, spec of the varying arguments) -> (compiled kernel, constexpr values) or _JIT
 _ids = itertools.count()
+_local = threading.local()  # .state: this thread's launcher call's (device, knobs) or False; _UNREAD; None
+_UNREAD = object()
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,30 +114,62 @@ def _knobs() -> Optional[tuple]:
     return (rt.debug, getattr(comp, "instrumentation_mode", None), getattr(comp, "fpsan_homomorphic_casts", None))
 
 
-def fixed_key(kernel, fixed: list, kwargs: dict):
-    """``(base, device)``: a small int naming the part of the key fixed for a launcher call, and the
-    current device; or False: this kernel launches through the JIT. ``fixed`` is ``[head, tail,
-    spec or None]``; the spec of ``head`` and ``tail`` is computed here once and kept there."""
-    from triton.runtime.jit import JITFunction
+def _call_state():
+    """``(device, knobs)`` for direct launching, or False: the launch mode, device and JIT knobs,
+    read once per launcher call (``entered``) and at every launch outside one."""
+    st = getattr(_local, "state", None)
+    if st is None or st is _UNREAD:
+        knob_state = _knobs() if mode() == "direct" else None
+        fresh = False if knob_state is None else (current_device(), knob_state)
+        if st is _UNREAD:
+            _local.state = fresh
+        return fresh
+    return st
 
-    if mode() != "direct" or type(kernel) is not JITFunction or kernel.pre_run_hooks:
-        return False
-    knob_state = _knobs()
-    if knob_state is None:
-        return False
-    if fixed[2] is None:
-        fixed[2] = (spec(fixed[0]), spec(fixed[1]))
-    device = current_device()
-    base = (kernel, device, fixed[2], tuple(kwargs.items()), knob_state)
-    try:
-        i = _BASES.get(base)
-    except TypeError:  # an unhashable argument: leave it to the JIT
-        return False
+
+def entered():
+    """Mark the start of a launcher call on this thread; returns what ``left`` restores."""
+    prev = getattr(_local, "state", None)
+    _local.state = _UNREAD
+    return prev
+
+
+def left(prev) -> None:
+    _local.state = prev
+
+
+def _intern(base) -> int:
+    i = _BASES.get(base)
     if i is None:
         if len(_BASES) >= MAX_ENTRIES:
             clear()
         i = _BASES[base] = next(_ids)
-    return i, device
+    return i
+
+
+def fixed_key(kernel, fixed: list, kwargs: dict, parent=None):
+    """``(base, device)``: a small int naming the part of the key fixed for a launcher call, and the
+    device; or False: this kernel launches through the JIT. ``fixed`` is ``[head, tail, spec or
+    None]``; the spec of ``head`` and ``tail`` is computed here once and kept there. A variant's
+    ``parent`` is ``(its parent's fixed key, the keywords the variant changes)``."""
+    from triton.runtime.jit import JITFunction
+
+    if parent is not None:
+        if parent[0] is False:
+            return False
+        try:
+            return _intern((parent[0][0], parent[1])), parent[0][1]
+        except TypeError:
+            return False
+    st = _call_state()
+    if st is False or type(kernel) is not JITFunction or kernel.pre_run_hooks:
+        return False
+    if fixed[2] is None:
+        fixed[2] = (spec(fixed[0]), spec(fixed[1]))
+    try:
+        return _intern((kernel, st, fixed[2], tuple(kwargs.items()))), st[0]
+    except TypeError:  # an unhashable argument: leave it to the JIT
+        return False
 
 
 @functools.lru_cache(maxsize=None)

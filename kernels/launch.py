@@ -281,18 +281,28 @@ class _Launch:
     ``tail`` are fixed for the call, so with direct launching (``_direct``) their part of the key
     is built once, at the first launch; ``variant`` shares it with other keywords."""
 
-    __slots__ = ("kernel", "fixed", "kwargs", "base")
+    __slots__ = ("kernel", "fixed", "kwargs", "base", "parent")
 
-    def __init__(self, kernel, head: tuple = (), tail: tuple = (), *, _fixed=None, **kwargs):
+    def __init__(self, kernel, head: tuple = (), tail: tuple = (), *, _fixed=None, _parent=None, **kwargs):
         # No FMA contraction: V = u * gate must round exactly as the backward (and the torch
         # recomputation of H) evaluates it, e.g. soft reset's V - v_th must not fuse into the product.
         kwargs.setdefault("enable_fp_fusion", False)
-        self.kernel, self.kwargs, self.base = kernel, kwargs, None
+        self.kernel, self.kwargs, self.base, self.parent = kernel, kwargs, None, _parent
         self.fixed = [head, tail, None] if _fixed is None else _fixed
 
     def variant(self, **changes) -> "_Launch":
-        """The same launch with some keywords changed."""
-        return _Launch(self.kernel, _fixed=self.fixed, **dict(self.kwargs, **changes))
+        """The same launch with some keywords changed (its key: this one's and the changes)."""
+        return _Launch(self.kernel, _fixed=self.fixed, _parent=(self, tuple(changes.items())),
+                       **dict(self.kwargs, **changes))
+
+    def _fixed_key(self):
+        parent = None
+        if self.parent is not None:
+            up, changes = self.parent
+            if up.base is None:
+                up.base = up._fixed_key()
+            parent = (up.base, changes)
+        return _direct.fixed_key(self.kernel, self.fixed, self.kwargs, parent)
 
     def __call__(self, grid, *varying):
         head, tail = self.fixed[0], self.fixed[1]
@@ -301,7 +311,7 @@ class _Launch:
             return launch_hook(self.kernel, grid, args, self.kwargs)
         base = self.base
         if base is None:
-            base = self.base = _direct.fixed_key(self.kernel, self.fixed, self.kwargs)
+            base = self.base = self._fixed_key()
         if base is False:
             self.kernel[grid](*args, **self.kwargs)
         else:
@@ -469,10 +479,14 @@ def _on_device(fn):
     def wrapper(*args, **kwargs):
         i = 0 if fn.__name__ == "staa_lif_forward" else 2  # backward: (grad_spikes, grad_h_last, x, ...)
         x = args[i] if len(args) > i else kwargs["x"]
-        if x.device.type == "cuda":
-            with torch.cuda.device(x.device):
-                return fn(*args, **kwargs)
-        return fn(*args, **kwargs)
+        prev = _direct.entered()  # the launch mode, device and JIT knobs are read once per call
+        try:
+            if x.device.type == "cuda":
+                with torch.cuda.device(x.device):
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
+        finally:
+            _direct.left(prev)
 
     return wrapper
 
