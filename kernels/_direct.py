@@ -161,8 +161,10 @@ def fixed_key(kernel, fixed: list, kwargs: dict, parent=None):
             return _intern((parent[0][0], parent[1])), parent[0][1]
         except TypeError:
             return False
+    if type(kernel) is not JITFunction or kernel.pre_run_hooks:  # interpreted, or hooks that must run
+        return False
     st = _call_state()
-    if st is False or type(kernel) is not JITFunction or kernel.pre_run_hooks:
+    if st is False:
         return False
     if fixed[2] is None:
         fixed[2] = (spec(fixed[0]), spec(fixed[1]))
