@@ -48,6 +48,7 @@ def test_every_launch_is_intercepted_and_bound(blocks):
     for path, res in blocks.items():
         c = res["counts"]
         assert c["launches"] == c["binding_calls"] > 0
+        assert c["launch"] == "direct"  # this tree launches compiled kernels directly (triton 3.4-3.9)
         assert sum(c["kernels"].values()) == c["launches"]
         assert any(("persistent" in k) == (path == "persistent") and ("elem" in k or "persistent" in k)
                    for k in c["kernels"]), c["kernels"]

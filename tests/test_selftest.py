@@ -97,6 +97,27 @@ def test_statistical_criterion_catches_a_larger_error_than_torchs():
     assert st._statistical_compare(CASE, tri, tor, ref)[0] == []
 
 
+def test_a_block_parameters_floor_scales_with_its_block():
+    """A GC key bias gradient (one number, summed with cancellation) is held to 1e-5 of its block's
+    gradients, not of its own size: rounding noise there passes, a real error is still caught."""
+    ref = _outcome()
+    g = torch.Generator().manual_seed(5)
+    ref.grads["gc_x.key.bias"] = torch.tensor([0.02], dtype=torch.float64)
+    ref.grads["gc_x.query.weight"] = torch.randn(4, 4, generator=g, dtype=torch.float64)  # norm ~4
+    tor, tri = _noisy(ref, 1e-9, 1), _noisy(ref, 1e-9, 2)
+    tor.grads["gc_x.key.bias"] = ref.grads["gc_x.key.bias"] + 1.6e-7  # the torch route's rounding
+    tri.grads["gc_x.key.bias"] = ref.grads["gc_x.key.bias"] + 5e-7  # 2.5e-5 of its own size, 3x torch's
+    assert st._statistical_compare(CASE, tri, tor, ref)[0] == []
+    tri.grads["gc_x.key.bias"] = ref.grads["gc_x.key.bias"] * 1.01  # a 1% error: far above the block's floor
+    problems, _ = st._statistical_compare(CASE, tri, tor, ref)
+    assert any(p.startswith("grad gc_x.key.bias: error vs float64") for p in problems), problems
+    # a tensor outside any block keeps its own norm as the scale
+    tri = _noisy(ref, 1e-9, 2)
+    tri.grads["w"] = ref.grads["w"] * (1 + 3e-5)
+    problems, _ = st._statistical_compare(CASE, tri, tor, ref)
+    assert any(p.startswith("grad w: error vs float64") for p in problems), problems
+
+
 def test_statistical_criterion_catches_flipped_spikes_and_a_wrong_gradient():
     ref = _outcome(T=4, B=50, C=10, P=10)
     tor = _noisy(ref, 1e-6, 1)

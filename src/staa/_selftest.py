@@ -16,7 +16,8 @@ of the kernels' two time-loop paths (``per_step``, ``persistent``):
   the threshold and a spike may flip): spikes agree with the torch route's at >= 99.99% of
   positions; every gradient (and the last state) has cosine similarity >= 0.999 with float64; and
   the Triton route's L2 error against float64 is at most twice the torch route's, or within a
-  floor (relative :data:`STAT_REL_FLOOR` of the float64 norm, absolute :data:`STAT_ABS_FLOOR`) —
+  floor (relative :data:`STAT_REL_FLOOR` of the float64 norm, for a block's parameter that of the
+  block's gradients together; absolute :data:`STAT_ABS_FLOOR`) —
   measured over the samples where no route flipped a spike for per-sample tensors, and for the
   weight gradients (sums over the batch) when no sample flipped;
 - everywhere the structural checks: shapes, dtypes, finite outputs and gradients, 0/1 spikes.
@@ -489,7 +490,8 @@ def selftest(device=None, shape=None, *, dtypes=None, paths=None, surrogates=Non
                   f"float32 and bfloat16 weights, 2^-7 bfloat16 input gradient), inputs keeping every V {MARGIN:g} "
                   f"from the threshold; statistical: spikes agree >= {100 * SPIKE_AGREEMENT:.2f}%, cosine with "
                   f"float64 >= {MIN_COSINE}, error vs float64 <= {ERROR_RATIO:g}x the torch route's (floors: "
-                  f"{STAT_REL_FLOOR:g} relative, {STAT_ABS_FLOOR:g} absolute)")
+                  f"{STAT_REL_FLOOR:g} relative to the float64 norm, a block's parameters to the block's, "
+                  f"{STAT_ABS_FLOOR:g} absolute)")
     for line in header:
         say(line)
     results = []
