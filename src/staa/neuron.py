@@ -45,9 +45,14 @@ class STAALIF(nn.Module):
             lazy layer does not record it.
         r: reduction ratio of the channel MLPs; hidden width Ch = max(C // r, 4).
         alpha: step attention's pooling scale (eq. 12), fixed, > 0. Not the surrogate's alpha.
-        tsrd: TSRD drop probability beta in [0, 1); 0 disables it.
+        tsrd: TSRD drop probability beta in [0, 1); 0 disables it. The default is the paper's;
+            in this project's runs (docs/results/accuracy-long.md, 13 epochs) it lowered the
+            full neuron's test accuracy by about 0.3 points and did not help step attention
+            alone, so set ``tsrd=0`` unless you reproduce the paper.
         gc, pe, sa: enable the global-context blocks, position encoding, step attention.
-            With all three off and ``tsrd=0`` the neuron is an IF neuron.
+            With all three off and ``tsrd=0`` the neuron is an IF neuron. ``gc=False, pe=False,
+            tsrd=0`` (step attention alone) is the cheaper choice docs/choosing-options.md
+            recommends when speed matters.
         v_threshold: firing threshold.
         v_reset: reset potential (hard reset), or ``None`` for soft reset.
         detach_reset: stop the gradient through S inside the reset.
