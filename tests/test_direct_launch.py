@@ -106,7 +106,9 @@ print(json.dumps(dict(launches=n)))
 def test_key_is_at_least_as_fine_as_the_jits():
     """Perturbed launches (tensors moved off or onto 16-byte alignment, dtypes changed, integers
     changed to 0, 1, 16, 2**31 and others): whenever two launches have an equal key, the JIT's
-    cache key is equal too. The perturbations do change the JIT's key, so the check has teeth."""
+    cache key is equal too, and each one's twin (every tensor replaced by another at a different
+    address with the same key) has the same JIT key. The perturbations do change the JIT's key,
+    so the check has teeth."""
     res = _probe(r'''
 rng = random.Random(0)
 ints = [0, 1, 2, 3, 15, 16, 17, 32, 2 ** 31 - 1, 2 ** 31, -1, 2 ** 40]
@@ -128,7 +130,18 @@ def perturb(a):
     return rng.choice(ints)
 
 
-groups, changed, n = {}, 0, 0
+def twin(a):
+    # another tensor with the same key: same dtype, same side of 16-byte alignment, another address
+    if not isinstance(a, torch.Tensor):
+        return a
+    n, item = max(a.numel(), 1), a.element_size()
+    if a.data_ptr() % 16 == 0:
+        return torch.empty(n + 64, dtype=a.dtype)[16 // item:][:n]
+    off = rng.choice(range(1, 16 // item))
+    return torch.empty(n + 64, dtype=a.dtype)[off:off + n]
+
+
+groups, changed, n, twins = {}, 0, 0, 0
 for kernel, grid, args, kwargs in recorded() + recorded(blocks=False):
     base = jit_key(kernel, args, kwargs)[0]
     for _ in range(30):
@@ -139,9 +152,15 @@ for kernel, grid, args, kwargs in recorded() + recorded(blocks=False):
         assert prev == k, (kernel.__name__, "equal key, different JIT key")
         changed += k != base
         n += 1
-print(json.dumps(dict(samples=n, keys=len(groups), changed=changed)))
+        # every tensor replaced by another with the same key: the JIT's key must not change
+        other = tuple(twin(a) for a in new)
+        assert D.spec(other) == D.spec(new)
+        assert jit_key(kernel, other, kwargs)[0] == k, (kernel.__name__, "equal key, different JIT key")
+        twins += 1
+print(json.dumps(dict(samples=n, keys=len(groups), changed=changed, twins=twins)))
 ''')
     assert res["samples"] >= 900 and res["changed"] > 300 and res["keys"] > 300, res
+    assert res["twins"] == res["samples"]
 
 
 def test_launcher_traffic_hits_the_cache_with_the_jits_key():
